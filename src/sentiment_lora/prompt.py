@@ -1,0 +1,111 @@
+"""Turning texts into prompt token ids, and finding the token that stands for each label.
+
+The classifier reads the model's next-token distribution at the end of the prompt and
+compares the first tokens of the label words there. Two things must hold, and are
+checked here with the real tokenizer: each label word starts with its own token, and
+truncation shortens only the text, never the template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import PromptConfig
+from .errors import UserError
+
+_CUT = " ... "
+_SAMPLE_TEXT = "An example review."
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]
+    truncated: int
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+
+class Prompt:
+    def __init__(self, tokenizer, cfg: PromptConfig):
+        self.tok = tokenizer
+        self.cfg = cfg
+        full = tokenizer("x").input_ids
+        plain = tokenizer("x", add_special_tokens=False).input_ids
+        # Keep the tokenizer's leading special tokens (BOS) but never a trailing EOS:
+        # the label is read at the last position, which must be the template's end.
+        self._lead = list(full[: len(full) - len(plain)]) if full[-len(plain):] == plain else []
+        overhead = len(self._ids(cfg.template.format(text="")))
+        self.budget = cfg.max_length - overhead
+        if self.budget < 8:
+            raise UserError(f"config: prompt.max_length={cfg.max_length} leaves {self.budget} tokens for the "
+                            f"text after the template's {overhead}; raise it")
+        self.label_token_ids = self._label_ids()
+
+    def _ids(self, prompt: str) -> list[int]:
+        return self._lead + self.tok(prompt, add_special_tokens=False).input_ids
+
+    def _label_ids(self) -> list[int]:
+        """First token of each label word as it follows the template, checked for collisions."""
+        prompt = self.cfg.template.format(text=_SAMPLE_TEXT)
+        base = self._ids(prompt)
+        sep = "" if prompt[-1].isspace() else " "
+        ids = []
+        for word in self.cfg.label_words:
+            full = self._ids(prompt + sep + word)
+            if full[: len(base)] != base or len(full) == len(base):
+                raise UserError(f"label word {word!r} merges with the end of the template when tokenized; "
+                                f"end prompt.template with a separator and no trailing space, e.g. 'Sentiment:'")
+            ids.append(full[len(base)])
+        seen: dict[int, str] = {}
+        for word, tid in zip(self.cfg.label_words, ids):
+            if tid in seen:
+                piece = self.tok.convert_ids_to_tokens(tid)
+                raise UserError(f"label words {seen[tid]!r} and {word!r} both start with token {piece!r} "
+                                f"(id {tid}); choose label words whose first tokens differ")
+            seen[tid] = word
+        return ids
+
+    def _cut(self, ids: list[int], keep: int) -> str:
+        mode = self.cfg.truncation
+        if mode == "head":
+            return self.tok.decode(ids[:keep])
+        if mode == "tail":
+            return self.tok.decode(ids[-keep:])
+        tail = keep // 2
+        if tail == 0:
+            return self.tok.decode(ids[:keep])
+        return self.tok.decode(ids[: keep - tail]) + _CUT + self.tok.decode(ids[-tail:])
+
+    def encode(self, texts: list[str]) -> Encoded:
+        if not texts:
+            return Encoded([], 0)
+        text_ids = self.tok(list(texts), add_special_tokens=False).input_ids
+        prompts = [self.cfg.template.format(text=t) for t in texts]
+        out = [self._lead + ids for ids in self.tok(prompts, add_special_tokens=False).input_ids]
+        truncated = 0
+        for i, ids in enumerate(out):
+            if len(ids) <= self.cfg.max_length:
+                continue
+            truncated += 1
+            # Re-tokenizing the shortened text can merge or split tokens at the cut (and
+            # head+tail adds a marker): shrink the kept part until the whole prompt fits.
+            keep = self.budget
+            while True:
+                ids = self._ids(self.cfg.template.format(text=self._cut(text_ids[i], keep)))
+                excess = len(ids) - self.cfg.max_length
+                if excess <= 0 or keep <= 1:
+                    break
+                keep = max(1, keep - excess)
+            out[i] = ids
+        return Encoded(out, truncated)
+
+    def to_dict(self) -> dict:
+        return {
+            "template": self.cfg.template,
+            "label_words": list(self.cfg.label_words),
+            "label_token_ids": list(self.label_token_ids),
+            "max_length": self.cfg.max_length,
+            "truncation": self.cfg.truncation,
+        }

@@ -1,0 +1,48 @@
+"""Plots of a run: training curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .storage import write_with  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_training_curves(log: list[dict], path: str | Path) -> None:
+    steps = [r for r in log if "loss" in r]
+    vals = [r for r in log if "val_accuracy" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".")
+    axes[0].set(title="training loss", xlabel="optimizer step", ylabel="cross-entropy over label tokens")
+    axes[1].plot([r["step"] for r in steps], [r["lr"] for r in steps], color="tab:orange")
+    axes[1].set(title="learning rate", xlabel="optimizer step")
+    axes[2].plot([r["step"] for r in vals], [r["val_accuracy"] for r in vals], marker="o", color="tab:green")
+    axes[2].set(title="validation accuracy", xlabel="optimizer step", ylim=(0, 1))
+    if not vals:
+        axes[2].text(0.5, 0.5, "no validation sample\n(data.val_size = 0)", ha="center", va="center",
+                     transform=axes[2].transAxes)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    _save(fig, Path(path))
+
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    im = ax.imshow(matrix, cmap="Blues")
+    top = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="actual", title=title or "confusion matrix")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, Path(path))

@@ -1,0 +1,312 @@
+"""Fine-tuning: data -> prompts -> LoRA training -> calibration -> test scores -> saved run.
+
+The model is trained as a classifier: the loss is the cross-entropy of a softmax over the
+label tokens at the prompt's last position, not a language-model loss over every token.
+Training runs through Accelerate, so ``accelerate launch`` spreads the same loop over
+several GPUs (each process takes its slice of every global batch).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data import prepare_data
+from .errors import UserError
+from .evaluate import prediction_rows, score, score_generate
+from .metrics import best_threshold, compute_metrics, predict_labels
+from .model import add_lora, collate, label_logits, load_base_model, load_tokenizer, pick_device, pick_dtype
+from .predict import SPEC_FORMAT, SentimentClassifier
+from .prompt import Prompt
+from .report import plot_confusion_matrix, plot_training_curves
+from .storage import write_dir, write_json, write_jsonl, write_with
+
+
+def say(message: str) -> None:
+    tqdm.write(message)
+
+
+def default_output_dir() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _mixed_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def micro_batches(n: int, batch_size: int, seed: int, world: int = 1, rank: int = 0):
+    """Endless stream of (epoch, indices): a fresh seeded shuffle per epoch, so a resumed run
+    can replay the stream exactly by skipping what it already consumed."""
+    epoch = 0
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        step = batch_size * world
+        for start in range(0, n, step):
+            chunk = order[start:start + step]
+            if world > 1 and len(chunk) < step:  # every process must take the same number of steps
+                break
+            yield epoch, chunk[rank::world]
+        epoch += 1
+
+
+def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: list[int],
+        val_ids: list[list[int]], val_labels: list[int], cfg: Config, accelerator, run_dir: Path,
+        resume: bool) -> tuple[list[dict], dict]:
+    """The training loop. Returns the log records and throughput figures."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import get_scheduler
+
+    t = cfg.train
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batches_per_epoch = len(train_ids) // (t.batch_size * world) if world > 1 else math.ceil(len(train_ids) / t.batch_size)
+    if batches_per_epoch == 0:
+        raise UserError(f"the train sample ({len(train_ids)}) is smaller than one batch; raise data.train_size")
+    total_steps = max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(t.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    label_ids = torch.tensor(prompt.label_token_ids, device=device)
+    pad_id = tok.pad_token_id
+
+    step, log = 0, []
+    ckpt_dir = run_dir / "checkpoints"
+    if resume:
+        ckpt = ckpt_dir / "last.pt"
+        if not ckpt.is_file():
+            raise UserError(f"--resume: {ckpt} not found; there is nothing to resume in {run_dir}")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, log = state["step"], state["log"]
+        torch.set_rng_state(state["rng"])
+        say(f"resumed from optimizer step {step} of {total_steps}")
+
+    stream = micro_batches(len(train_ids), t.batch_size, t.seed, world, rank)
+    for _ in range(step * t.grad_accum):  # replay the data order up to where we stopped
+        next(stream)
+
+    def validate() -> float | None:
+        if not val_ids:
+            return None
+        probs = score(accelerator.unwrap_model(model), val_ids, prompt.label_token_ids, pad_id,
+                      cfg.eval.batch_size)
+        return float((predict_labels(probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
+
+    tokens = reviews = 0
+    train_seconds = 0.0
+    consumed = step * t.grad_accum
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
+    while step < total_steps:
+        started = time.perf_counter()
+        running = 0.0
+        for micro in range(t.grad_accum):
+            _, idx = next(stream)
+            consumed += 1
+            batch = collate([train_ids[i] for i in idx], pad_id, device)
+            target = torch.tensor([train_labels[i] for i in idx], device=device)
+            sync = micro == t.grad_accum - 1
+            with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                logits = label_logits(model, batch["input_ids"], batch["attention_mask"], label_ids)
+                loss = F.cross_entropy(logits, target) / t.grad_accum
+                accelerator.backward(loss)
+            running += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+            reviews += len(idx)
+        if t.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_seconds += time.perf_counter() - started
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+
+        record = {}
+        if step % max(t.logging_steps, 1) == 0 or step == total_steps:
+            record.update(step=step, epoch=round(consumed / batches_per_epoch, 3), loss=round(running, 5),
+                          lr=scheduler.get_last_lr()[0])
+        if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
+            acc = validate()
+            if acc is not None:
+                record.update(step=step, val_accuracy=acc)
+                say(f"step {step}: validation accuracy {acc:.4f}")
+        if record:
+            log.append(record)
+            if accelerator.is_main_process:
+                write_jsonl(run_dir / "train_log.jsonl", log)
+        if t.save_steps and step % t.save_steps == 0 and step < total_steps and accelerator.is_main_process:
+            state = {"adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "step": step, "log": log, "rng": torch.get_rng_state()}
+            write_with(ckpt_dir / "last.pt", lambda tmp: torch.save(state, tmp))
+    bar.close()
+    stats = {
+        "optimizer_steps": step,
+        "train_seconds": round(train_seconds, 2),
+        "train_tokens_per_s": round(tokens / train_seconds, 2) if train_seconds else None,
+        "train_reviews_per_s": round(reviews / train_seconds, 3) if train_seconds else None,
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+    }
+    return log, stats
+
+
+def _check_output_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume: {run_dir} holds no config.yaml of an interrupted run")
+        if (run_dir / "classifier.json").exists():
+            raise UserError(f"--resume: {run_dir} holds a finished classifier; there is nothing to resume")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"output folder {str(run_dir)!r} exists and is not empty; choose another "
+                        f"--output-dir, or add --resume to continue an interrupted run there")
+
+
+def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False) -> dict:
+    """Train, calibrate, evaluate, save and verify a classifier. Returns metrics.json's content."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    wall_start = time.perf_counter()
+    run_dir = Path(output_dir) if output_dir else default_output_dir()
+    _check_output_dir(run_dir, resume)
+    set_seed(cfg.train.seed)
+
+    requested = pick_device(cfg.model.device)
+    accelerator = Accelerator(cpu=requested.type == "cpu",
+                              mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested))
+    device = accelerator.device
+    dtype = pick_dtype(cfg.model.dtype, device)
+
+    tok = load_tokenizer(cfg.model)
+    prompt = Prompt(tok, cfg.prompt)
+    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    enc = {name: prompt.encode(getattr(data, name).texts) for name in ("train", "val", "test")}
+    stats = dict(data.stats)
+    stats.update({f"truncated_{name}": e.truncated for name, e in enc.items()})
+    say(f"data: {stats['train_sample']} train / {stats['val_sample']} validation / {stats['test_sample']} test "
+        f"reviews; duplicates in train {stats['duplicates_in_train']}, test reviews also in train dropped "
+        f"{stats['test_rows_in_train_dropped']}; truncated to {cfg.prompt.max_length} tokens: "
+        f"{enc['train'].truncated} train, {enc['test'].truncated} test")
+    say(f"model: {cfg.model.name_or_path} on {device} ({str(dtype).removeprefix('torch.')}), "
+        f"label tokens {dict(zip(cfg.prompt.label_words, prompt.label_token_ids))}")
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            cfg.save(run_dir / "config.yaml")
+    model = load_base_model(cfg.model, device, dtype, tok.pad_token_id)
+    model = add_lora(model, cfg.lora)
+    trainable, total = model.get_nb_trainable_parameters()
+    say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+
+    log, train_stats = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
+                           enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir, resume)
+    model = accelerator.unwrap_model(model)
+    if not accelerator.is_main_process:
+        return {}
+
+    threshold = cfg.eval.threshold
+    if cfg.eval.calibrate and len(cfg.prompt.label_words) == 2:
+        val_probs = score(model, enc["val"].input_ids, prompt.label_token_ids, tok.pad_token_id,
+                          cfg.eval.batch_size, progress="calibrate")
+        threshold = best_threshold(val_probs, data.val.labels)
+        say(f"threshold calibrated on {len(data.val)} validation reviews: {threshold:.4f}")
+
+    started = time.perf_counter()
+    unparsed = 0
+    if cfg.eval.method == "generate":
+        probs, unparsed = score_generate(model, tok, enc["test"].input_ids, cfg.prompt.label_words,
+                                         tok.pad_token_id, cfg.eval.batch_size, cfg.eval.max_new_tokens, "test")
+        preds = probs.argmax(axis=1)
+    else:
+        probs = score(model, enc["test"].input_ids, prompt.label_token_ids, tok.pad_token_id,
+                      cfg.eval.batch_size, progress="test")
+        preds = predict_labels(probs, threshold)
+    eval_seconds = time.perf_counter() - started
+
+    metrics = compute_metrics(data.test.labels, preds, probs, cfg.prompt.label_words)
+    metrics.update({
+        "method": cfg.eval.method, "threshold": threshold, "unparsed": unparsed,
+        "eval_reviews_per_s": round(len(data.test) / eval_seconds, 2) if eval_seconds else None,
+        "train": train_stats, "data": stats,
+    })
+    spec = {
+        "format": SPEC_FORMAT,
+        "base_model": {"name_or_path": cfg.model.name_or_path, "gguf_file": cfg.model.gguf_file},
+        "adapter": "adapter",
+        "method": cfg.eval.method,
+        "threshold": threshold,
+        "prompt": prompt.to_dict(),
+        "batch_size": cfg.eval.batch_size,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "data": {k: getattr(cfg.data, k) for k in ("dataset", "text_column", "label_column", "label_values",
+                                                    "clean_html", "test_split")},
+    }
+    write_dir(run_dir / "adapter", lambda tmp: model.save_pretrained(tmp))
+    write_jsonl(run_dir / "predictions.jsonl", prediction_rows(data.test, preds, probs, cfg.prompt.label_words))
+    plot_training_curves(log, run_dir / "training_curves.png")
+    plot_confusion_matrix(metrics["confusion_matrix"], cfg.prompt.label_words, run_dir / "confusion_matrix.png",
+                          f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} test reviews")
+
+    if cfg.eval.verify_samples and cfg.eval.method == "logits":
+        n = min(cfg.eval.verify_samples, len(data.test))
+        reloaded = SentimentClassifier.from_spec(spec, run_dir, device=str(device), dtype=cfg.model.dtype,
+                                                 batch_size=cfg.eval.batch_size)
+        again = reloaded.predict_proba(data.test.texts[:n])
+        same = (predict_labels(again, threshold) == preds[:n]).all()
+        if not same:
+            raise RuntimeError(f"the classifier reloaded from {run_dir} predicts differently from the trained "
+                               f"one on {n} test reviews; the saved files cannot be trusted")
+        metrics["reload_check"] = {"n": n, "max_prob_diff": float(np.abs(again - probs[:n]).max())}
+        del reloaded
+
+    metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
+    metrics["run_dir"] = str(run_dir)
+    write_json(run_dir / "metrics.json", metrics)
+    # classifier.json comes last: its presence marks a complete, verified run folder.
+    write_json(run_dir / "classifier.json", spec)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    ckpt.unlink(missing_ok=True)
+    if ckpt.parent.exists() and not any(ckpt.parent.iterdir()):
+        ckpt.parent.rmdir()
+    return metrics
+
+
+def resume_config(run_dir: str | Path, overrides=()) -> Config:
+    """The config an interrupted run was started with (``--set`` may still adjust it)."""
+    from .config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"--resume: {path} not found; give the --output-dir of an interrupted run")
+    return load_config(path, overrides)

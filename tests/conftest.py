@@ -1,0 +1,97 @@
+"""Fixtures: a tiny random Llama with its own tokenizer, and a tiny IMDB-like dataset.
+
+Everything is built from scratch on disk, so the tests need no network and no download.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+POSITIVE = ["great", "wonderful", "superb", "brilliant", "moving", "delightful", "excellent", "loved"]
+NEGATIVE = ["awful", "boring", "terrible", "dull", "mess", "waste", "horrible", "hated"]
+FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "a", "story", "cast", "really", "it"]
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def make_review(rng: random.Random, label: int, words: int = 12) -> str:
+    vocab = POSITIVE if label == 1 else NEGATIVE
+    parts = [rng.choice(FILLER) if rng.random() < 0.6 else rng.choice(vocab) for _ in range(words)]
+    return " ".join(parts).capitalize() + "."
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights and a byte-level BPE tokenizer saved like a Hub model."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    corpus = [make_review(rng, i % 2, 20) for i in range(400)]
+    corpus += ["Review: text\nSentiment: Positive", "Review: text\nSentiment: Negative"] * 50
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_split_files(folder: Path, n_train: int = 120, n_test: int = 60, seed: int = 0) -> Path:
+    """IMDB-shaped parquet files: sorted by label, with HTML breaks and duplicates inside."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [(make_review(rng, y), y) for y in sorted([0, 1] * (n_train // 2))]
+    test = [(make_review(rng, y), y) for y in sorted([0, 1] * (n_test // 2))]
+    train[3] = (train[3][0] + "<br /><br />Still, the end.", train[3][1])
+    train[5] = train[4]  # an exact duplicate inside train
+    test[0] = train[0]  # a test review that also appears in train
+    for name, rows in (("train", train), ("test", test)):
+        pd.DataFrame(rows, columns=["text", "label"]).to_parquet(folder / f"{name}-00000-of-00001.parquet")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    return write_split_files(tmp_path_factory.mktemp("tiny-imdb"))
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir, tiny_data_dir):
+    """A complete config for a run on the tiny model and data that takes seconds."""
+    from sentiment_lora.config import load_config
+
+    def make(*overrides: str):
+        base = [
+            f"model.name_or_path={tiny_model_dir}", "model.device=cpu",
+            f"data.dataset={tiny_data_dir}", "data.train_size=48", "data.val_size=16", "data.test_size=24",
+            "prompt.max_length=40", "train.epochs=2", "train.batch_size=4", "train.grad_accum=2",
+            "train.lr=5e-3", "train.logging_steps=1", "train.save_steps=0", "eval.batch_size=8",
+            "eval.verify_samples=8",
+        ]
+        return load_config(None, base + list(overrides))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

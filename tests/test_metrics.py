@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+
+from sentiment_lora.metrics import best_threshold, compute_metrics, predict_labels, wilson_interval
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p1 = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
+    probs = np.stack([1 - p1, p1], axis=1)
+    yhat = predict_labels(probs, 0.5)
+    m = compute_metrics(y.tolist(), yhat.tolist(), probs, ["Negative", "Positive"])
+    prec, rec, f1, sup = precision_recall_fscore_support(y, yhat)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, yhat))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, yhat, average="macro"))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p1))
+    assert m["confusion_matrix"] == confusion_matrix(y, yhat).tolist()
+    for i, word in enumerate(["Negative", "Positive"]):
+        assert m["per_class"][word]["precision"] == pytest.approx(prec[i])
+        assert m["per_class"][word]["recall"] == pytest.approx(rec[i])
+        assert m["per_class"][word]["f1"] == pytest.approx(f1[i])
+        assert m["per_class"][word]["support"] == sup[i]
+    assert m["n"] == 200
+
+
+def test_wilson_interval_known_case():
+    # 81 of 100: the Wilson 95% interval is [0.7222, 0.8749] (Newcombe 1998, method 3).
+    low, high = wilson_interval(81, 100)
+    assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+def test_threshold_and_calibration():
+    probs = np.array([[0.4, 0.6], [0.3, 0.7], [0.2, 0.8], [0.1, 0.9]])
+    assert predict_labels(probs, 0.5).tolist() == [1, 1, 1, 1]
+    assert predict_labels(probs, 0.75).tolist() == [0, 0, 1, 1]
+    t = best_threshold(probs, [0, 0, 1, 1])
+    assert 0.7 < t < 0.8
+    assert predict_labels(probs, t).tolist() == [0, 0, 1, 1]
+
+
+def test_multiclass_uses_argmax():
+    probs = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    assert predict_labels(probs).tolist() == [2, 0]
+    m = compute_metrics([2, 0], [2, 0], probs, ["a", "b", "c"])
+    assert m["accuracy"] == 1.0 and len(m["confusion_matrix"]) == 3

@@ -1,0 +1,143 @@
+"""End to end on the tiny model: train -> files -> evaluate -> predict -> reload."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from sentiment_lora import SentimentClassifier, load_model_with_lora, predict_sentiment
+from sentiment_lora.cli import main
+from sentiment_lora.errors import UserError
+from sentiment_lora.evaluate import evaluate_run
+from sentiment_lora.train import run
+
+RUN_FILES = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "classifier.json", "config.yaml",
+             "metrics.json", "predictions.jsonl", "train_log.jsonl", "training_curves.png", "confusion_matrix.png"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, tiny_data_dir):
+    from sentiment_lora.config import load_config
+
+    cfg = load_config(None, [
+        f"model.name_or_path={tiny_model_dir}", "model.device=cpu", f"data.dataset={tiny_data_dir}",
+        "data.train_size=48", "data.val_size=16", "data.test_size=24", "prompt.max_length=40",
+        "train.epochs=2", "train.batch_size=4", "train.grad_accum=2", "train.lr=5e-3", "train.logging_steps=1",
+        "train.save_steps=0", "eval.batch_size=8", "eval.calibrate=true", "eval.verify_samples=8"])
+    out = tmp_path_factory.mktemp("run") / "run"
+    metrics = run(cfg, out)
+    return out, metrics, cfg
+
+
+def test_run_writes_every_file(trained):
+    out, metrics, cfg = trained
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoints").exists()
+    assert not [p for p in out.rglob("*.tmp")]
+    assert yaml.safe_load((out / "config.yaml").read_text()) == cfg.to_dict()
+    spec = json.loads((out / "classifier.json").read_text())
+    assert spec["prompt"]["template"] == "Review: {text}\nSentiment:"
+    assert spec["prompt"]["label_words"] == ["Negative", "Positive"]
+    assert len(set(spec["prompt"]["label_token_ids"])) == 2
+    assert 0 < spec["threshold"] < 1
+
+
+def test_metrics_match_the_predictions_file(trained):
+    out, metrics, _ = trained
+    saved = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == saved["n"] == 24
+    acc = np.mean([r["gold"] == r["pred"] for r in rows])
+    assert saved["accuracy"] == pytest.approx(acc)
+    cm = saved["confusion_matrix"]
+    words = saved["labels"]
+    for i, gold in enumerate(words):
+        for j, pred in enumerate(words):
+            assert cm[i][j] == sum(r["gold"] == gold and r["pred"] == pred for r in rows)
+    assert sum(r["gold"] == "Positive" for r in rows) == 12  # balanced test sample
+    assert saved["data"]["test_rows_in_train_dropped"] == 1 and saved["data"]["duplicates_in_train"] == 1
+    assert saved["train"]["train_tokens_per_s"] > 0 and saved["train"]["peak_mem_mb"] > 0
+    assert saved["reload_check"]["n"] == 8
+
+
+def test_training_log_and_schedule(trained):
+    out, _, cfg = trained
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 12  # 2 epochs x 12 batches / 2 accum
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+    assert "val_accuracy" in log[-1]
+    lrs = [r["lr"] for r in log if "lr" in r]
+    assert max(lrs) <= cfg.train.lr and lrs[-1] < max(lrs)  # warm-up then cosine decay
+
+
+def test_reload_predicts_the_same(trained):
+    out, _, _ = trained
+    clf = SentimentClassifier.load(out)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    from sentiment_lora.data import prepare_data
+    from sentiment_lora.config import load_config
+
+    cfg = load_config(out / "config.yaml")
+    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    probs = clf.predict_proba(data.test.texts)
+    assert probs.shape == (24, 2) and np.allclose(probs.sum(axis=1), 1)
+    assert clf.predict(data.test.texts) == [r["pred"] for r in rows]
+    np.testing.assert_allclose(probs, [r["probs"] for r in rows], atol=1e-5)
+    model, tok = load_model_with_lora(out)
+    assert predict_sentiment(data.test.texts[0], model, tok) == rows[0]["pred"]
+
+
+def test_evaluate_rescoring(trained, tmp_path, tiny_data_dir):
+    out, metrics, _ = trained
+    m = evaluate_run(out, split="test", limit=20, output_dir=tmp_path / "ev")
+    assert m["n"] == 20 and (tmp_path / "ev" / "metrics.json").is_file()
+    rows = (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 20
+    g = evaluate_run(out, split="test", limit=10, method="generate", output_dir=tmp_path / "gen")
+    assert g["method"] == "generate" and g["n"] == 10 and 0 <= g["unparsed"] <= 10
+
+
+def test_cli_predict_and_evaluate(trained, tmp_path, capsys):
+    out, _, _ = trained
+    assert main(["predict", str(out), "Great superb film", "awful boring mess", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["label"] in ("Positive", "Negative") for x in lines] == [True, True]
+    assert all(abs(sum(x["probs"].values()) - 1) < 1e-5 for x in lines)
+    f = tmp_path / "reviews.csv"
+    f.write_text("id,text\n1,great film\n2,dull plot\n")
+    assert main(["predict", str(out), "--file", str(f)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["evaluate", str(out), "--limit", "10", "--output-dir", str(tmp_path / "e")]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_resume_continues_an_interrupted_run(tiny_config, tmp_path, monkeypatch):
+    import sentiment_lora.train as train_mod
+
+    cfg = tiny_config("train.save_steps=2", "train.epochs=1", "eval.verify_samples=0")
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = train_mod.label_logits
+
+    def crash_after_three_steps(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3 * cfg.train.grad_accum:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "label_logits", crash_after_three_steps)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, out)
+    assert (out / "checkpoints" / "last.pt").is_file() and not (out / "classifier.json").exists()
+    with pytest.raises(UserError, match="not a classifier"):
+        SentimentClassifier.load(out)
+    monkeypatch.setattr(train_mod, "label_logits", real)
+    with pytest.raises(UserError, match="exists and is not empty"):
+        run(cfg, out)
+    metrics = run(cfg, out, resume=True)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
+    assert metrics["train"]["optimizer_steps"] == 6 and (out / "classifier.json").is_file()
