@@ -29,7 +29,7 @@ def test_wilson_interval_known_case():
     # 81 of 100: the Wilson 95% interval is [0.7222, 0.8749] (Newcombe 1998, method 3).
     low, high = wilson_interval(81, 100)
     assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
 def test_threshold_and_calibration():

@@ -77,8 +77,8 @@ def test_reload_predicts_the_same(trained):
     out, _, _ = trained
     clf = SentimentClassifier.load(out)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    from sentiment_lora.data import prepare_data
     from sentiment_lora.config import load_config
+    from sentiment_lora.data import prepare_data
 
     cfg = load_config(out / "config.yaml")
     data = prepare_data(cfg.data, cfg.prompt.label_words)

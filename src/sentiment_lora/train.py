@@ -79,7 +79,10 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     t = cfg.train
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
-    batches_per_epoch = len(train_ids) // (t.batch_size * world) if world > 1 else math.ceil(len(train_ids) / t.batch_size)
+    if world > 1:  # incomplete global batches are dropped (see micro_batches)
+        batches_per_epoch = len(train_ids) // (t.batch_size * world)
+    else:
+        batches_per_epoch = math.ceil(len(train_ids) / t.batch_size)
     if batches_per_epoch == 0:
         raise UserError(f"the train sample ({len(train_ids)}) is smaller than one batch; raise data.train_size")
     total_steps = max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
@@ -122,6 +125,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
 
     tokens = reviews = 0
     train_seconds = 0.0
+    losses: list[float] = []  # since the last log line
     consumed = step * t.grad_accum
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
@@ -147,14 +151,16 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        losses.append(running)
         train_seconds += time.perf_counter() - started
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
 
         record = {}
         if step % max(t.logging_steps, 1) == 0 or step == total_steps:
-            record.update(step=step, epoch=round(consumed / batches_per_epoch, 3), loss=round(running, 5),
-                          lr=scheduler.get_last_lr()[0])
+            record.update(step=step, epoch=round(consumed / batches_per_epoch, 3),
+                          loss=round(sum(losses) / len(losses), 5), lr=scheduler.get_last_lr()[0])
+            losses.clear()
         if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
             acc = validate()
             if acc is not None:
@@ -168,7 +174,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
             state = {"adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "step": step, "log": log, "rng": torch.get_rng_state()}
-            write_with(ckpt_dir / "last.pt", lambda tmp: torch.save(state, tmp))
+            write_with(ckpt_dir / "last.pt", lambda tmp, state=state: torch.save(state, tmp))
     bar.close()
     stats = {
         "optimizer_steps": step,

@@ -1,0 +1,113 @@
+"""Bad input: one line on stderr, exit code 2, no traceback, nothing half-written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sentiment_lora.cli import main
+from sentiment_lora.predict import read_texts
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "sentiment_lora.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_unknown_config_key_exits_2(tmp_path):
+    r = run_cli("train", "--set", "train.epoch=1", "--output-dir", str(tmp_path / "out"))
+    assert_one_line_error(r, "unknown key 'train.epoch'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_exits_2_and_writes_nothing(tiny_model_dir, tmp_path):
+    r = run_cli("train", "--config", "configs/smollm2-cpu.yaml", "--set", f"model.name_or_path={tiny_model_dir}",
+                "--set", "model.gguf_file=null", "--set", "data.dataset=/no/such/imdb",
+                "--output-dir", str(tmp_path / "out"))
+    assert_one_line_error(r, "dataset '/no/such/imdb' not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_colliding_label_words_exit_2(tiny_model_dir, tiny_data_dir, tmp_path):
+    r = run_cli("train", "--set", f"model.name_or_path={tiny_model_dir}", "--set", f"data.dataset={tiny_data_dir}",
+                "--set", "prompt.label_words=[Positive, Positive2]", "--output-dir", str(tmp_path / "out"))
+    assert_one_line_error(r, "both start with token")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_file_exits_2():
+    assert_one_line_error(run_cli("train", "--config", "configs/nope.yaml"), "not found")
+
+
+def test_run_folder_that_is_not_a_classifier(tmp_path):
+    assert_one_line_error(run_cli("predict", str(tmp_path), "a text"), "not a classifier run folder")
+    assert_one_line_error(run_cli("evaluate", str(tmp_path)), "not a classifier run folder")
+    (tmp_path / "classifier.json").write_text("{broken")
+    assert_one_line_error(run_cli("predict", str(tmp_path), "a text"), "not valid JSON")
+
+
+def test_resume_without_a_run(tmp_path):
+    assert_one_line_error(run_cli("train", "--resume"), "--resume needs --output-dir")
+    assert_one_line_error(run_cli("train", "--resume", "--output-dir", str(tmp_path)), "config.yaml")
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("empty.txt", b"", "holds no texts"),
+    ("blank.txt", b"\n  \n", "holds no texts"),
+    ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "is not UTF-8"),
+    ("bad.jsonl", b'{"text": "ok"}\n{broken\n', "bad.jsonl:2 is not valid JSON"),
+    ("nofield.jsonl", b'{"review": "ok"}\n', "no string field 'text'"),
+    ("nocol.csv", b"review\nok\n", "no column 'text'"),
+    ("x.pdf", b"%PDF", "unknown type"),
+])
+def test_bad_predict_files(tmp_path, name, content, fragment):
+    from sentiment_lora.errors import UserError
+
+    f = tmp_path / name
+    f.write_bytes(content)
+    with pytest.raises(UserError, match=None) as info:
+        read_texts(f)
+    assert fragment in str(info.value)
+
+
+def test_predict_file_errors_exit_2_before_loading(tmp_path, capsys):
+    f = tmp_path / "empty.txt"
+    f.write_text("")
+    assert main(["predict", str(tmp_path), "--file", str(f)]) == 2
+    assert "holds no texts" in capsys.readouterr().err
+
+
+def test_good_predict_files(tmp_path):
+    (tmp_path / "a.txt").write_text("first review\n\nsecond review\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "id": 3}\n')
+    (tmp_path / "c.csv").write_text('text,id\n"a, quoted review",1\nplain,2\n')
+    assert read_texts(tmp_path / "a.txt") == ["first review", "second review"]
+    assert read_texts(tmp_path / "b.jsonl") == ["one", "two"]
+    assert read_texts(tmp_path / "c.csv") == ["a, quoted review", "plain"]
+
+
+def test_empty_text_is_refused(tiny_config, tmp_path):
+    from sentiment_lora.config import ModelConfig, PromptConfig
+    from sentiment_lora.errors import UserError
+    from sentiment_lora.model import load_tokenizer
+    from sentiment_lora.predict import SentimentClassifier
+    from sentiment_lora.prompt import Prompt
+
+    cfg = tiny_config()
+    tok = load_tokenizer(ModelConfig(name_or_path=cfg.model.name_or_path))
+    clf = SentimentClassifier(model=None, tokenizer=tok, prompt=Prompt(tok, PromptConfig()))
+    with pytest.raises(UserError, match="text 2 is empty"):
+        clf.predict(["fine", "   "])
+
+
+def test_help_lists_the_verbs():
+    r = run_cli("--help")
+    assert r.returncode == 0 and all(v in r.stdout for v in ("train", "evaluate", "predict"))
