@@ -141,3 +141,27 @@ def test_resume_continues_an_interrupted_run(tiny_config, tmp_path, monkeypatch)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
     assert metrics["train"]["optimizer_steps"] == 6 and (out / "classifier.json").is_file()
+
+
+def test_a_non_finite_step_is_skipped_and_divergence_stops(tiny_config, tmp_path, monkeypatch):
+    import torch
+
+    import sentiment_lora.train as train_mod
+
+    real = train_mod.label_logits
+    calls = {"n": 0}
+
+    def one_bad_batch(*args, **kwargs):
+        calls["n"] += 1
+        logits = real(*args, **kwargs)
+        return logits * float("nan") if calls["n"] == 3 else logits
+
+    monkeypatch.setattr(train_mod, "label_logits", one_bad_batch)
+    metrics = run(tiny_config("train.epochs=1", "eval.verify_samples=0"), tmp_path / "a")
+    assert metrics["train"]["skipped_steps"] == 1
+    clf = SentimentClassifier.load(tmp_path / "a")
+    assert all(torch.isfinite(p).all() for p in clf.model.parameters())
+
+    monkeypatch.setattr(train_mod, "label_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(UserError, match="training diverged"):
+        run(tiny_config("train.epochs=3", "train.grad_accum=1"), tmp_path / "b")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         import datasets
 
         datasets.logging.set_verbosity_error()
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
         datasets.disable_progress_bars()
     try:
         return args.func(args)

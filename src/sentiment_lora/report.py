@@ -18,7 +18,7 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_training_curves(log: list[dict], path: str | Path) -> None:
-    steps = [r for r in log if "loss" in r]
+    steps = [r for r in log if r.get("loss") is not None]
     vals = [r for r in log if "val_accuracy" in r]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".")

@@ -71,8 +71,9 @@ def micro_batches(n: int, batch_size: int, seed: int, world: int = 1, rank: int 
 
 def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: list[int],
         val_ids: list[list[int]], val_labels: list[int], cfg: Config, accelerator, run_dir: Path,
-        resume: bool) -> tuple[list[dict], dict]:
-    """The training loop. Returns the log records and throughput figures."""
+        resume: bool) -> tuple[list[dict], dict, np.ndarray | None]:
+    """The training loop. Returns the log records, throughput figures and the final
+    validation probabilities (None without a validation sample)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_scheduler
 
@@ -116,16 +117,20 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     for _ in range(step * t.grad_accum):  # replay the data order up to where we stopped
         next(stream)
 
+    val_probs = None  # of the latest validation pass; the last one is reused for calibration
+
     def validate() -> float | None:
+        nonlocal val_probs
         if not val_ids:
             return None
-        probs = score(accelerator.unwrap_model(model), val_ids, prompt.label_token_ids, pad_id,
-                      cfg.eval.batch_size)
-        return float((predict_labels(probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
+        val_probs = score(accelerator.unwrap_model(model), val_ids, prompt.label_token_ids, pad_id,
+                          cfg.eval.batch_size, progress="validate")
+        return float((predict_labels(val_probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
 
     tokens = reviews = 0
     train_seconds = 0.0
     losses: list[float] = []  # since the last log line
+    skipped = bad_in_a_row = 0
     consumed = step * t.grad_accum
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
@@ -145,13 +150,23 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
             running += loss.item()
             tokens += int(batch["attention_mask"].sum())
             reviews += len(idx)
-        if t.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, t.max_grad_norm)
-        optimizer.step()
+        norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        # One overflowing batch would turn every weight into NaN for good; like fp16's grad
+        # scaler, skip that update instead, and stop if it keeps happening.
+        if torch.isfinite(torch.as_tensor(norm)) and math.isfinite(running):
+            optimizer.step()
+            losses.append(running)
+            bad_in_a_row = 0
+        else:
+            skipped += 1
+            bad_in_a_row += 1
+            if bad_in_a_row >= 10:
+                raise UserError(f"training diverged: 10 optimizer steps in a row had a non-finite loss or "
+                                f"gradient (last at step {step + 1}); lower train.lr or set "
+                                f"train.mixed_precision=no")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        losses.append(running)
         train_seconds += time.perf_counter() - started
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
@@ -159,7 +174,8 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
         record = {}
         if step % max(t.logging_steps, 1) == 0 or step == total_steps:
             record.update(step=step, epoch=round(consumed / batches_per_epoch, 3),
-                          loss=round(sum(losses) / len(losses), 5), lr=scheduler.get_last_lr()[0])
+                          loss=round(sum(losses) / len(losses), 5) if losses else None,
+                          lr=scheduler.get_last_lr()[0], skipped_steps=skipped)
             losses.clear()
         if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
             acc = validate()
@@ -178,12 +194,13 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     bar.close()
     stats = {
         "optimizer_steps": step,
+        "skipped_steps": skipped,
         "train_seconds": round(train_seconds, 2),
         "train_tokens_per_s": round(tokens / train_seconds, 2) if train_seconds else None,
         "train_reviews_per_s": round(reviews / train_seconds, 3) if train_seconds else None,
         "peak_mem_mb": round(peak_memory_mb(device), 1),
     }
-    return log, stats
+    return log, stats, val_probs
 
 
 def _check_output_dir(run_dir: Path, resume: bool) -> None:
@@ -235,16 +252,20 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     trainable, total = model.get_nb_trainable_parameters()
     say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
 
-    log, train_stats = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
+    log, train_stats, val_probs = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
                            enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir, resume)
+    if train_stats["skipped_steps"]:
+        say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
+            f"or gradient")
     model = accelerator.unwrap_model(model)
     if not accelerator.is_main_process:
         return {}
 
     threshold = cfg.eval.threshold
     if cfg.eval.calibrate and len(cfg.prompt.label_words) == 2:
-        val_probs = score(model, enc["val"].input_ids, prompt.label_token_ids, tok.pad_token_id,
-                          cfg.eval.batch_size, progress="calibrate")
+        if val_probs is None:
+            val_probs = score(model, enc["val"].input_ids, prompt.label_token_ids, tok.pad_token_id,
+                              cfg.eval.batch_size, progress="validate")
         threshold = best_threshold(val_probs, data.val.labels)
         say(f"threshold calibrated on {len(data.val)} validation reviews: {threshold:.4f}")
 
