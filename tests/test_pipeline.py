@@ -114,6 +114,16 @@ def test_cli_predict_and_evaluate(trained, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_cli_predict_reads_stdin(trained, monkeypatch, capsys):
+    import io
+
+    out, _, _ = trained
+    monkeypatch.setattr("sys.stdin", io.StringIO("great superb film\n\nawful boring mess\n"))
+    assert main(["predict", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("Positive", "Negative") for line in lines)
+
+
 def test_resume_continues_an_interrupted_run(tiny_config, tmp_path, monkeypatch):
     import sentiment_lora.train as train_mod
 

@@ -243,14 +243,18 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     say(f"model: {cfg.model.name_or_path} on {device} ({str(dtype).removeprefix('torch.')}), "
         f"label tokens {dict(zip(cfg.prompt.label_words, prompt.label_token_ids))}")
 
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            cfg.save(run_dir / "config.yaml")
     model = load_base_model(cfg.model, device, dtype, tok.pad_token_id)
     model = add_lora(model, cfg.lora)
     trainable, total = model.get_nb_trainable_parameters()
     say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+
+    # Nothing is written before data, prompt and model are known to be good; and every
+    # process has checked the output folder before the main one creates it.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            cfg.save(run_dir / "config.yaml")
 
     log, train_stats, val_probs = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
                            enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir, resume)
@@ -299,7 +303,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         "data": {k: getattr(cfg.data, k) for k in ("dataset", "text_column", "label_column", "label_values",
                                                     "clean_html", "test_split")},
     }
-    write_dir(run_dir / "adapter", lambda tmp: model.save_pretrained(tmp))
+    write_dir(run_dir / "adapter", lambda tmp: model.save_pretrained(tmp, save_embedding_layers=False))
     write_jsonl(run_dir / "predictions.jsonl", prediction_rows(data.test, preds, probs, cfg.prompt.label_words))
     plot_training_curves(log, run_dir / "training_curves.png")
     plot_confusion_matrix(metrics["confusion_matrix"], cfg.prompt.label_words, run_dir / "confusion_matrix.png",
