@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from sentiment_lora.config import DataConfig
-from sentiment_lora.data import balanced_indices, clean_text, load_splits, prepare_data
+from sentiment_lora.data import _looks_local, balanced_indices, clean_text, load_splits, prepare_data
 from sentiment_lora.errors import UserError
 
 WORDS = ["Negative", "Positive"]
@@ -125,3 +125,9 @@ def test_unreadable_and_empty_folders(tmp_path):
     (tmp_path / "broken" / "train.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(UserError, match="could not load dataset"):
         load_splits(DataConfig(dataset=str(tmp_path / "broken")), ["train"])
+
+
+def test_paths_and_hub_ids_are_told_apart():
+    assert not _looks_local("imdb") and not _looks_local("stanfordnlp/imdb")
+    assert _looks_local("./imdb") and _looks_local("../shared/imdb") and _looks_local("/data/imdb")
+    assert _looks_local("data/sets/imdb")

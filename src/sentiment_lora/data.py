@@ -45,7 +45,9 @@ def clean_text(text: str, clean_html: bool = True) -> str:
 
 
 def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") != 1
+    """A path rather than a Hub id (``imdb``, ``stanfordnlp/imdb``): fail fast if it is missing
+    instead of asking the Hub about it."""
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
 def _read_aclimdb(root: Path, split: str) -> dict[str, list]:
