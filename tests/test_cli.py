@@ -108,6 +108,12 @@ def test_empty_text_is_refused(tiny_config, tmp_path):
         clf.predict(["fine", "   "])
 
 
+def test_usage_errors_are_one_line():
+    assert_one_line_error(run_cli("train", "--bogus"), "unrecognized arguments: --bogus")
+    assert_one_line_error(run_cli("predict"), "run_dir")
+    assert_one_line_error(run_cli("evaluate", "x", "--limit", "0"), "--limit must be a positive number")
+
+
 def test_help_lists_the_verbs():
     r = run_cli("--help")
     assert r.returncode == 0 and all(v in r.stdout for v in ("train", "evaluate", "predict"))

@@ -102,7 +102,7 @@ def test_evaluate_rescoring(trained, tmp_path, tiny_data_dir):
 
 def test_cli_predict_and_evaluate(trained, tmp_path, capsys):
     out, _, _ = trained
-    assert main(["predict", str(out), "Great superb film", "awful boring mess", "--json"]) == 0
+    assert main(["predict", str(out), "Great superb film", "--json", "awful boring mess"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["label"] in ("Positive", "Negative") for x in lines] == [True, True]
     assert all(abs(sum(x["probs"].values()) - 1) < 1e-5 for x in lines)

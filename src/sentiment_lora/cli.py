@@ -87,8 +87,13 @@ def _usage(message: str):
     return UserError(message)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error, instead of usage + error
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentiment-lora", description="Fine-tune a decoder LLM with LoRA "
+    parser = _Parser(prog="sentiment-lora", description="Fine-tune a decoder LLM with LoRA "
                                      "to classify text, evaluate it, and predict with it.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -127,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling `texts` at the first option: `predict RUN --json "text"`
+    # leaves "text" over; it belongs to the texts.
+    if extra and args.command == "predict" and not any(e.startswith("-") for e in extra):
+        args.texts = [*args.texts, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "limit", None) is not None and args.limit <= 0:
         print("error: --limit must be a positive number", file=sys.stderr)
         return 2
