@@ -9,7 +9,6 @@ several GPUs (each process takes its slice of every global batch).
 from __future__ import annotations
 
 import math
-import resource
 import time
 from contextlib import nullcontext
 from datetime import datetime
@@ -26,6 +25,7 @@ from .errors import UserError
 from .evaluate import prediction_rows, score, score_generate
 from .metrics import best_threshold, compute_metrics, predict_labels
 from .model import add_lora, collate, label_logits, load_base_model, load_tokenizer, pick_device, pick_dtype
+from .perf import peak_memory_mb, reset_peak_memory
 from .predict import SPEC_FORMAT, SentimentClassifier
 from .prompt import Prompt
 from .report import plot_confusion_matrix, plot_training_curves
@@ -40,12 +40,6 @@ def default_output_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def _mixed_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
@@ -54,18 +48,25 @@ def _mixed_precision(name: str, device: torch.device) -> str:
     return "no"
 
 
-def micro_batches(n: int, batch_size: int, seed: int, world: int = 1, rank: int = 0):
-    """Endless stream of (epoch, indices): a fresh seeded shuffle per epoch, so a resumed run
-    can replay the stream exactly by skipping what it already consumed."""
+def step_batches(lengths: list[int], batch_size: int, grad_accum: int, seed: int, world: int = 1, rank: int = 0):
+    """Endless stream of (epoch, micro-batches): one item per optimizer step.
+
+    Each step's reviews come from a fresh seeded shuffle per epoch, so a resumed run replays
+    the stream exactly by skipping the steps it already took. Within a step they are sorted
+    by length before being cut into micro-batches: neighbours have similar lengths, so
+    little padding is computed, and the step's gradient (a mean over the same reviews) is
+    unchanged. With several processes each takes every world-th review of the sorted step.
+    """
+    n, per_step = len(lengths), batch_size * grad_accum * world
     epoch = 0
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        step = batch_size * world
-        for start in range(0, n, step):
-            chunk = order[start:start + step]
-            if world > 1 and len(chunk) < step:  # every process must take the same number of steps
+        for start in range(0, n, per_step):
+            chunk = order[start:start + per_step]
+            if world > 1 and len(chunk) < per_step:  # every process must take the same number of steps
                 break
-            yield epoch, chunk[rank::world]
+            mine = sorted(chunk, key=lambda i: -lengths[i])[rank::world]
+            yield epoch, [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
         epoch += 1
 
 
@@ -80,13 +81,15 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     t = cfg.train
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
-    if world > 1:  # incomplete global batches are dropped (see micro_batches)
-        batches_per_epoch = len(train_ids) // (t.batch_size * world)
+    per_step = t.batch_size * t.grad_accum * world
+    if world > 1:  # incomplete global batches are dropped (see step_batches)
+        steps_per_epoch = len(train_ids) // per_step
     else:
-        batches_per_epoch = math.ceil(len(train_ids) / t.batch_size)
-    if batches_per_epoch == 0:
-        raise UserError(f"the train sample ({len(train_ids)}) is smaller than one batch; raise data.train_size")
-    total_steps = max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
+        steps_per_epoch = math.ceil(len(train_ids) / per_step)
+    if steps_per_epoch == 0:
+        raise UserError(f"the train sample ({len(train_ids)}) is smaller than one global batch ({per_step}); "
+                        f"raise data.train_size or lower train.batch_size x train.grad_accum")
+    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
@@ -113,8 +116,8 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
         torch.set_rng_state(state["rng"])
         say(f"resumed from optimizer step {step} of {total_steps}")
 
-    stream = micro_batches(len(train_ids), t.batch_size, t.seed, world, rank)
-    for _ in range(step * t.grad_accum):  # replay the data order up to where we stopped
+    stream = step_batches([len(x) for x in train_ids], t.batch_size, t.grad_accum, t.seed, world, rank)
+    for _ in range(step):  # replay the data order up to where we stopped
         next(stream)
 
     val_probs = None  # of the latest validation pass; the last one is reused for calibration
@@ -131,21 +134,23 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     train_seconds = 0.0
     losses: list[float] = []  # since the last log line
     skipped = bad_in_a_row = 0
-    consumed = step * t.grad_accum
+    reset_peak_memory(device)
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
     while step < total_steps:
         started = time.perf_counter()
         running = 0.0
-        for micro in range(t.grad_accum):
-            _, idx = next(stream)
-            consumed += 1
+        _, micros = next(stream)
+        n_step = sum(len(idx) for idx in micros)
+        for micro, idx in enumerate(micros):
             batch = collate([train_ids[i] for i in idx], pad_id, device)
             target = torch.tensor([train_labels[i] for i in idx], device=device)
-            sync = micro == t.grad_accum - 1
+            sync = micro == len(micros) - 1
             with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
                 logits = label_logits(model, batch["input_ids"], batch["attention_mask"], label_ids)
-                loss = F.cross_entropy(logits, target) / t.grad_accum
+                # A sum over the micro-batch divided by the step's size: the mean over the
+                # step's reviews even when micro-batches differ in size.
+                loss = F.cross_entropy(logits, target, reduction="sum") / n_step
                 accelerator.backward(loss)
             running += loss.item()
             tokens += int(batch["attention_mask"].sum())
@@ -173,7 +178,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
 
         record = {}
         if step % max(t.logging_steps, 1) == 0 or step == total_steps:
-            record.update(step=step, epoch=round(consumed / batches_per_epoch, 3),
+            record.update(step=step, epoch=round(step / steps_per_epoch, 3),
                           loss=round(sum(losses) / len(losses), 5) if losses else None,
                           lr=scheduler.get_last_lr()[0], skipped_steps=skipped)
             losses.clear()
