@@ -112,6 +112,16 @@ def test_cli_predict_and_evaluate(trained, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["evaluate", str(out), "--limit", "10", "--output-dir", str(tmp_path / "e")]) == 0
     assert "accuracy" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--limit", "10", "--dtype", "bfloat16",
+                 "--output-dir", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_training_reports_throughput_and_memory(trained):
+    _, metrics, _ = trained
+    t = metrics["train"]
+    assert t["train_tokens_per_s"] > 0 and t["train_reviews_per_s"] > 0 and t["peak_mem_mb"] > 0
+    assert metrics["eval_reviews_per_s"] > 0
 
 
 def test_cli_predict_reads_stdin(trained, monkeypatch, capsys):

@@ -74,7 +74,7 @@ def score_generate(model, tokenizer, input_ids: list[list[int]], label_words: li
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "test", limit: int | None = None,
                  method: str | None = None, batch_size: int | None = None, device: str = "auto",
-                 output_dir: str | Path | None = None, seed: int = 42) -> dict:
+                 dtype: str = "auto", output_dir: str | Path | None = None, seed: int = 42) -> dict:
     """Re-score a saved classifier on a dataset split; writes metrics.json and predictions.jsonl."""
     from .config import DataConfig, EvalConfig
     from .data import _prepare_split, balanced_indices, label_mapper, load_splits
@@ -82,7 +82,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     from .storage import write_json, write_jsonl
 
     run_dir = Path(run_dir)
-    clf = SentimentClassifier.load(run_dir, device=device, batch_size=batch_size)
+    clf = SentimentClassifier.load(run_dir, device=device, dtype=dtype, batch_size=batch_size)
     data_cfg = clf.data_config(dataset=dataset)
     data_cfg = DataConfig(**{**data_cfg.__dict__, "seed": seed})
     method = method or clf.method
@@ -101,7 +101,9 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     preds = predict_labels(probs, clf.threshold) if method == "logits" else probs.argmax(axis=1)
     metrics = compute_metrics(sample.labels, preds, probs, clf.label_words)
     metrics.update({"method": method, "threshold": clf.threshold, "unparsed": unparsed,
-                    "dataset": data_cfg.dataset, "split": split, "seconds": round(seconds, 2),
+                    "dataset": data_cfg.dataset, "split": split,
+                    "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),
+                    "seconds": round(seconds, 2),
                     "reviews_per_s": round(len(sample) / seconds, 2) if seconds > 0 else None})
     out = Path(output_dir) if output_dir else run_dir / "evaluations" / f"{split}-{datetime.now():%Y%m%d-%H%M%S}"
     write_jsonl(out / "predictions.jsonl", prediction_rows(sample, preds, probs, clf.label_words))
