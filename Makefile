@@ -7,7 +7,7 @@ DATA   ?=
 OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint clean bench-speed
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/sentiment-lora train --config $(CONFIG) $(SET) --output-dir $(OUT)
+
+# Ours against the seed's way, same model and reviews, one process: see benchmarks/bench_speed.py.
+bench-speed: install
+	$(BIN)/python benchmarks/bench_speed.py $(if $(DATA),--dataset $(DATA),)
 
 test: install
 	$(BIN)/python -m pytest
