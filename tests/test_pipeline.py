@@ -13,7 +13,8 @@ from sentiment_lora.evaluate import evaluate_run
 from sentiment_lora.train import run
 
 RUN_FILES = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "classifier.json", "config.yaml",
-             "metrics.json", "predictions.jsonl", "train_log.jsonl", "training_curves.png", "confusion_matrix.png"]
+             "metrics.json", "predictions.jsonl", "train_log.jsonl", "training_curves.png", "confusion_matrix.png",
+             "calibration.png"]
 
 
 @pytest.fixture(scope="module")

@@ -38,8 +38,35 @@ def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def reliability(labels: list[int], probs: np.ndarray, bins: int = 10) -> list[dict]:
+    """Equal-width bins of the predicted probability against the observed frequency.
+
+    Binary tasks bin p(class 1) against how often class 1 occurs; otherwise the top
+    class's probability against how often the top class is right.
+    """
+    y = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    if probs.shape[1] == 2:
+        conf, hit = probs[:, 1], (y == 1)
+    else:
+        conf, hit = probs.max(axis=1), (probs.argmax(axis=1) == y)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    return [{"low": b / bins, "high": (b + 1) / bins, "n": int((which == b).sum()),
+             "mean_prob": float(conf[which == b].mean()) if (which == b).any() else None,
+             "frequency": float(hit[which == b].mean()) if (which == b).any() else None}
+            for b in range(bins)]
+
+
+def expected_calibration_error(labels: list[int], probs: np.ndarray, bins: int = 10) -> float:
+    """ECE: the mean |predicted probability - observed frequency| over bins, weighted by size."""
+    table = reliability(labels, probs, bins)
+    n = sum(b["n"] for b in table)
+    return float(sum(b["n"] * abs(b["mean_prob"] - b["frequency"]) for b in table if b["n"]) / n) if n else 0.0
+
+
 def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, label_words: list[str]) -> dict:
-    """Accuracy (with 95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, confusion."""
+    """Accuracy (with 95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, calibration
+    error (ECE, with its reliability table), confusion matrix."""
     y = np.asarray(labels, dtype=int)
     yhat = np.asarray(preds, dtype=int)
     probs = np.asarray(probs, dtype=float)
@@ -60,6 +87,8 @@ def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, labe
         "accuracy_ci95": [low, high],
         "macro_f1": float(f1_score(y, yhat, labels=classes, average="macro", zero_division=0)),
         "roc_auc": auc,
+        "ece": expected_calibration_error(y, probs) if len(y) else None,
+        "reliability": reliability(y, probs) if len(y) else [],
         "per_class": {
             word: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
                    "support": int(support[i])}

@@ -1,4 +1,4 @@
-"""Plots of a run: training curves and the confusion matrix."""
+"""Plots of a run: training curves, the confusion matrix and the reliability diagram."""
 
 from __future__ import annotations
 
@@ -45,4 +45,21 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str 
     ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
            xlabel="predicted", ylabel="actual", title=title or "confusion matrix")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, Path(path))
+
+
+def plot_calibration(table: list[dict], path: str | Path, title: str = "") -> None:
+    """Reliability diagram: observed frequency per probability bin; the diagonal is perfect."""
+    used = [b for b in table if b["n"]]
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["frequency"] for b in used],
+           width=[b["high"] - b["low"] for b in used], edgecolor="black", alpha=0.6, label="observed")
+    ax.plot([b["mean_prob"] for b in used], [b["frequency"] for b in used], marker="o", color="tab:red",
+            label="bin mean")
+    for b in used:
+        ax.text((b["low"] + b["high"]) / 2, 0.02, str(b["n"]), ha="center", fontsize=7, rotation=90)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed frequency",
+           title=title or "calibration")
+    ax.legend(loc="upper left", fontsize=8)
     _save(fig, Path(path))

@@ -28,7 +28,7 @@ from .model import add_lora, collate, label_logits, load_base_model, load_tokeni
 from .perf import peak_memory_mb, reset_peak_memory
 from .predict import SPEC_FORMAT, SentimentClassifier
 from .prompt import Prompt
-from .report import plot_confusion_matrix, plot_training_curves
+from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
 from .storage import write_dir, write_json, write_jsonl, write_with
 
 
@@ -313,6 +313,8 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     plot_training_curves(log, run_dir / "training_curves.png")
     plot_confusion_matrix(metrics["confusion_matrix"], cfg.prompt.label_words, run_dir / "confusion_matrix.png",
                           f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} test reviews")
+    plot_calibration(metrics["reliability"], run_dir / "calibration.png",
+                     f"ECE {metrics['ece']:.3f} on {metrics['n']} test reviews")
 
     if cfg.eval.verify_samples and cfg.eval.method == "logits":
         n = min(cfg.eval.verify_samples, len(data.test))
