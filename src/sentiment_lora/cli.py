@@ -25,7 +25,7 @@ def _train(args) -> int:
         t = metrics["train"]
         lo, hi = metrics["accuracy_ci95"]
         print(f"accuracy {metrics['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {metrics['n']} test reviews, "
-              f"macro F1 {metrics['macro_f1']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}")
+              f"macro F1 {metrics['macro_f1']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, ECE {metrics['ece']:.4f}")
         print(f"training: {t['train_tokens_per_s']} tokens/s, {t['train_reviews_per_s']} reviews/s, "
               f"peak memory {t['peak_mem_mb']:.0f} MB; scoring: {metrics['eval_reviews_per_s']} reviews/s; "
               f"wall time {metrics['wall_seconds']:.0f} s")
@@ -82,6 +82,27 @@ def _predict(args) -> int:
     return 0
 
 
+def _baseline(args) -> int:
+    from .baseline import run_tfidf, run_zero_shot
+
+    if args.kind == "tfidf":
+        if not args.dataset:
+            raise _usage("baseline tfidf needs --dataset, a Hub id or a local folder such as ../shared/imdb")
+        out = args.output_dir or f"runs/baseline-tfidf{'-nb' if args.nb else ''}"
+        m = run_tfidf(args.dataset, out, nb=args.nb)
+    else:
+        from .config import load_config
+
+        if args.dataset:
+            args.set = [f"data.dataset={args.dataset}", *args.set]
+        m = run_zero_shot(load_config(args.config, args.set), args.output_dir or "runs/baseline-zero-shot")
+    lo, hi = m["accuracy_ci95"]
+    print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
+          f"ROC-AUC {m['roc_auc']:.4f}, ECE {m['ece']:.4f}")
+    print(f"written to {m['output_dir']}")
+    return 0
+
+
 def _usage(message: str):
     from .errors import UserError
 
@@ -131,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights dtype (auto: fp32 on CPU; bfloat16 is faster on CPUs with native bf16)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("baseline", help="score a baseline: tfidf (logistic regression) or zero-shot (no adapter)")
+    p.add_argument("kind", choices=["tfidf", "zero-shot"])
+    p.add_argument("--dataset", help="Hub id or local folder (tfidf: required; zero-shot: overrides data.dataset)")
+    p.add_argument("--nb", action="store_true", help="tfidf: NB-weighted features (NB-SVM style)")
+    p.add_argument("--config", help="zero-shot: the preset whose model, prompt and samples to use")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="zero-shot: config overrides")
+    p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go")
+    p.set_defaults(func=_baseline)
     return parser
 
 

@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import pytest
+
+from sentiment_lora.baseline import NBScaler, run_tfidf, run_zero_shot
+from sentiment_lora.cli import main
+from sentiment_lora.errors import UserError
+from sentiment_lora.metrics import expected_calibration_error, reliability, wilson_interval
+
+
+def test_nb_scaler_weights_words_by_class():
+    from scipy import sparse
+
+    X = sparse.csr_matrix(np.array([[1, 0, 1], [1, 0, 1], [0, 1, 1], [0, 1, 1]], dtype=float))
+    r = NBScaler().fit(X, [1, 1, 0, 0]).ratio_
+    assert r[0] > 0 > r[1] and r[2] == pytest.approx(0.0)
+    with pytest.raises(UserError, match="two classes"):
+        NBScaler().fit(X, [0, 1, 2, 0])
+
+
+@pytest.mark.parametrize("nb", [False, True])
+def test_tfidf_baseline_learns_the_tiny_data(tiny_data_dir, tmp_path, nb):
+    m = run_tfidf(str(tiny_data_dir), tmp_path / "out", nb=nb)
+    # The tiny reviews are made of clearly positive or negative words: a bag of words must
+    # get nearly all of them, far above chance.
+    assert m["accuracy"] >= 0.9 and m["n"] == 60
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["accuracy"] == m["accuracy"] and saved["C"] in (4.0, 16.0, 64.0)
+    assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 60
+    with pytest.raises(UserError, match="not empty"):
+        run_tfidf(str(tiny_data_dir), tmp_path / "out", nb=nb)
+
+
+def test_zero_shot_baseline_writes_metrics(tiny_config, tmp_path):
+    m = run_zero_shot(tiny_config(), tmp_path / "zs")
+    assert m["n"] == 24 and 0 <= m["accuracy_uncalibrated"] <= 1 and 0 < m["threshold"] < 1
+    assert (tmp_path / "zs" / "metrics.json").is_file()
+    with pytest.raises(UserError, match="val_size"):
+        run_zero_shot(tiny_config("data.val_size=0"), tmp_path / "zs2")
+
+
+def test_cli_baseline_errors_are_one_line(tmp_path, capsys):
+    assert main(["baseline", "tfidf", "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_wilson_interval_known_case():
+    # 81 of 100, worked by hand from the formula: centre 0.7985, half-width 0.0763
+    low, high = wilson_interval(81, 100)
+    assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)
+
+
+def test_ece_is_zero_when_calibrated_and_large_when_not():
+    labels = [1] * 7 + [0] * 3
+    probs = np.array([[0.3, 0.7]] * 10)
+    assert expected_calibration_error(labels, probs) == pytest.approx(0.0)
+    overconfident = np.array([[0.01, 0.99]] * 10)
+    assert expected_calibration_error(labels, overconfident) == pytest.approx(0.29)
+    table = reliability(labels, probs)
+    assert sum(b["n"] for b in table) == 10 and table[7]["frequency"] == pytest.approx(0.7)
