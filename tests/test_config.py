@@ -27,7 +27,7 @@ def test_every_preset_loads(preset):
 
 def test_presets_exist():
     names = {p.name for p in PRESETS}
-    assert {"smollm2-cpu.yaml", "tinyllama-imdb.yaml"} <= names
+    assert {"smollm2-cpu.yaml", "smollm2-best.yaml", "tinyllama-imdb.yaml"} <= names
 
 
 def test_tinyllama_preset_reproduces_the_seed():
