@@ -7,7 +7,7 @@ DATA   ?=
 OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
-.PHONY: install demo test test-fast lint clean bench-speed
+.PHONY: install demo test test-fast lint clean bench-speed bench-quality
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ demo: install
 # Ours against the seed's way, same model and reviews, one process: see benchmarks/bench_speed.py.
 bench-speed: install
 	$(BIN)/python benchmarks/bench_speed.py $(if $(DATA),--dataset $(DATA),)
+
+# Fixed-protocol accuracy: fine-tuned recipes vs zero-shot and TF-IDF, see benchmarks/bench_quality.py.
+bench-quality: install
+	$(BIN)/python benchmarks/bench_quality.py $(if $(DATA),--dataset $(DATA),)
 
 test: install
 	$(BIN)/python -m pytest

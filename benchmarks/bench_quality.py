@@ -1,0 +1,156 @@
+"""Accuracy under one fixed protocol: fine-tuned recipes against zero-shot and TF-IDF baselines.
+
+The protocol (change it only together with the results file):
+- data: IMDB; balanced samples drawn with seed 42 by ``prepare_data``: 2,000 train reviews,
+  a 200-review validation sample carved from the rest of train, and 2,000 test reviews
+  (test reviews that also occur in train are dropped before sampling);
+- anything tunable (the decision threshold, TF-IDF's C, the choice of recipe) is chosen on
+  validation, never on the test sample;
+- every method is scored on the same 2,000 test reviews, accuracy with a 95% Wilson interval;
+- ``zero_shot``: the preset's base model without an adapter, label-token scoring, threshold
+  calibrated on validation;
+- ``tfidf`` / ``tfidf_nb``: word unigram+bigram TF-IDF + logistic regression (plain and
+  NB-weighted), trained on the whole train split, scored on the test sample and on all 25k
+  test reviews;
+- ``seed_recipe``: the seed's adapter (LoRA r=8, alpha 16, dropout 0.1 on q_proj/v_proj)
+  trained by this package under the offline preset (``configs/smollm2-cpu.yaml``);
+- ``best_recipe``: ``configs/smollm2-best.yaml``.
+
+Each part writes its run folder under ``--work-dir`` and is skipped on a rerun when its
+``metrics.json`` is there (``--force`` reruns), so the benchmark can be run in pieces
+(``--only``). The summary is rebuilt from what exists: ``benchmarks/results/quality-cpu.json``.
+
+    make bench-quality DATA=../shared/imdb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sentiment_lora.baseline import _load_full, fit_tfidf, run_zero_shot
+from sentiment_lora.config import load_config
+from sentiment_lora.data import prepare_data
+from sentiment_lora.metrics import compute_metrics, predict_labels
+from sentiment_lora.storage import write_json
+from sentiment_lora.train import run
+
+PROTOCOL = ["data.train_size=2000", "data.val_size=200", "data.test_size=2000", "data.seed=42"]
+SEED_ADAPTER = ["lora.r=8", "lora.alpha=16", "lora.dropout=0.1", "lora.target_modules=q_proj,v_proj"]
+PARTS = ("zero_shot", "tfidf", "seed_recipe", "best_recipe")
+RESULTS = Path(__file__).parent / "results"
+
+
+def _config(preset: str, dataset: str, extra=()):
+    # One validation pass at the end (for the threshold): passes during training would only
+    # draw the curve, at about a minute each on a CPU.
+    return load_config(preset, [f"data.dataset={dataset}", *PROTOCOL, "eval.calibrate=true",
+                                "train.eval_steps=0", *extra])
+
+
+def part_tfidf(dataset: str, work: Path) -> None:
+    """Both TF-IDF variants: one fit each on the whole train split, two test sets."""
+    cfg = _config("configs/smollm2-cpu.yaml", dataset)
+    words = cfg.prompt.label_words
+    sample = prepare_data(cfg.data, words).test
+    full = _load_full(dataset, words)
+    for name, nb in (("tfidf", False), ("tfidf_nb", True)):
+        started = time.perf_counter()
+        model, chosen = fit_tfidf(full["train"], nb)
+        out = {}
+        for which, test in (("sample", sample), ("full_test", full["test"])):
+            probs = model.predict_proba(test.texts)
+            out[which] = compute_metrics(test.labels, predict_labels(probs), probs, words)
+        metrics = {**out["sample"], "full_test": out["full_test"], **chosen,
+                   "wall_seconds": round(time.perf_counter() - started, 1)}
+        write_json(work / name / "metrics.json", metrics)
+        print(f"{name}: {metrics['accuracy']:.4f} on the sample, {out['full_test']['accuracy']:.4f} on all "
+              f"{out['full_test']['n']} test reviews (C={chosen['C']})", file=sys.stderr)
+
+
+def run_part(part: str, dataset: str, work: Path) -> None:
+    folder = work / part
+    if part == "tfidf":
+        part_tfidf(dataset, work)
+    elif part == "zero_shot":
+        run_zero_shot(_config("configs/smollm2-cpu.yaml", dataset), folder)
+    elif part == "seed_recipe":
+        run(_config("configs/smollm2-cpu.yaml", dataset, SEED_ADAPTER), folder)
+    elif part == "best_recipe":
+        run(_config("configs/smollm2-best.yaml", dataset), folder)
+
+
+def summary(work: Path) -> dict:
+    def entry(name):
+        path = work / name / "metrics.json"
+        if not path.is_file():
+            return None
+        m = json.loads(path.read_text())
+        return {"accuracy": m["accuracy"], "ci95": m["accuracy_ci95"], "n": m["n"], "ece": m.get("ece"),
+                "roc_auc": m.get("roc_auc"), "minutes": round(m["wall_seconds"] / 60, 1)}
+
+    result = {"protocol": PROTOCOL, "n_train": 2000, "n_val": 200, "n_test": 2000}
+    for name in ("zero_shot", "tfidf", "tfidf_nb", "seed_recipe", "best_recipe"):
+        result[name] = entry(name)
+    for name in ("tfidf", "tfidf_nb"):
+        path = work / name / "metrics.json"
+        result[f"{name}_full_test"] = json.loads(path.read_text())["full_test"]["accuracy"] if path.is_file() else None
+    return result
+
+
+def markdown(r: dict) -> str:
+    names = {"zero_shot": "SmolLM2-135M zero-shot, threshold calibrated on validation",
+             "tfidf": "TF-IDF (1-2 grams) + logistic regression, full train split",
+             "tfidf_nb": "NB-weighted TF-IDF + logistic regression, full train split",
+             "seed_recipe": "SmolLM2-135M + LoRA, the seed's adapter (q,v; r=8)",
+             "best_recipe": "SmolLM2-135M + LoRA, best recipe (configs/smollm2-best.yaml)"}
+    lines = [f"| method | accuracy on {r['n_test']} test reviews (95% CI) | ECE | minutes |", "|---|---|---|---|"]
+    for key, label in names.items():
+        e = r.get(key)
+        if e is None:
+            lines.append(f"| {label} | not run | | |")
+            continue
+        ece = f"{e['ece']:.3f}" if e.get("ece") is not None else ""
+        lines.append(f"| {label} | {e['accuracy']:.4f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f}) | {ece} | "
+                     f"{e['minutes']} |")
+    for key in ("tfidf", "tfidf_nb"):
+        if r.get(f"{key}_full_test") is not None:
+            lines.append(f"\n{names[key]}: {r[f'{key}_full_test']:.4f} on all 25,000 test reviews.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="stanfordnlp/imdb")
+    ap.add_argument("--work-dir", default="runs/bench-quality", help="run folder of each part")
+    ap.add_argument("--only", action="append", choices=PARTS, help="run only these parts (repeatable)")
+    ap.add_argument("--force", action="store_true", help="rerun parts that already have results")
+    ap.add_argument("--output", default=str(RESULTS / "quality-cpu.json"))
+    args = ap.parse_args(argv)
+    work = Path(args.work_dir)
+    for part in args.only or PARTS:
+        done = work / part / "metrics.json"
+        if done.is_file() and not args.force:
+            print(f"{part}: already measured in {done.parent}; --force reruns it", file=sys.stderr)
+            continue
+        for folder in (work / part, *([work / "tfidf_nb"] if part == "tfidf" else [])):
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"{part}: running", file=sys.stderr)
+        run_part(part, args.dataset, work)
+    result = summary(work)
+    print(markdown(result))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
