@@ -99,6 +99,9 @@ def _baseline(args) -> int:
     lo, hi = m["accuracy_ci95"]
     print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
           f"ROC-AUC {m['roc_auc']:.4f}, ECE {m['ece']:.4f}")
+    if "accuracy_uncalibrated" in m:
+        print(f"threshold {m['threshold']:.4f} calibrated on validation; at 0.5 the accuracy is "
+              f"{m['accuracy_uncalibrated']:.4f}")
     print(f"written to {m['output_dir']}")
     return 0
 
