@@ -34,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sentiment_lora.baseline import _load_full, fit_tfidf, run_zero_shot
+from sentiment_lora.baseline import fit_tfidf, run_zero_shot
 from sentiment_lora.config import load_config
-from sentiment_lora.data import prepare_data
-from sentiment_lora.metrics import compute_metrics, predict_labels
+from sentiment_lora.data import load_full, prepare_data
+from sentiment_lora.decision import decide
+from sentiment_lora.metrics import compute_metrics
 from sentiment_lora.storage import write_json
 from sentiment_lora.train import run
 
@@ -59,14 +60,14 @@ def part_tfidf(dataset: str, work: Path) -> None:
     cfg = _config("configs/smollm2-cpu.yaml", dataset)
     words = cfg.prompt.label_words
     sample = prepare_data(cfg.data, words).test
-    full = _load_full(dataset, words)
+    full = load_full(dataset, words)
     for name, nb in (("tfidf", False), ("tfidf_nb", True)):
         started = time.perf_counter()
         model, chosen = fit_tfidf(full["train"], nb)
         out = {}
         for which, test in (("sample", sample), ("full_test", full["test"])):
             probs = model.predict_proba(test.texts)
-            out[which] = compute_metrics(test.labels, predict_labels(probs), probs, words)
+            out[which] = compute_metrics(test.labels, decide(probs), probs, words)
         metrics = {**out["sample"], "full_test": out["full_test"], **chosen,
                    "wall_seconds": round(time.perf_counter() - started, 1)}
         write_json(work / name / "metrics.json", metrics)

@@ -13,7 +13,7 @@ The seed's way, as its notebook does it:
 - scoring: one review at a time under ``torch.no_grad()``, a full forward pass (logits for
   every position), then the two label tokens' logits at the last position are compared.
 
-Ours: ``sentiment_lora.train.fit`` and ``sentiment_lora.evaluate.score``, the code that
+Ours: ``sentiment_lora.train.fit`` and ``sentiment_lora.scoring.score``, the code that
 ``sentiment-lora train`` runs: length-sorted micro-batches with dynamic padding, the loss
 over the label tokens at the last position only, ``logits_to_keep=1``, inference mode.
 
@@ -44,10 +44,10 @@ import numpy as np
 import torch
 
 from sentiment_lora.config import Config, load_config
-from sentiment_lora.evaluate import score
 from sentiment_lora.model import add_lora
 from sentiment_lora.perf import matmul_flops, peak_memory_mb, reset_peak_memory, sequence_flops
 from sentiment_lora.prompt import Prompt
+from sentiment_lora.scoring import score
 from sentiment_lora.train import fit
 
 SEED_MAX_LENGTH = 512

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from sentiment_lora.metrics import best_threshold, compute_metrics, predict_labels, wilson_interval
+from sentiment_lora.decision import UNDECIDED, best_threshold, decide
+from sentiment_lora.metrics import compute_metrics, wilson_interval
 
 
 def test_metrics_match_scikit_learn():
@@ -10,7 +11,7 @@ def test_metrics_match_scikit_learn():
     y = rng.integers(0, 2, 200)
     p1 = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
     probs = np.stack([1 - p1, p1], axis=1)
-    yhat = predict_labels(probs, 0.5)
+    yhat = decide(probs, 0.5)
     m = compute_metrics(y.tolist(), yhat.tolist(), probs, ["Negative", "Positive"])
     prec, rec, f1, sup = precision_recall_fscore_support(y, yhat)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, yhat))
@@ -34,15 +35,26 @@ def test_wilson_interval_known_case():
 
 def test_threshold_and_calibration():
     probs = np.array([[0.4, 0.6], [0.3, 0.7], [0.2, 0.8], [0.1, 0.9]])
-    assert predict_labels(probs, 0.5).tolist() == [1, 1, 1, 1]
-    assert predict_labels(probs, 0.75).tolist() == [0, 0, 1, 1]
+    assert decide(probs, 0.5).tolist() == [1, 1, 1, 1]
+    assert decide(probs, 0.75).tolist() == [0, 0, 1, 1]
     t = best_threshold(probs, [0, 0, 1, 1])
     assert 0.7 < t < 0.8
-    assert predict_labels(probs, t).tolist() == [0, 0, 1, 1]
+    assert decide(probs, t).tolist() == [0, 0, 1, 1]
 
 
 def test_multiclass_uses_argmax():
     probs = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
-    assert predict_labels(probs).tolist() == [2, 0]
+    assert decide(probs).tolist() == [2, 0]
     m = compute_metrics([2, 0], [2, 0], probs, ["a", "b", "c"])
     assert m["accuracy"] == 1.0 and len(m["confusion_matrix"]) == 3
+
+
+def test_a_row_without_probabilities_is_undecided_not_class_0():
+    probs = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8]])
+    assert decide(probs).tolist() == [0, UNDECIDED, 1]
+    three = np.array([[np.nan] * 3, [0.1, 0.2, 0.7]])
+    assert decide(three).tolist() == [UNDECIDED, 2]
+    m = compute_metrics([0, 0, 1], decide(probs).tolist(), probs, ["Negative", "Positive"])
+    assert m["accuracy"] == pytest.approx(2 / 3)  # the undecided row counts as wrong
+    assert m["per_class"]["Negative"]["recall"] == pytest.approx(0.5)
+    assert m["roc_auc"] is not None and np.isfinite(m["ece"])

@@ -4,7 +4,6 @@ import torch
 
 from sentiment_lora.config import ModelConfig, PromptConfig
 from sentiment_lora.errors import UserError
-from sentiment_lora.evaluate import score
 from sentiment_lora.model import (
     collate,
     label_logits,
@@ -15,6 +14,7 @@ from sentiment_lora.model import (
     resolve_path,
 )
 from sentiment_lora.prompt import Prompt
+from sentiment_lora.scoring import score
 
 
 @pytest.fixture(scope="module")

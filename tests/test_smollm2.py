@@ -9,9 +9,9 @@ import torch
 from conftest import SHARED
 from sentiment_lora.config import load_config
 from sentiment_lora.data import prepare_data
-from sentiment_lora.evaluate import score
 from sentiment_lora.model import load_base_model, load_tokenizer
 from sentiment_lora.prompt import Prompt
+from sentiment_lora.scoring import score
 from sentiment_lora.train import run
 
 IMDB = SHARED / "imdb"

@@ -16,11 +16,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from .config import Config, DataConfig
-from .data import Sample, _prepare_split, balanced_indices, label_mapper, load_splits
+from .config import Config
+from .data import Sample, balanced_indices, load_full
+from .decision import best_threshold, decide
 from .errors import UserError
 from .evaluate import prediction_rows
-from .metrics import best_threshold, compute_metrics, predict_labels
+from .metrics import compute_metrics
 from .storage import write_json, write_jsonl
 
 C_GRID = (4.0, 16.0, 64.0)
@@ -74,13 +75,6 @@ def fit_tfidf(train: Sample, nb: bool, val_size: int = 2500, seed: int = 42) -> 
     return model, {"C": best, "val_accuracy_by_C": {str(k): v for k, v in scores.items()}, "val_size": val_size}
 
 
-def _load_full(dataset: str, label_words: list[str], splits=("train", "test")) -> dict[str, Sample]:
-    cfg = DataConfig(dataset=dataset, train_size=None, test_size=None)
-    raw = load_splits(cfg, list(splits))
-    to_class = label_mapper(cfg, label_words)
-    return {s: _prepare_split(raw[s], s, cfg, to_class) for s in splits}
-
-
 def run_tfidf(dataset: str, output_dir: str | Path, nb: bool = False, seed: int = 42,
               label_words: tuple[str, ...] = ("Negative", "Positive")) -> dict:
     """Train on the whole train split, score the whole test split, write metrics.json."""
@@ -89,11 +83,11 @@ def run_tfidf(dataset: str, output_dir: str | Path, nb: bool = False, seed: int 
         raise UserError(f"output folder {str(out)!r} exists and is not empty; choose another --output-dir")
     words = list(label_words)
     started = time.perf_counter()
-    data = _load_full(dataset, words)
+    data = load_full(dataset, words)
     model, chosen = fit_tfidf(data["train"], nb, seed=seed)
     train_seconds = time.perf_counter() - started
     probs = model.predict_proba(data["test"].texts)
-    preds = predict_labels(probs)
+    preds = decide(probs)
     metrics = compute_metrics(data["test"].labels, preds, probs, words)
     metrics.update({"method": "tfidf-nb-logreg" if nb else "tfidf-logreg", "dataset": dataset, "split": "test",
                     "threshold": 0.5, "train_rows": len(data["train"]), **chosen,
@@ -108,9 +102,9 @@ def run_tfidf(dataset: str, output_dir: str | Path, nb: bool = False, seed: int 
 
 def zero_shot_probs(cfg: Config, samples: list[Sample]) -> list[np.ndarray]:
     """The base model without an adapter, label-token scoring, one probability array per sample."""
-    from .evaluate import score
     from .model import load_base_model, load_tokenizer, pick_device, pick_dtype
     from .prompt import Prompt
+    from .scoring import score
 
     device = pick_device(cfg.model.device)
     tok = load_tokenizer(cfg.model)
@@ -135,9 +129,9 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
     data = prepare_data(cfg.data, words)
     val_probs, test_probs = zero_shot_probs(cfg, [data.val, data.test])
     threshold = best_threshold(val_probs, data.val.labels) if len(words) == 2 else 0.5
-    preds = predict_labels(test_probs, threshold)
+    preds = decide(test_probs, threshold)
     metrics = compute_metrics(data.test.labels, preds, test_probs, words)
-    plain = predict_labels(test_probs, 0.5)
+    plain = decide(test_probs, 0.5)
     metrics.update({"method": "zero-shot", "model": cfg.model.name_or_path, "threshold": threshold,
                     "accuracy_uncalibrated": float((plain == np.asarray(data.test.labels)).mean()),
                     "data": data.stats, "wall_seconds": round(time.perf_counter() - started, 1)})

@@ -124,7 +124,8 @@ def label_mapper(cfg: DataConfig, label_words: list[str]):
     return to_class
 
 
-def _prepare_split(raw: dict[str, list], split: str, cfg: DataConfig, to_class) -> Sample:
+def prepare_split(raw: dict[str, list], split: str, cfg: DataConfig, to_class) -> Sample:
+    """Clean one split's rows and map their labels; an empty text or a missing label is an error."""
     sample = Sample()
     for row, (text, label) in enumerate(zip(raw["text"], raw["label"])):
         if not isinstance(text, str) or not text.strip():
@@ -136,6 +137,14 @@ def _prepare_split(raw: dict[str, list], split: str, cfg: DataConfig, to_class) 
         sample.texts.append(clean_text(text, cfg.clean_html))
         sample.labels.append(to_class(label))
     return sample
+
+
+def load_full(dataset: str, label_words: list[str], splits=("train", "test")) -> dict[str, Sample]:
+    """Every row of the given splits, cleaned and mapped to class indices (no sampling)."""
+    cfg = DataConfig(dataset=dataset, train_size=None, test_size=None)
+    raw = load_splits(cfg, list(splits))
+    to_class = label_mapper(cfg, label_words)
+    return {s: prepare_split(raw[s], s, cfg, to_class) for s in splits}
 
 
 def balanced_indices(labels: list[int], n: int | None, num_classes: int, rng: np.random.Generator,
@@ -160,8 +169,8 @@ def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
     k = len(label_words)
     raw = load_splits(cfg, [cfg.train_split, cfg.test_split])
     to_class = label_mapper(cfg, label_words)
-    train_all = _prepare_split(raw[cfg.train_split], cfg.train_split, cfg, to_class)
-    test_all = _prepare_split(raw[cfg.test_split], cfg.test_split, cfg, to_class)
+    train_all = prepare_split(raw[cfg.train_split], cfg.train_split, cfg, to_class)
+    test_all = prepare_split(raw[cfg.test_split], cfg.test_split, cfg, to_class)
 
     seen: set[str] = set()
     train_dupes: set[int] = set()

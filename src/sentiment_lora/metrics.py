@@ -1,4 +1,4 @@
-"""Classification metrics, thresholds and confidence intervals (scikit-learn underneath)."""
+"""Classification metrics and confidence intervals (scikit-learn underneath)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,6 @@ import math
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
-
-
-def predict_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class index per row; binary tasks use the threshold on the second class."""
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(int)
-    return probs.argmax(axis=1)
-
-
-def best_threshold(probs: np.ndarray, labels: list[int]) -> float:
-    """Threshold on p(class 1) that maximises accuracy; ties go to the one nearest 0.5."""
-    p = np.asarray(probs)[:, 1]
-    y = np.asarray(labels)
-    cuts = np.unique(p)
-    candidates = np.concatenate([[0.5], (cuts[:-1] + cuts[1:]) / 2]) if len(cuts) > 1 else np.array([0.5])
-    candidates = candidates[(candidates > 0) & (candidates < 1)]
-    accs = np.array([((p >= t).astype(int) == y).mean() for t in candidates])
-    best = np.flatnonzero(accs == accs.max())
-    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -68,8 +48,10 @@ def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, labe
     """Accuracy (with 95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, calibration
     error (ECE, with its reliability table), confusion matrix."""
     y = np.asarray(labels, dtype=int)
-    yhat = np.asarray(preds, dtype=int)
+    yhat = np.asarray(preds, dtype=int)  # UNDECIDED (-1) rows count as wrong for every class
     probs = np.asarray(probs, dtype=float)
+    # Rows without probabilities (generate answers naming no label) rank as uniform guesses.
+    probs = np.where(np.isnan(probs).any(axis=1, keepdims=True), 1.0 / probs.shape[1], probs)
     classes = list(range(len(label_words)))
     prec, rec, f1, support = precision_recall_fscore_support(y, yhat, labels=classes, zero_division=0)
     correct = int((y == yhat).sum())

@@ -35,7 +35,8 @@ class Prompt:
         plain = tokenizer("x", add_special_tokens=False).input_ids
         # Keep the tokenizer's leading special tokens (BOS) but never a trailing EOS:
         # the label is read at the last position, which must be the template's end.
-        self._lead = list(full[: len(full) - len(plain)]) if full[-len(plain):] == plain else []
+        self.lead = list(full[: len(full) - len(plain)]) if full[-len(plain):] == plain else []
+        """Leading special tokens (BOS) the tokenizer adds, kept at the start of every prompt."""
         overhead = len(self._ids(cfg.template.format(text="")))
         self.budget = cfg.max_length - overhead
         if self.budget < 8:
@@ -44,7 +45,7 @@ class Prompt:
         self.label_token_ids = self._label_ids()
 
     def _ids(self, prompt: str) -> list[int]:
-        return self._lead + self.tok(prompt, add_special_tokens=False).input_ids
+        return self.lead + self.tok(prompt, add_special_tokens=False).input_ids
 
     def _label_ids(self) -> list[int]:
         """First token of each label word as it follows the template, checked for collisions."""
@@ -83,7 +84,7 @@ class Prompt:
             return Encoded([], 0)
         text_ids = self.tok(list(texts), add_special_tokens=False).input_ids
         prompts = [self.cfg.template.format(text=t) for t in texts]
-        out = [self._lead + ids for ids in self.tok(prompts, add_special_tokens=False).input_ids]
+        out = [self.lead + ids for ids in self.tok(prompts, add_special_tokens=False).input_ids]
         truncated = 0
         for i, ids in enumerate(out):
             if len(ids) <= self.cfg.max_length:
@@ -100,12 +101,3 @@ class Prompt:
                 keep = max(1, keep - excess)
             out[i] = ids
         return Encoded(out, truncated)
-
-    def to_dict(self) -> dict:
-        return {
-            "template": self.cfg.template,
-            "label_words": list(self.cfg.label_words),
-            "label_token_ids": list(self.label_token_ids),
-            "max_length": self.cfg.max_length,
-            "truncation": self.cfg.truncation,
-        }

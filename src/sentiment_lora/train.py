@@ -19,17 +19,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .classifier import SentimentClassifier, spec_for_run
 from .config import Config
-from .data import prepare_data
+from .data import DataBundle, prepare_data
+from .decision import UNDECIDED, best_threshold, decide
 from .errors import UserError
-from .evaluate import prediction_rows, score, score_generate
-from .metrics import best_threshold, compute_metrics, predict_labels
+from .evaluate import prediction_rows
+from .metrics import compute_metrics
 from .model import add_lora, collate, label_logits, load_base_model, load_tokenizer, pick_device, pick_dtype
 from .perf import peak_memory_mb, reset_peak_memory
-from .predict import SPEC_FORMAT, SentimentClassifier
 from .prompt import Prompt
 from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
-from .storage import write_dir, write_json, write_jsonl, write_with
+from .scoring import score, score_generate
+from .spec import DATA_KEYS
+from .storage import write_json, write_jsonl, write_with
 
 
 def say(message: str) -> None:
@@ -128,7 +131,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
             return None
         val_probs = score(accelerator.unwrap_model(model), val_ids, prompt.label_token_ids, pad_id,
                           cfg.eval.batch_size, progress="validate")
-        return float((predict_labels(val_probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
+        return float((decide(val_probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
 
     tokens = reviews = 0
     train_seconds = 0.0
@@ -219,6 +222,63 @@ def _check_output_dir(run_dir: Path, resume: bool) -> None:
                         f"--output-dir, or add --resume to continue an interrupted run there")
 
 
+def calibrate(model, tok, prompt: Prompt, cfg: Config, val_ids: list[list[int]], val_labels: list[int],
+              val_probs: np.ndarray | None) -> float:
+    """The decision threshold: fitted on validation for binary tasks when asked, else the configured one."""
+    if not (cfg.eval.calibrate and len(cfg.prompt.label_words) == 2):
+        return cfg.eval.threshold
+    if val_probs is None:
+        val_probs = score(model, val_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size,
+                          progress="validate")
+    threshold = best_threshold(val_probs, val_labels)
+    say(f"threshold calibrated on {len(val_labels)} validation reviews: {threshold:.4f}")
+    return threshold
+
+
+def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]]) -> tuple[np.ndarray, float]:
+    """Probabilities on the test sample by the configured method, and the seconds it took."""
+    started = time.perf_counter()
+    if cfg.eval.method == "generate":
+        probs, _ = score_generate(model, tok, test_ids, cfg.prompt.label_words, tok.pad_token_id,
+                                  cfg.eval.batch_size, cfg.eval.max_new_tokens, "test")
+    else:
+        probs = score(model, test_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size,
+                      progress="test")
+    return probs, time.perf_counter() - started
+
+
+def verify_reload(clf: SentimentClassifier, run_dir: Path, texts: list[str], probs: np.ndarray,
+                  preds: np.ndarray, device: torch.device, cfg: Config) -> dict:
+    """Reload the saved classifier from disk and re-score ``texts``: the saved files must predict
+    what the trained model did. A text scored within float noise of the threshold may flip."""
+    reloaded = SentimentClassifier.from_spec(clf.spec, run_dir, device=str(device), dtype=cfg.model.dtype,
+                                             batch_size=cfg.eval.batch_size)
+    again = reloaded.predict_proba(texts)
+    flipped = (decide(again, clf.threshold) != preds) & (np.abs(probs[:, -1] - clf.threshold) > 1e-3)
+    if flipped.any():
+        raise RuntimeError(f"the classifier reloaded from {run_dir} predicts differently from the trained "
+                           f"one on {len(texts)} test reviews; the saved files cannot be trusted")
+    return {"n": len(texts), "max_prob_diff": float(np.abs(again - probs).max())}
+
+
+def save_outputs(run_dir: Path, data: DataBundle, log: list[dict], metrics: dict, preds: np.ndarray,
+                 probs: np.ndarray, label_words: list[str]) -> None:
+    """predictions.jsonl and the plots."""
+    write_jsonl(run_dir / "predictions.jsonl", prediction_rows(data.test, preds, probs, label_words))
+    plot_training_curves(log, run_dir / "training_curves.png")
+    plot_confusion_matrix(metrics["confusion_matrix"], label_words, run_dir / "confusion_matrix.png",
+                          f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} test reviews")
+    plot_calibration(metrics["reliability"], run_dir / "calibration.png",
+                     f"ECE {metrics['ece']:.3f} on {metrics['n']} test reviews")
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    ckpt.unlink(missing_ok=True)
+    if ckpt.parent.exists() and not any(ckpt.parent.iterdir()):
+        ckpt.parent.rmdir()
+
+
 def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Train, calibrate, evaluate, save and verify a classifier. Returns metrics.json's content."""
     from accelerate import Accelerator
@@ -270,74 +330,29 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     if not accelerator.is_main_process:
         return {}
 
-    threshold = cfg.eval.threshold
-    if cfg.eval.calibrate and len(cfg.prompt.label_words) == 2:
-        if val_probs is None:
-            val_probs = score(model, enc["val"].input_ids, prompt.label_token_ids, tok.pad_token_id,
-                              cfg.eval.batch_size, progress="validate")
-        threshold = best_threshold(val_probs, data.val.labels)
-        say(f"threshold calibrated on {len(data.val)} validation reviews: {threshold:.4f}")
-
-    started = time.perf_counter()
-    unparsed = 0
-    if cfg.eval.method == "generate":
-        probs, unparsed = score_generate(model, tok, enc["test"].input_ids, cfg.prompt.label_words,
-                                         tok.pad_token_id, cfg.eval.batch_size, cfg.eval.max_new_tokens, "test")
-        preds = probs.argmax(axis=1)
-    else:
-        probs = score(model, enc["test"].input_ids, prompt.label_token_ids, tok.pad_token_id,
-                      cfg.eval.batch_size, progress="test")
-        preds = predict_labels(probs, threshold)
-    eval_seconds = time.perf_counter() - started
-
+    threshold = calibrate(model, tok, prompt, cfg, enc["val"].input_ids, data.val.labels, val_probs)
+    probs, eval_seconds = test(model, tok, prompt, cfg, enc["test"].input_ids)
+    preds = decide(probs, threshold)
     metrics = compute_metrics(data.test.labels, preds, probs, cfg.prompt.label_words)
     metrics.update({
-        "method": cfg.eval.method, "threshold": threshold, "unparsed": unparsed,
+        "method": cfg.eval.method, "threshold": threshold, "unparsed": int((preds == UNDECIDED).sum()),
         "eval_reviews_per_s": round(len(data.test) / eval_seconds, 2) if eval_seconds else None,
         "train": train_stats, "data": stats,
     })
-    spec = {
-        "format": SPEC_FORMAT,
-        "base_model": {"name_or_path": cfg.model.name_or_path, "gguf_file": cfg.model.gguf_file},
-        "adapter": "adapter",
-        "method": cfg.eval.method,
-        "threshold": threshold,
-        "prompt": prompt.to_dict(),
-        "batch_size": cfg.eval.batch_size,
-        "max_new_tokens": cfg.eval.max_new_tokens,
-        "data": {k: getattr(cfg.data, k) for k in ("dataset", "text_column", "label_column", "label_values",
-                                                    "clean_html", "test_split")},
-    }
-    write_dir(run_dir / "adapter", lambda tmp: model.save_pretrained(tmp, save_embedding_layers=False))
-    write_jsonl(run_dir / "predictions.jsonl", prediction_rows(data.test, preds, probs, cfg.prompt.label_words))
-    plot_training_curves(log, run_dir / "training_curves.png")
-    plot_confusion_matrix(metrics["confusion_matrix"], cfg.prompt.label_words, run_dir / "confusion_matrix.png",
-                          f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} test reviews")
-    plot_calibration(metrics["reliability"], run_dir / "calibration.png",
-                     f"ECE {metrics['ece']:.3f} on {metrics['n']} test reviews")
-
+    spec = spec_for_run(cfg.model, prompt, threshold, cfg.eval.method, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                        {k: getattr(cfg.data, k) for k in DATA_KEYS})
+    clf = SentimentClassifier(model, tok, prompt, threshold=threshold, method=cfg.eval.method, spec=spec)
+    clf.save_adapter(run_dir)
+    save_outputs(run_dir, data, log, metrics, preds, probs, cfg.prompt.label_words)
     if cfg.eval.verify_samples and cfg.eval.method == "logits":
         n = min(cfg.eval.verify_samples, len(data.test))
-        reloaded = SentimentClassifier.from_spec(spec, run_dir, device=str(device), dtype=cfg.model.dtype,
-                                                 batch_size=cfg.eval.batch_size)
-        again = reloaded.predict_proba(data.test.texts[:n])
-        # A review scored within float noise of the threshold may flip; any other change may not.
-        flipped = (predict_labels(again, threshold) != preds[:n]) & (np.abs(probs[:n, -1] - threshold) > 1e-3)
-        if flipped.any():
-            raise RuntimeError(f"the classifier reloaded from {run_dir} predicts differently from the trained "
-                               f"one on {n} test reviews; the saved files cannot be trusted")
-        metrics["reload_check"] = {"n": n, "max_prob_diff": float(np.abs(again - probs[:n]).max())}
-        del reloaded
+        metrics["reload_check"] = verify_reload(clf, run_dir, data.test.texts[:n], probs[:n], preds[:n], device, cfg)
 
     metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
-    metrics["run_dir"] = str(run_dir)
     write_json(run_dir / "metrics.json", metrics)
-    # classifier.json comes last: its presence marks a complete, verified run folder.
-    write_json(run_dir / "classifier.json", spec)
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    ckpt.unlink(missing_ok=True)
-    if ckpt.parent.exists() and not any(ckpt.parent.iterdir()):
-        ckpt.parent.rmdir()
+    spec.save(run_dir)  # last: classifier.json marks a complete, verified run folder
+    remove_checkpoints(run_dir)
+    metrics["run_dir"] = str(run_dir)  # returned, not saved: the folder may move
     return metrics
 
 

@@ -1,0 +1,189 @@
+"""``SentimentClassifier``: a saved classifier's one owner in memory and on disk.
+
+``load`` / ``from_pretrained`` read a classifier folder (a training run or an export),
+``save_pretrained`` writes one; ``predict`` and ``predict_proba`` classify texts. The
+folder's ``classifier.json`` is read and written through ``spec.ClassifierSpec`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig, ModelConfig, PromptConfig
+from .data import clean_text
+from .decision import UNDECIDED, decide
+from .errors import UserError
+from .prompt import Prompt
+from .spec import BaseModelRef, ClassifierSpec
+
+
+def base_model_config(spec: ClassifierSpec, folder: str | Path, device: str = "auto",
+                      dtype: str = "auto") -> ModelConfig:
+    """Where the spec's base model is on this machine: inside ``folder`` when bundled."""
+    b = spec.base_model
+    name = str(Path(folder) / b.name_or_path) if b.bundled else b.name_or_path
+    return ModelConfig(name_or_path=name, gguf_file=b.gguf_file, device=device, dtype=dtype)
+
+
+def check_base_model(spec: ClassifierSpec, model_cfg: ModelConfig) -> None:
+    """The base model found now must be the one the adapter was trained on."""
+    from .model import fingerprint, resolve_path
+
+    want = spec.base_model.fingerprint
+    if spec.base_model.bundled or want is None:
+        return
+    found = Path(resolve_path(model_cfg.name_or_path)).expanduser()
+    if not found.exists():
+        raise UserError(f"base model {spec.base_model.name_or_path!r} not found on this machine; put it back at "
+                        f"that path, or run 'sentiment-lora export' where it exists to get a standalone folder")
+    have = fingerprint(model_cfg)
+    if have != want:
+        raise UserError(f"the base model at {spec.base_model.name_or_path!r} ({str(have)[:19]}...) is not the one "
+                        f"this classifier was trained on ({want[:19]}...); restore that model or train again")
+
+
+class SentimentClassifier:
+    """Base model + LoRA adapter (or merged weights) + prompt + threshold: text in, label out."""
+
+    def __init__(self, model, tokenizer, prompt: Prompt, threshold: float = 0.5, method: str = "logits",
+                 batch_size: int = 16, max_new_tokens: int = 5, clean_html: bool = True,
+                 spec: ClassifierSpec | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.threshold = threshold
+        self.method = method
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.clean_html = clean_html
+        self.spec = spec
+
+    @property
+    def label_words(self) -> list[str]:
+        return list(self.prompt.cfg.label_words)
+
+    # --- loading and saving -------------------------------------------------------------
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "auto", dtype: str = "auto",
+             batch_size: int | None = None) -> SentimentClassifier:
+        """A classifier from its folder: a training run, or the output of ``sentiment-lora export``."""
+        return cls.from_spec(ClassifierSpec.load(folder), folder, device=device, dtype=dtype, batch_size=batch_size)
+
+    from_pretrained = load
+
+    @classmethod
+    def from_spec(cls, spec: ClassifierSpec, folder: str | Path, device: str = "auto", dtype: str = "auto",
+                  batch_size: int | None = None) -> SentimentClassifier:
+        from .model import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype
+
+        folder = Path(folder)
+        if spec.adapter is not None and not (folder / spec.adapter / "adapter_config.json").is_file():
+            raise UserError(f"{str(folder)!r} has no {spec.adapter}/adapter_config.json; the run folder is "
+                            f"incomplete, train again")
+        model_cfg = base_model_config(spec, folder, device, dtype)
+        check_base_model(spec, model_cfg)
+        tok = load_tokenizer(model_cfg)
+        prompt = Prompt(tok, spec.prompt)
+        if prompt.label_token_ids != spec.label_token_ids:
+            raise UserError(f"the tokenizer of {spec.base_model.name_or_path!r} maps the label words to "
+                            f"{prompt.label_token_ids}, the saved classifier to {spec.label_token_ids}: "
+                            f"it is not the base model this adapter was trained on")
+        torch_device = pick_device(model_cfg.device)
+        model = load_base_model(model_cfg, torch_device, pick_dtype(model_cfg.dtype, torch_device), tok.pad_token_id)
+        if spec.adapter is not None:
+            model = load_adapter(model, folder / spec.adapter)
+        model.eval()
+        return cls(model, tok, prompt, threshold=spec.threshold, method=spec.method,
+                   batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
+                   clean_html=spec.data.get("clean_html", True), spec=spec)
+
+    def save_adapter(self, folder: str | Path) -> None:
+        """The LoRA weights into ``folder/adapter`` (atomically, as a whole folder)."""
+        from .storage import write_dir
+
+        write_dir(Path(folder) / "adapter", lambda tmp: self.model.save_pretrained(tmp, save_embedding_layers=False))
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Adapter, then ``classifier.json`` last: its presence marks a complete folder."""
+        if self.spec is None:
+            raise ValueError("this classifier has no spec to save; build it with SentimentClassifier.load")
+        self.save_adapter(folder)
+        dataclasses.replace(self.spec, adapter="adapter", threshold=self.threshold).save(folder)
+
+    # --- classifying --------------------------------------------------------------------
+
+    def encode(self, texts) -> list[list[int]]:
+        """Prompt token ids per text; an empty text is a UserError naming its position."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise UserError(f"text {i + 1} is empty; give non-empty texts to classify")
+        return self.prompt.encode([clean_text(t, self.clean_html) for t in texts]).input_ids
+
+    def predict_proba(self, texts) -> np.ndarray:
+        """Probabilities over the label words, shape (n, labels), columns in label order.
+
+        With the generate method a row is one-hot, or NaN when the answer named no label.
+        """
+        from .scoring import score, score_generate
+
+        ids = self.encode(texts)
+        if not ids:
+            return np.zeros((0, len(self.label_words)))
+        if self.method == "generate":
+            return score_generate(self.model, self.tokenizer, ids, self.label_words, self.tokenizer.pad_token_id,
+                                  self.batch_size, self.max_new_tokens)[0]
+        return score(self.model, ids, self.prompt.label_token_ids, self.tokenizer.pad_token_id, self.batch_size)
+
+    def labels_of(self, probs: np.ndarray) -> list[str | None]:
+        """Label word per row of probabilities (None where undecided), by ``decision.decide``."""
+        return [None if i == UNDECIDED else self.label_words[i] for i in decide(probs, self.threshold)]
+
+    def predict(self, texts, return_proba: bool = False):
+        """Label word per text; with ``return_proba``, ``(labels, probabilities)`` from one pass."""
+        probs = self.predict_proba(texts)
+        labels = self.labels_of(probs)
+        return (labels, probs) if return_proba else labels
+
+    def data_config(self, dataset: str | None = None) -> DataConfig:
+        """How the training data was read, so evaluation reads a dataset the same way."""
+        d = dict(self.spec.data) if self.spec else {}
+        if dataset is not None:
+            d["dataset"] = dataset
+        keys = ("dataset", "text_column", "label_column", "label_values", "clean_html")
+        return DataConfig(**{k: d[k] for k in keys if k in d}, train_size=None, test_size=None)
+
+
+def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, method: str, batch_size: int,
+                 max_new_tokens: int, data: dict) -> ClassifierSpec:
+    """The spec of a freshly trained classifier; the base model is recorded as given, with its fingerprint."""
+    from .model import fingerprint
+
+    return ClassifierSpec(
+        base_model=BaseModelRef(model_cfg.name_or_path, model_cfg.gguf_file, fingerprint(model_cfg)),
+        prompt=prompt.cfg, label_token_ids=list(prompt.label_token_ids), threshold=threshold, method=method,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, data=data)
+
+
+# --- the seed notebook's names, kept working -------------------------------------------
+
+
+def load_model_with_lora(run_dir: str | Path):
+    """Seed-compatible loader: returns ``(model, tokenizer)`` of a saved classifier."""
+    clf = SentimentClassifier.load(run_dir)
+    clf.model.sentiment_classifier = clf  # lets predict_sentiment find the template and threshold
+    return clf.model, clf.tokenizer
+
+
+def predict_sentiment(text: str, model, tokenizer) -> str:
+    """Seed-compatible: "Positive" or "Negative" (the saved label words) for one text."""
+    clf = getattr(model, "sentiment_classifier", None)
+    if clf is None:  # a model loaded some other way: use the seed's prompt and labels
+        clf = SentimentClassifier(model, tokenizer, Prompt(tokenizer, PromptConfig()))
+    return clf.predict([text])[0]

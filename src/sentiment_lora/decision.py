@@ -1,0 +1,43 @@
+"""The one rule that turns class probabilities into labels, and fitting its threshold.
+
+Kept free of heavy imports: the server, the CLI and the baselines all decide through here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+UNDECIDED = -1
+"""Label index of a row with no probabilities (NaN), e.g. a generated answer naming no label."""
+
+
+def decide(probs, threshold: float = 0.5) -> np.ndarray:
+    """Class index per row of ``probs`` (n, k).
+
+    Binary tasks predict the second class when its probability reaches ``threshold``;
+    otherwise the most probable class wins. A row holding NaN gets ``UNDECIDED``: it is
+    never silently counted as class 0.
+    """
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probabilities must have shape (n, k >= 2), got {probs.shape}")
+    missing = np.isnan(probs).any(axis=1)
+    if probs.shape[1] == 2:
+        out = (np.nan_to_num(probs[:, 1], nan=0.0) >= threshold).astype(int)
+    else:
+        out = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
+    out[missing] = UNDECIDED
+    return out
+
+
+def best_threshold(probs, labels) -> float:
+    """Threshold on p(class 1) that maximises accuracy; ties go to the one nearest 0.5."""
+    p = np.asarray(probs, dtype=float)[:, 1]
+    y = np.asarray(labels)
+    cuts = np.unique(p)
+    candidates = np.concatenate([[0.5], (cuts[:-1] + cuts[1:]) / 2]) if len(cuts) > 1 else np.array([0.5])
+    candidates = candidates[(candidates > 0) & (candidates < 1)]
+    pairs = np.stack([1 - p, p], axis=1)
+    accs = np.array([(decide(pairs, t) == y).mean() for t in candidates])
+    best = np.flatnonzero(accs == accs.max())
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])

@@ -1,0 +1,73 @@
+"""Scoring prompts with a model: label-token probabilities in length-sorted batches.
+
+The one place that runs the classifier's forward pass for inference. It imports only the
+model helpers below it; training, evaluation, prediction and the baselines call it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .model import collate, label_logits
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices cut into batches of at most ``batch_size``, longest first.
+
+    Similar lengths share a batch (little padding), and a memory problem shows up on the
+    first batch, not the last.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def score(model, input_ids: list[list[int]], label_ids: list[int], pad_id: int, batch_size: int,
+          progress: str | None = None) -> np.ndarray:
+    """Probabilities over the label words, shape (n, labels): one forward pass per batch."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    labels = torch.tensor(label_ids, device=device)
+    probs = np.zeros((len(input_ids), len(label_ids)), dtype=np.float64)
+    batches = length_batches([len(x) for x in input_ids], batch_size)
+    for idx in tqdm(batches, desc=progress, disable=progress is None, unit="batch", leave=False):
+        batch = collate([input_ids[i] for i in idx], pad_id, device)
+        logits = label_logits(model, batch["input_ids"], batch["attention_mask"], labels)
+        probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+    model.train(was_training)
+    return probs
+
+
+@torch.inference_mode()
+def score_generate(model, tokenizer, input_ids: list[list[int]], label_words: list[str], pad_id: int,
+                   batch_size: int, max_new_tokens: int, progress: str | None = None) -> tuple[np.ndarray, int]:
+    """The seed's fallback: generate a few tokens and look for a label word in them.
+
+    Returns one-hot rows, and NaN rows for answers that name no label word (counted in the
+    returned number): ``decision.decide`` leaves those undecided instead of guessing.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs = np.full((len(input_ids), len(label_words)), np.nan)
+    patterns = [re.compile(rf"\b{re.escape(w.lower())}\b") for w in label_words]
+    unparsed = 0
+    for idx in tqdm(length_batches([len(x) for x in input_ids], batch_size), desc=progress,
+                    disable=progress is None, unit="batch", leave=False):
+        batch = collate([input_ids[i] for i in idx], pad_id, device)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, text in zip(idx, texts):
+            hits = [(m.start(), c) for c, pat in enumerate(patterns) if (m := pat.search(text.lower()))]
+            if hits:
+                probs[i] = 0.0
+                probs[i, min(hits)[1]] = 1.0
+            else:
+                unparsed += 1
+    model.train(was_training)
+    return probs, unparsed
