@@ -51,6 +51,59 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_gguf_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Llama written as a GGUF file (f32), the way llama.cpp stores a Llama and its
+    byte-level BPE tokenizer, so the GGUF path (dequantize, cache) runs without SmolLM2."""
+    import json
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    tok = json.loads((tiny_model_dir / "tokenizer.json").read_text())
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    specials = {t["id"] for t in tok["added_tokens"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    w = gguf.GGUFWriter(str(folder / "tiny.gguf"), "llama")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(len(vocab))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if i in specials else 1 for _, i in vocab])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_add_bos_token(False)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, tensor in load_file(tiny_model_dir / "model.safetensors").items():
+        if name == "model.embed_tokens.weight":
+            out = "token_embd.weight"
+        elif name == "model.norm.weight":
+            out = "output_norm.weight"
+        elif name.startswith("model.layers."):
+            _, _, layer, *rest = name.split(".")
+            out = f"blk.{layer}.{names['.'.join(rest[:-1])]}.weight"
+        else:
+            continue  # lm_head is tied to the embeddings
+        w.add_tensor(out, tensor.astype("float32"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return folder
+
+
 def write_split_files(folder: Path, n_train: int = 120, n_test: int = 60, seed: int = 0) -> Path:
     """IMDB-shaped parquet files: sorted by label, with HTML breaks and duplicates inside."""
     import pandas as pd
@@ -88,6 +141,35 @@ def tiny_config(tiny_model_dir, tiny_data_dir):
         return load_config(None, base + list(overrides))
 
     return make
+
+
+TINY_RUN = [
+    "model.device=cpu", "data.train_size=48", "data.val_size=16", "data.test_size=24", "prompt.max_length=40",
+    "train.epochs=2", "train.batch_size=4", "train.grad_accum=2", "train.lr=5e-3", "train.logging_steps=1",
+    "train.save_steps=0", "eval.batch_size=8", "eval.calibrate=true", "eval.verify_samples=8",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_base_copy(tiny_model_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny model that tests may change or delete (the original is shared)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("base-copy") / "tiny-llama"
+    shutil.copytree(tiny_model_dir, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_base_copy, tiny_data_dir):
+    """A finished run folder of the tiny model, trained once per session on its own base copy."""
+    from sentiment_lora.config import load_config
+    from sentiment_lora.train import run
+
+    cfg = load_config(None, [f"model.name_or_path={tiny_base_copy}", f"data.dataset={tiny_data_dir}", *TINY_RUN])
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    run(cfg, out)
+    return out
 
 
 @pytest.fixture(scope="session")

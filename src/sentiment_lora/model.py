@@ -56,15 +56,64 @@ def _source(cfg: ModelConfig) -> tuple[str, dict]:
     return path, kwargs
 
 
-def load_tokenizer(cfg: ModelConfig):
+def _gguf_path(cfg: ModelConfig) -> Path | None:
+    path, _ = _source(cfg)
+    return Path(path) / cfg.gguf_file if cfg.gguf_file and Path(path).is_dir() else None
+
+
+def _cached_gguf(cfg: ModelConfig, part: str, build, what: str) -> tuple[str, dict]:
+    """The cache folder holding ``part`` of a local GGUF model, built on first use; the GGUF
+    file itself when there is no local file or the cache cannot be written."""
+    from .cache import cached_folder, file_sha256, warn
+
+    gguf = _gguf_path(cfg)
+    if gguf is None:
+        return _source(cfg)
+    key = f"{file_sha256(gguf)[:32]}-{part}"
+    try:
+        return str(cached_folder("gguf", key, lambda tmp: build(_source(cfg), tmp), what)), {}
+    except OSError as exc:
+        warn(f"could not cache the dequantized model ({exc}); loading {gguf.name} directly")
+        return _source(cfg)
+
+
+def _fail_loading(what: str, cfg: ModelConfig, exc: Exception) -> UserError:
+    return UserError(f"could not load the {what} of {cfg.name_or_path!r}: {str(exc).splitlines()[0]}. "
+                     f"Give a Hub id, a local model folder, or a GGUF file with model.gguf_file")
+
+
+def _tokenizer_from(source: tuple[str, dict], cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    path, kwargs = _source(cfg)
+    path, kwargs = source
     try:
-        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        return AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load the tokenizer of {cfg.name_or_path!r}: {str(exc).splitlines()[0]}. "
-                        f"Give a Hub id, a local model folder, or a GGUF file with model.gguf_file") from None
+        raise _fail_loading("tokenizer", cfg, exc) from None
+
+
+def _model_from(source: tuple[str, dict], cfg: ModelConfig, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    path, kwargs = source
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _fail_loading("model", cfg, exc) from None
+    if kwargs.get("gguf_file"):
+        # GGUF weights arrive dequantized but flagged as quantized, which makes peft and the
+        # Trainer refuse to train them; they are plain tensors now.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def load_tokenizer(cfg: ModelConfig):
+    source = _cached_gguf(cfg, "tokenizer", lambda src, tmp: _tokenizer_from(src, cfg).save_pretrained(tmp),
+                          "tokenizer") if cfg.gguf_file else _source(cfg)
+    tok = _tokenizer_from(source, cfg)
     if tok.pad_token is None:
         # Padding is masked out, so any existing token serves; adding one would resize
         # the embeddings and change the model.
@@ -75,24 +124,46 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, pad_token_id: int | None):
-    from transformers import AutoModelForCausalLM
-
-    path, kwargs = _source(cfg)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load model {cfg.name_or_path!r}: {str(exc).splitlines()[0]}. "
-                        f"Give a Hub id, a local model folder, or a GGUF file with model.gguf_file") from None
+    """The base model on ``device``; a GGUF file is dequantized once into the cache, then loaded from there."""
     if cfg.gguf_file:
-        # GGUF weights arrive dequantized but flagged as quantized, which makes peft and the
-        # Trainer refuse to train them; they are plain tensors now.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        name = str(dtype).removeprefix("torch.")
+        source = _cached_gguf(cfg, name, lambda src, tmp: _model_from(src, cfg, dtype).save_pretrained(tmp),
+                              f"{name} weights of {cfg.gguf_file}")
+    else:
+        source = _source(cfg)
+    model = _model_from(source, cfg, dtype)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model.to(device)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def fingerprint(cfg: ModelConfig) -> str | None:
+    """``sha256:...`` over a local base model's weights and config; None for a Hub id.
+
+    A GGUF base is its file's hash; a folder hashes ``name:sha256`` of config.json and each
+    weight file, so renaming nothing and changing one tensor changes the fingerprint.
+    """
+    import hashlib
+
+    from .cache import file_sha256
+
+    gguf = _gguf_path(cfg)
+    if gguf is not None:
+        return "sha256:" + file_sha256(gguf)
+    path = Path(resolve_path(cfg.name_or_path)).expanduser()
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}:{file_sha256(p)}\n".encode())
+    return "sha256:" + h.hexdigest()
 
 
 def add_lora(model, cfg: LoraConfig):

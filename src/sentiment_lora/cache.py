@@ -1,0 +1,139 @@
+"""The user cache: content hashes of large files, and folders that are slow to build.
+
+A GGUF base model takes seconds to dequantize on every start; its dequantized weights are
+built once into a folder here (safetensors, config, tokenizer) and loaded from there.
+
+- Where: ``$SENTIMENT_LORA_CACHE``, else ``~/.cache/sentiment-lora``.
+- Keys: the source file's sha256 and the dtype, so an edited or replaced file gets a new entry.
+- Atomic: an entry is built in a temporary folder and renamed into place, under a file
+  lock, so two processes starting together build it once and never see half of it.
+- Checked on read: every file's size and sha256 against the entry's manifest. A content
+  hash is recomputed whenever the file's size, mtime or inode changed, and memoized
+  otherwise (``hashes.json``), so a warm start does not hash half a gigabyte. A damaged
+  entry is rebuilt with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .storage import read_json, write_json
+
+MANIFEST = "manifest.json"
+_MEMO = "hashes.json"
+_MEMO_LIMIT = 2000  # entries kept in hashes.json; the oldest go first
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SENTIMENT_LORA_CACHE") or Path.home() / ".cache" / "sentiment-lora").expanduser()
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def hash_file(path: str | Path) -> str:
+    """sha256 of a file's content, hex, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's content, memoized in the cache while the file's stat is unchanged."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_path = cache_root() / _MEMO
+    try:
+        memo = read_json(memo_path)
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    seen = memo.get(str(path))
+    if isinstance(seen, dict) and seen.get("stat") == _stat_key(st) and isinstance(seen.get("sha256"), str):
+        return seen["sha256"]
+    digest = hash_file(path)
+    memo.pop(str(path), None)
+    memo[str(path)] = {"stat": _stat_key(st), "sha256": digest}
+    while len(memo) > _MEMO_LIMIT:
+        memo.pop(next(iter(memo)))
+    try:  # a lost update (two writers) only costs a re-hash later
+        write_json(memo_path, memo)
+    except OSError:
+        pass
+    return digest
+
+
+def check_entry(folder: Path) -> str | None:
+    """None when ``folder`` matches its manifest, else what is wrong with it."""
+    try:
+        manifest = read_json(folder / MANIFEST)
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its manifest is missing or unreadable"
+    if not isinstance(files, dict) or not files:
+        return "its manifest lists no files"
+    for name, want in files.items():
+        path = folder / name
+        try:
+            if path.stat().st_size != want["size"]:
+                return f"{name} has the wrong size"
+            if file_sha256(path) != want["sha256"]:
+                return f"{name} has the wrong content"
+        except OSError:
+            return f"{name} is missing"
+        except (KeyError, TypeError):
+            return "its manifest is malformed"
+    return None
+
+
+def cached_folder(kind: str, key: str, build: Callable[[Path], None], what: str) -> Path:
+    """The folder ``kind/key`` of the cache, built by ``build(tmp_folder)`` when missing or damaged.
+
+    Raises OSError when the cache cannot be written; callers fall back to the slow path.
+    """
+    from filelock import FileLock
+
+    parent = cache_root() / kind
+    entry = parent / key
+    if entry.is_dir() and check_entry(entry) is None:
+        return entry
+    parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(parent / f"{key}.lock")):
+        if entry.is_dir():  # someone may have built it while we waited for the lock
+            problem = check_entry(entry)
+            if problem is None:
+                return entry
+            warn(f"cached {what} in {entry} is damaged ({problem}); rebuilding it")
+            shutil.rmtree(entry, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
+        try:
+            build(tmp)
+            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+                     for p in sorted(tmp.rglob("*")) if p.is_file()}
+            write_json(tmp / MANIFEST, {"what": what, "key": key, "files": files})
+            os.replace(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    # The manifest hashed the files under their temporary paths; hash them once more under
+    # the final ones so the next start finds them memoized.
+    for name in json.loads((entry / MANIFEST).read_text(encoding="utf-8"))["files"]:
+        file_sha256(entry / name)
+    return entry
