@@ -1,0 +1,148 @@
+"""``sentiment-lora export``: a classifier folder that stands alone.
+
+The exported folder needs neither the base model's original path nor the GGUF package:
+- ``--merge``: LoRA merged into the base (peft's ``merge_and_unload``) and saved as a plain
+  transformers model folder, which ``AutoModelForCausalLM.from_pretrained`` loads;
+- otherwise: the adapter as trained plus a copy of the base weights in ``base/``.
+Both carry ``classifier.json``, the run's metrics and plots, and a model card (README.md),
+and both load with ``SentimentClassifier.load``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from .classifier import SentimentClassifier, base_model_config
+from .errors import UserError
+from .spec import BaseModelRef, ClassifierSpec
+from .storage import read_json, write_dir
+
+COPIED = ("metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png", "calibration.png")
+
+
+def _origin(spec: ClassifierSpec) -> str:
+    b = spec.base_model
+    if b.bundled:
+        return b.origin or "unknown"
+    return f"{b.name_or_path}/{b.gguf_file}" if b.gguf_file else b.name_or_path
+
+
+def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype: str = "float32") -> Path:
+    """Write a standalone copy of the classifier in ``run_dir`` to ``out_dir`` (which must not exist
+    or be empty). The folder appears whole or not at all."""
+    from .model import load_base_model, pick_dtype
+
+    run_dir, out = Path(run_dir), Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"export folder {str(out)!r} exists and is not empty; choose another OUT_DIR")
+    spec = ClassifierSpec.load(run_dir)
+    clf = SentimentClassifier.from_spec(spec, run_dir, device="cpu", dtype=dtype)
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    origin = _origin(spec)
+
+    def fill(tmp: Path) -> None:
+        if merge:
+            model = clf.model.merge_and_unload() if spec.adapter is not None else clf.model
+            model.save_pretrained(tmp)
+            clf.tokenizer.save_pretrained(tmp)
+            new = dataclasses.replace(spec, adapter=None, base_model=BaseModelRef(".", bundled=True, origin=origin))
+        else:
+            model_cfg = base_model_config(spec, run_dir, device="cpu", dtype=dtype)
+            torch_dtype = pick_dtype(dtype, clf.model.device)
+            base = load_base_model(model_cfg, clf.model.device, torch_dtype, clf.tokenizer.pad_token_id)
+            base.save_pretrained(tmp / "base")
+            clf.tokenizer.save_pretrained(tmp / "base")
+            if spec.adapter is not None:
+                shutil.copytree(run_dir / spec.adapter, tmp / "adapter")
+            new = dataclasses.replace(spec, adapter="adapter" if spec.adapter is not None else None,
+                                      base_model=BaseModelRef("base", bundled=True, origin=origin))
+        for name in COPIED:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+        (tmp / "README.md").write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
+                                                  adds_bos=bool(clf.prompt.lead)),
+                                       encoding="utf-8")
+        new.save(tmp)  # last, as in a run folder
+
+    return write_dir(out, fill)
+
+
+def _lora_settings(run_dir: Path) -> dict | None:
+    from .config import load_config
+
+    try:
+        return dict(load_config(run_dir / "config.yaml").lora.__dict__)
+    except (UserError, OSError):
+        return None
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | None, adds_bos: bool = False) -> str:
+    """README.md of an exported classifier: what it is, how well it does, how to load it."""
+    words = spec.label_words
+    data = metrics.get("data", {})
+    dataset = spec.data.get("dataset", "unknown")
+    origin = spec.base_model.origin or "unknown"
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-classification",
+             "tags: [sentiment-lora, lora, text-classification]", "---", "",
+             "# Text classifier fine-tuned with sentiment-lora", "",
+             f"A decoder LLM turned into a {len(words)}-class classifier: the prompt ends where the label word "
+             f"would start, and each class's probability is the softmax over the label words' first tokens at "
+             f"that position.", "",
+             "| | |", "|---|---|",
+             f"| base model | `{origin}` |",
+             "| weights here | " + ("LoRA merged into the base (plain transformers folder) |" if merged
+                                   else "LoRA adapter (`adapter/`) + base model copy (`base/`) |")]
+    if lora:
+        lines.append(f"| LoRA | r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, "
+                     f"targets {', '.join(lora['target_modules'])} |")
+    lines += [f"| training data | `{dataset}`: {data.get('train_sample', '?')} train, {data.get('val_sample', '?')} "
+              f"validation, {data.get('test_sample', '?')} test examples (balanced, seeded samples) |",
+              f"| max length | {spec.prompt.max_length} tokens, longer texts cut ({spec.prompt.truncation}) |",
+              "| decision | " + (f"p({words[1]}) >= {spec.threshold:.4f} |" if len(words) == 2
+                                 else "the most probable class |"),
+              "", "## Labels and prompt", "", "| class | label word | token id |", "|---|---|---|"]
+    lines += [f"| {i} | {w} | {t} |" for i, (w, t) in enumerate(zip(words, spec.label_token_ids))]
+    lines += ["", "Template (`{text}` is the input):", "", "```", spec.prompt.template, "```", ""]
+    if metrics.get("n"):
+        lo, hi = metrics["accuracy_ci95"]
+        lines += ["## Evaluation", "",
+                  f"On {metrics['n']} held-out test examples of `{dataset}` "
+                  f"(split `{spec.data.get('test_split', 'test')}`):",
+                  "", "| metric | value |", "|---|---|",
+                  f"| accuracy (95% Wilson interval) | {metrics['accuracy']:.4f} ({lo:.3f}-{hi:.3f}) |",
+                  f"| macro F1 | {_pct(metrics.get('macro_f1'))} |", f"| ROC-AUC | {_pct(metrics.get('roc_auc'))} |",
+                  f"| expected calibration error | {_pct(metrics.get('ece'))} |", ""]
+    lines += ["## Intended use and limits", "",
+              f"- Classifying texts like those of `{dataset}` into {', '.join(words)}. Texts from another domain, "
+              f"language or length can be scored with lower accuracy: measure on your own data first "
+              f"(`sentiment-lora evaluate`).",
+              f"- Inputs longer than {spec.prompt.max_length} tokens are cut; the label may depend on the cut part.",
+              "- The probabilities are the model's, calibrated only by the threshold; check the reliability "
+              "diagram (calibration.png) before reading them as frequencies.",
+              "- It inherits the base model's biases; it is not meant for decisions about people.", "",
+              "## How to load", "", "With sentiment-lora:", "", "```python",
+              "from sentiment_lora import SentimentClassifier", "",
+              'clf = SentimentClassifier.load("path/to/this/folder")',
+              'clf.predict(["A wonderful, moving film."])        # label words',
+              'clf.predict_proba(["A wonderful, moving film."])  # columns in label-word order', "```", ""]
+    if merged:
+        ids = list(spec.label_token_ids)
+        rule = (f'words[int(probs[1] >= {spec.threshold:.4f})]' if len(words) == 2 else "words[int(probs.argmax())]")
+        lines += ["With plain transformers (no sentiment-lora):", "", "```python", "import torch",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder").eval()',
+                  'tok = AutoTokenizer.from_pretrained("path/to/this/folder")',
+                  f"words, ids = {words!r}, {ids!r}",
+                  f"prompt = {spec.prompt.template!r}.format(text=\"A wonderful, moving film.\")",
+                  f"batch = tok(prompt, return_tensors=\"pt\", add_special_tokens={adds_bos})",
+                  "with torch.no_grad():", "    logits = model(**batch).logits[0, -1]",
+                  "probs = torch.softmax(logits[ids], dim=-1)", f"label = {rule}", "```", "",
+                  "sentiment-lora also replaces `<br />` with spaces, and cuts texts longer than the max length "
+                  "inside the text only; the snippet does neither."]
+    return "\n".join(lines) + "\n"
