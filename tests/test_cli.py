@@ -95,10 +95,10 @@ def test_good_predict_files(tmp_path):
 
 
 def test_empty_text_is_refused(tiny_config, tmp_path):
+    from sentiment_lora.classifier import SentimentClassifier
     from sentiment_lora.config import ModelConfig, PromptConfig
     from sentiment_lora.errors import UserError
     from sentiment_lora.model import load_tokenizer
-    from sentiment_lora.predict import SentimentClassifier
     from sentiment_lora.prompt import Prompt
 
     cfg = tiny_config()

@@ -1,4 +1,4 @@
-"""``sentiment-lora``: a thin command line over train.run, evaluate.evaluate_run and predict."""
+"""``sentiment-lora``: a thin command line; each verb calls one function of the package."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import logging
 import os
 import sys
 import warnings
+
+
+def _num(x) -> str:
+    """A metric for printing; undefined ones (ROC-AUC with one class present) print as n/a."""
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _train(args) -> int:
@@ -25,7 +30,7 @@ def _train(args) -> int:
         t = metrics["train"]
         lo, hi = metrics["accuracy_ci95"]
         print(f"accuracy {metrics['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {metrics['n']} test reviews, "
-              f"macro F1 {metrics['macro_f1']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, ECE {metrics['ece']:.4f}")
+              f"macro F1 {metrics['macro_f1']:.4f}, ROC-AUC {_num(metrics['roc_auc'])}, ECE {_num(metrics['ece'])}")
         print(f"training: {t['train_tokens_per_s']} tokens/s, {t['train_reviews_per_s']} reviews/s, "
               f"peak memory {t['peak_mem_mb']:.0f} MB; scoring: {metrics['eval_reviews_per_s']} reviews/s; "
               f"wall time {metrics['wall_seconds']:.0f} s")
@@ -40,45 +45,86 @@ def _evaluate(args) -> int:
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                      output_dir=args.output_dir)
     lo, hi = m["accuracy_ci95"]
-    auc = f"{m['roc_auc']:.4f}" if m["roc_auc"] is not None else "n/a"
     print(f"accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} reviews of {m['split']}, "
-          f"macro F1 {m['macro_f1']:.4f}, ROC-AUC {auc}, {m['reviews_per_s']} reviews/s")
+          f"macro F1 {m['macro_f1']:.4f}, ROC-AUC {_num(m['roc_auc'])}, {m['reviews_per_s']} reviews/s")
     if m["unparsed"]:
         print(f"{m['unparsed']} answers named no label word (generate method)")
     print(f"written to {m['output_dir']}")
     return 0
 
 
-def _predict(args) -> int:
-    from .metrics import predict_labels
-    from .predict import SentimentClassifier, read_texts
+def _print_predictions(clf, pairs, as_json: bool) -> None:
+    from .predict import output_row
 
+    for text, (rec, label, probs) in pairs:
+        if as_json:
+            row = output_row(rec, label, probs, clf.label_words)
+            row.pop("row")
+            print(json.dumps({"text": text, **row}, ensure_ascii=False))
+        else:
+            prob = "" if label is None else f"{float(probs[clf.label_words.index(label)]):.4f}"
+            preview = " ".join((text or "").split())
+            preview = preview if len(preview) <= 70 else preview[:67] + "..."
+            print(f"{label or '-'}\t{prob}\t{preview}", flush=False)
+    sys.stdout.flush()
+
+
+def _predict(args) -> int:
+    from .predict import Record, check_input, chunked, classify_chunk, iter_records, prepare_output
+
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise _usage("--chunk-size must be 1 or more")
+    if args.output and not args.file:
+        raise _usage("--output needs --file: predictions of arguments or stdin go to standard output")
+    # Everything a user can get wrong is checked before the model loads (tens of seconds).
     if args.file:
-        texts = read_texts(args.file, field=args.field)
+        check_input(args.file, args.field, args.id_field)
+        if args.output:
+            prepare_output(args.file, args.output, args.field, args.id_field)
+        records = None
     elif args.texts:
-        texts = list(args.texts)
+        for i, t in enumerate(args.texts, 1):
+            if not t.strip():
+                raise _usage(f"text {i} is empty; give non-empty texts to classify")
+        records = [Record(i, t) for i, t in enumerate(args.texts)]
     elif not sys.stdin.isatty():
-        try:
-            texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            raise _usage("standard input is not UTF-8 text") from None
-        if not texts:
-            raise _usage("no texts on standard input; pass texts as arguments, --file, or lines on stdin")
+        from .predict import iter_text_lines
+
+        stdin = getattr(sys.stdin, "buffer", None) or (line.encode() for line in sys.stdin)  # a test's StringIO
+        records = iter_text_lines(stdin, "standard input")
     else:
         raise _usage("no texts given; pass texts as arguments, --file reviews.txt, or lines on stdin")
+
+    from .classifier import SentimentClassifier
+
     clf = SentimentClassifier.load(args.run_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-    probs = clf.predict_proba(texts)
-    labels = [clf.label_words[i] for i in predict_labels(probs, clf.threshold)]
-    for text, label, p in zip(texts, labels, probs):
-        prob = float(p[clf.label_words.index(label)])
-        if args.json:
-            print(json.dumps({"text": text, "label": label, "prob": round(prob, 6),
-                              "probs": dict(zip(clf.label_words, (round(float(x), 6) for x in p)))},
-                             ensure_ascii=False))
-        else:
-            preview = " ".join(text.split())
-            preview = preview if len(preview) <= 70 else preview[:67] + "..."
-            print(f"{label}\t{prob:.4f}\t{preview}")
+    chunk_size = args.chunk_size or 1024
+    if args.output:
+        from .predict import predict_file
+
+        r = predict_file(clf, args.file, args.output, args.field, args.id_field, chunk_size)
+        resumed = f", continuing after row {r['resumed_after']}" if r["resumed_after"] else ""
+        empty = f"; {r['empty']} rows without text (label null)" if r["empty"] else ""
+        print(f"{r['rows']} predictions appended to {args.output} in {r['seconds']:.1f} s{resumed}{empty}",
+              file=sys.stderr)
+        return 0
+    if records is None:
+        records = iter_records(args.file, args.field, args.id_field)
+    seen = 0
+    for chunk in chunked(records, chunk_size):
+        seen += len(chunk)
+        _print_predictions(clf, zip([r.text for r in chunk], classify_chunk(clf, chunk)), args.json)
+    if not seen:
+        raise _usage("no texts on standard input; pass texts as arguments, --file, or lines on stdin")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export
+
+    out = export(args.run_dir, args.out_dir, merge=args.merge, dtype=args.dtype)
+    kind = "merged model" if args.merge else "adapter + base model"
+    print(f"exported {args.run_dir} to {out} ({kind}); load it with SentimentClassifier.load({str(out)!r})")
     return 0
 
 
@@ -98,7 +144,7 @@ def _baseline(args) -> int:
         m = run_zero_shot(load_config(args.config, args.set), args.output_dir or "runs/baseline-zero-shot")
     lo, hi = m["accuracy_ci95"]
     print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
-          f"ROC-AUC {m['roc_auc']:.4f}, ECE {m['ece']:.4f}")
+          f"ROC-AUC {_num(m['roc_auc'])}, ECE {_num(m['ece'])}")
     if "accuracy_uncalibrated" in m:
         print(f"threshold {m['threshold']:.4f} calibrated on validation; at 0.5 the accuracy is "
               f"{m['accuracy_uncalibrated']:.4f}")
@@ -147,14 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify texts given as arguments, in a file, or on stdin")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*")
-    p.add_argument("--file", help="reviews.txt (one per line), .jsonl or .csv (a 'text' field)")
-    p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv")
+    p.add_argument("--file", help="texts to classify: .txt (one per line), .jsonl, .csv or .parquet, read as a stream")
+    p.add_argument("--output", help="with --file: append one JSON line per input here (OUT.jsonl); an "
+                   "interrupted run continues where it stopped")
+    p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv/.parquet")
+    p.add_argument("--id-field", help="field or column copied to each output line as its id")
+    p.add_argument("--chunk-size", type=int, help="texts read and scored at a time (default 1024)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights dtype (auto: fp32 on CPU; bfloat16 is faster on CPUs with native bf16)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="write a standalone classifier folder (no base model path, no GGUF needed)")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--merge", action="store_true", help="merge LoRA into the base: a plain transformers model folder")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype of the exported weights (default float32)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("baseline", help="score a baseline: tfidf (logistic regression) or zero-shot (no adapter)")
     p.add_argument("kind", choices=["tfidf", "zero-shot"])

@@ -1,177 +1,317 @@
-"""A saved classifier, reloaded from its run folder alone: ``predict`` and ``predict_proba``."""
+"""Predicting over files of any size: streamed input, appended output, resumable.
+
+Input is read record by record (.txt one per line, .jsonl, .csv, .parquet) and scored in
+chunks, so memory stays flat however large the file is. With an output file, each chunk's
+lines are appended and flushed to disk as soon as it is scored; a sidecar
+``OUTPUT.partial`` says the output is unfinished and which input it belongs to, so an
+interrupted run continues where it stopped, with no line written twice or skipped.
+"""
 
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, ModelConfig, PromptConfig
-from .data import clean_text
 from .errors import UserError
-from .metrics import predict_labels
-from .prompt import Prompt
-from .storage import read_json
+from .storage import read_json, write_json
 
-SPEC_FORMAT = "sentiment-lora-classifier/1"
+SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
+PARTIAL = ".partial"
 
 
-class SentimentClassifier:
-    """Base model + LoRA adapter + prompt + threshold: text in, label out."""
+@dataclass
+class Record:
+    row: int
+    """0-based position among the input's records (blank lines of .txt / .jsonl are not records)."""
+    text: str | None
+    """None when the record holds no usable text (empty, or not a string)."""
+    id: str | int | None = None
+    """The record's own id, from ``id_field``, when one was asked for."""
 
-    def __init__(self, model, tokenizer, prompt: Prompt, threshold: float = 0.5, method: str = "logits",
-                 batch_size: int = 16, max_new_tokens: int = 5, clean_html: bool = True, spec: dict | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.prompt = prompt
-        self.threshold = threshold
-        self.method = method
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.clean_html = clean_html
-        self.spec = spec or {}
 
-    @property
-    def label_words(self) -> list[str]:
-        return list(self.prompt.cfg.label_words)
-
-    @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", dtype: str = "auto",
-             batch_size: int | None = None) -> SentimentClassifier:
-        run_dir = Path(run_dir)
-        spec_path = run_dir / "classifier.json"
-        if not spec_path.is_file():
-            raise UserError(f"{str(run_dir)!r} is not a classifier run folder (no classifier.json); "
-                            f"pass the --output-dir of a finished 'sentiment-lora train'")
+def _lines(stream, name: str) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line) of non-blank lines. Binary mode splits on \\n only, so a
+    carriage return or U+2028 inside a line never splits one text into two."""
+    for number, raw in enumerate(stream, 1):
         try:
-            spec = read_json(spec_path)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{spec_path} is not valid JSON; the run folder is damaged, train again") from None
-        if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
-            raise UserError(f"{spec_path} is not a sentiment-lora classifier spec (format {SPEC_FORMAT})")
-        return cls.from_spec(spec, run_dir, device=device, dtype=dtype, batch_size=batch_size)
-
-    @classmethod
-    def from_spec(cls, spec: dict, run_dir: str | Path, device: str = "auto", dtype: str = "auto",
-                  batch_size: int | None = None) -> SentimentClassifier:
-        from .model import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype
-
-        adapter = Path(run_dir) / spec.get("adapter", "adapter")
-        if not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"{str(run_dir)!r} has no adapter/adapter_config.json; the run folder is incomplete")
-        model_cfg = ModelConfig(**{**spec["base_model"], "device": device, "dtype": dtype})
-        p = spec["prompt"]
-        prompt_cfg = PromptConfig(template=p["template"], label_words=p["label_words"],
-                                  max_length=p["max_length"], truncation=p["truncation"])
-        tok = load_tokenizer(model_cfg)
-        prompt = Prompt(tok, prompt_cfg)
-        if prompt.label_token_ids != p["label_token_ids"]:
-            raise UserError(f"the tokenizer of {model_cfg.name_or_path!r} maps the label words to "
-                            f"{prompt.label_token_ids}, the saved classifier to {p['label_token_ids']}: "
-                            f"it is not the base model this adapter was trained on")
-        torch_device = pick_device(model_cfg.device)
-        base = load_base_model(model_cfg, torch_device, pick_dtype(model_cfg.dtype, torch_device), tok.pad_token_id)
-        model = load_adapter(base, adapter)
-        model.eval()
-        return cls(model, tok, prompt, threshold=float(spec.get("threshold", 0.5)),
-                   method=spec.get("method", "logits"), batch_size=batch_size or spec.get("batch_size", 16),
-                   max_new_tokens=spec.get("max_new_tokens", 5),
-                   clean_html=spec.get("data", {}).get("clean_html", True), spec=spec)
-
-    def _encode(self, texts) -> list[list[int]]:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise UserError(f"text {i + 1} is empty; give non-empty texts to classify")
-        return self.prompt.encode([clean_text(t, self.clean_html) for t in texts]).input_ids
-
-    def predict_proba(self, texts) -> np.ndarray:
-        """Probabilities over the label words, shape (n, labels), columns in label order."""
-        from .evaluate import score
-
-        ids = self._encode(texts)
-        if not ids:
-            return np.zeros((0, len(self.label_words)))
-        return score(self.model, ids, self.prompt.label_token_ids, self.tokenizer.pad_token_id, self.batch_size)
-
-    def predict_proba_generate(self, texts) -> tuple[np.ndarray, int]:
-        from .evaluate import score_generate
-
-        return score_generate(self.model, self.tokenizer, self._encode(texts), self.label_words,
-                              self.tokenizer.pad_token_id, self.batch_size, self.max_new_tokens)
-
-    def predict(self, texts) -> list[str]:
-        """Label word per text (the threshold applies to binary tasks)."""
-        probs = self.predict_proba(texts)
-        return [self.label_words[i] for i in predict_labels(probs, self.threshold)]
-
-    def data_config(self, dataset: str | None = None) -> DataConfig:
-        """How the training data was read, so evaluation reads a dataset the same way."""
-        d = dict(self.spec.get("data", {}))
-        if dataset is not None:
-            d["dataset"] = dataset
-        keys = ("dataset", "text_column", "label_column", "label_values", "clean_html")
-        return DataConfig(**{k: d[k] for k in keys if k in d}, train_size=None, test_size=None)
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{name}:{number} is not UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
+        line = line.removesuffix("\n").removesuffix("\r")
+        if line.strip():
+            yield number, line
 
 
-# --- the seed notebook's names, kept working -------------------------------------------
+def _text_of(value) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
 
 
-def load_model_with_lora(run_dir: str | Path):
-    """Seed-compatible loader: returns ``(model, tokenizer)`` of a saved classifier."""
-    clf = SentimentClassifier.load(run_dir)
-    clf.model.sentiment_classifier = clf  # lets predict_sentiment find the template and threshold
-    return clf.model, clf.tokenizer
+def iter_text_lines(stream, name: str) -> Iterator[Record]:
+    """Records of a binary stream holding one text per line (a .txt file, standard input)."""
+    for row, (_, line) in enumerate(_lines(stream, name)):
+        yield Record(row, line)
 
 
-def predict_sentiment(text: str, model, tokenizer) -> str:
-    """Seed-compatible: "Positive" or "Negative" (the saved label words) for one text."""
-    clf = getattr(model, "sentiment_classifier", None)
-    if clf is None:  # a model loaded some other way: use the seed's prompt and labels
-        clf = SentimentClassifier(model, tokenizer, Prompt(tokenizer, PromptConfig()))
-    return clf.predict([text])[0]
+def _iter_jsonl(stream, name: str, field: str, id_field: str | None) -> Iterator[Record]:
+    for row, (number, line) in enumerate(_lines(stream, name)):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{name}:{number} is not valid JSON; write one JSON object per line") from None
+        if not isinstance(obj, dict) or field not in obj:
+            raise UserError(f"{name}:{number} has no string field {field!r}; write {{\"{field}\": \"...\"}} "
+                            f"or choose the field with --field")
+        if obj[field] is not None and not isinstance(obj[field], str):
+            raise UserError(f"{name}:{number} has no string field {field!r}; write {{\"{field}\": \"...\"}} "
+                            f"or choose the field with --field")
+        yield Record(row, _text_of(obj[field]), obj.get(id_field) if id_field else None)
 
 
-# --- reading texts to classify from a file ----------------------------------------------
+def _iter_csv(path: Path, field: str, id_field: str | None) -> Iterator[Record]:
+    # Reviews can be long: lift the csv module's 128 KiB field limit (to what a C long holds).
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            header = reader.fieldnames
+        except UnicodeDecodeError as exc:
+            raise UserError(f"input file {str(path)!r} is not UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
+        if header is None:
+            return
+        for name in (field, id_field):
+            if name and name not in header:
+                raise UserError(f"{path} has no column {name!r} (columns: {', '.join(header)}); add a header row "
+                                f"with a {name!r} column, or choose it with --field / --id-field")
+        try:
+            for row, rec in enumerate(reader):
+                yield Record(row, _text_of(rec.get(field)), rec.get(id_field) if id_field else None)
+        except UnicodeDecodeError as exc:
+            raise UserError(f"input file {str(path)!r} is not UTF-8 near row {reader.line_num} (byte {exc.start}); "
+                            f"re-save it as UTF-8") from None
+        except csv.Error as exc:
+            raise UserError(f"{path}:{reader.line_num} is not valid CSV ({exc}); fix the quoting") from None
+
+
+def _iter_parquet(path: Path, field: str, id_field: str | None, batch: int = 4096) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types; all mean "not a readable parquet file"
+        raise UserError(f"input file {str(path)!r} is not a readable parquet file ({exc}); check the file") from None
+    names = pf.schema_arrow.names
+    for name in (field, id_field):
+        if name and name not in names:
+            raise UserError(f"{path} has no column {name!r} (columns: {', '.join(names)}); choose it with --field "
+                            f"/ --id-field")
+    row = 0
+    columns = [field] + ([id_field] if id_field and id_field != field else [])
+    for chunk in pf.iter_batches(batch_size=batch, columns=columns):
+        texts = chunk.column(field).to_pylist()
+        ids = chunk.column(id_field).to_pylist() if id_field else [None] * len(texts)
+        for text, rid in zip(texts, ids):
+            yield Record(row, _text_of(text), rid)
+            row += 1
+
+
+def iter_records(path: str | Path, field: str = "text", id_field: str | None = None) -> Iterator[Record]:
+    """Records of a .txt, .jsonl, .csv or .parquet file, read as they are needed."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".txt", ""):
+        with open(path, "rb") as f:
+            yield from iter_text_lines(f, str(path))
+    elif suffix == ".jsonl":
+        with open(path, "rb") as f:
+            yield from _iter_jsonl(f, str(path), field, id_field)
+    elif suffix == ".csv":
+        yield from _iter_csv(path, field, id_field)
+    elif suffix == ".parquet":
+        yield from _iter_parquet(path, field, id_field)
+    else:
+        raise UserError(f"input file {str(path)!r}: unknown type {suffix!r}; use {', '.join(SUFFIXES)}")
+
+
+def check_input(path: str | Path, field: str = "text", id_field: str | None = None) -> None:
+    """Before any model loads: the file exists, has a known type, and its first records parse."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"input file {str(path)!r} not found; check the path")
+    if path.is_dir():
+        raise UserError(f"input file {str(path)!r} is a folder; pass a .txt, .jsonl, .csv or .parquet file")
+    if not path.is_file():
+        raise UserError(f"input file {str(path)!r} is not a regular file; save the texts to a file first")
+    if path.suffix.lower() not in (*SUFFIXES, ""):
+        raise UserError(f"input file {str(path)!r}: unknown type {path.suffix!r}; use {', '.join(SUFFIXES)}")
+    try:
+        first = list(itertools.islice(iter_records(path, field, id_field), 64))
+    except OSError as exc:
+        raise UserError(f"input file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+    if not first:
+        raise UserError(f"input file {str(path)!r} holds no texts")
 
 
 def read_texts(path: str | Path, field: str = "text") -> list[str]:
-    """Texts from .txt (one per line), .jsonl (a ``text`` field) or .csv (a ``text`` column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"input file {str(path)!r} not found")
-    try:
-        content = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"input file {str(path)!r} is not UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
-    suffix = path.suffix.lower()
-    texts: list[str] = []
-    if suffix == ".jsonl":
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{n} is not valid JSON; write one JSON object per line") from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise UserError(f"{path}:{n} has no string field {field!r}; write {{\"{field}\": \"...\"}}")
-            texts.append(row[field])
-    elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(content))
-        if reader.fieldnames is None or field not in reader.fieldnames:
-            raise UserError(f"{path} has no column {field!r} (columns: {reader.fieldnames or 'none'}); "
-                            f"add a header row with a {field!r} column")
-        texts = [row[field] or "" for row in reader]
-    elif suffix in (".txt", ""):
-        texts = [line for line in content.splitlines() if line.strip()]
-    else:
-        raise UserError(f"input file {str(path)!r}: unknown type {suffix!r}; use .txt, .jsonl or .csv")
-    if not texts:
-        raise UserError(f"input file {str(path)!r} holds no texts")
+    """All texts of a small file, in order; an empty one is an error (use ``iter_records`` for large files)."""
+    check_input(path, field)
+    texts = []
+    for rec in iter_records(path, field):
+        if rec.text is None:
+            raise UserError(f"{path}: record {rec.row + 1} has an empty text; remove it or fill it in")
+        texts.append(rec.text)
     return texts
+
+
+def count_records(path: str | Path) -> int | None:
+    """About how many records a file holds, cheaply (for the progress bar's ETA)."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            n += block.count(b"\n")
+    return n + (path.suffix.lower() != ".csv")  # a last line without \n; minus a csv header
+
+
+def chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    it = iter(records)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def classify_chunk(clf, chunk: list[Record]) -> list[tuple[Record, str | None, np.ndarray | None]]:
+    """(record, label, probabilities) per record; a record without text gets no label."""
+    todo = [i for i, r in enumerate(chunk) if r.text is not None]
+    probs = clf.predict_proba([chunk[i].text for i in todo]) if todo else np.zeros((0, len(clf.label_words)))
+    labels = clf.labels_of(probs)
+    out: list = [(r, None, None) for r in chunk]
+    for j, i in enumerate(todo):
+        out[i] = (chunk[i], labels[j], probs[j])
+    return out
+
+
+def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_words: list[str]) -> dict:
+    """One line of a predictions file: row (and id), label, its probability, all probabilities."""
+    row: dict = {"row": rec.row}
+    if rec.id is not None:
+        row["id"] = rec.id
+    if probs is None:
+        return {**row, "label": None, "prob": None, "probs": None, "error": "empty text"}
+    prob = float(probs[label_words.index(label)]) if label is not None else None
+    return {**row, "label": label, "prob": None if prob is None else round(prob, 6),
+            "probs": {w: round(float(p), 6) if np.isfinite(p) else None for w, p in zip(label_words, probs)}}
+
+
+# --- resumable output ---------------------------------------------------------------------
+
+
+def _input_identity(path: Path, field: str, id_field: str | None) -> dict:
+    st = path.stat()
+    return {"input": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "field": field, "id_field": id_field}
+
+
+def _complete_lines(output: Path) -> int:
+    """Drop a half-written last line (the process died mid-write); return the complete lines."""
+    with open(output, "rb+") as f:
+        data_end = f.seek(0, os.SEEK_END)
+        n, pos, last_newline = 0, 0, -1
+        f.seek(0)
+        while block := f.read(1 << 22):
+            n += block.count(b"\n")
+            i = block.rfind(b"\n")
+            if i >= 0:
+                last_newline = pos + i
+            pos += len(block)
+        if last_newline + 1 != data_end:
+            f.truncate(last_newline + 1)
+    return n
+
+
+def prepare_output(input_path: str | Path, output: str | Path, field: str = "text",
+                   id_field: str | None = None) -> int:
+    """Check the output file before the model loads; return how many rows it already holds.
+
+    A finished output is never overwritten; an unfinished one (its ``.partial`` sidecar is
+    there) is continued, provided it belongs to the same, unchanged input.
+    """
+    input_path, output = Path(input_path), Path(output)
+    sidecar = Path(f"{output}{PARTIAL}")
+    if output.is_dir():
+        raise UserError(f"--output {str(output)!r} is a folder; give a file name such as predictions.jsonl")
+    if output.suffix.lower() != ".jsonl":
+        raise UserError(f"--output {str(output)!r}: predictions are written as JSON lines; name it *.jsonl")
+    if output.resolve() == input_path.resolve():
+        raise UserError("--output names the input file; choose another output file")
+    identity = _input_identity(input_path, field, id_field)
+    if not output.exists():
+        return 0
+    if not sidecar.is_file():
+        raise UserError(f"--output {str(output)!r} exists and is finished; choose another file or delete it")
+    try:
+        saved = read_json(sidecar)
+    except (OSError, ValueError):
+        saved = None
+    if saved != identity:
+        raise UserError(f"--output {str(output)!r} is an unfinished prediction of another or a changed input; "
+                        f"delete it and {sidecar.name} to start over")
+    done = _complete_lines(output)
+    if done:
+        with open(output, "rb") as f:
+            f.seek(max(0, output.stat().st_size - (1 << 16)))
+            last = f.read().splitlines()[-1]
+        try:
+            ok = json.loads(last)["row"] == done - 1
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"--output {str(output)!r} does not end with row {done - 1}; it was edited or damaged, "
+                            f"delete it and {sidecar.name} to start over")
+    return done
+
+
+def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "text", id_field: str | None = None,
+                 chunk_size: int = 1024, progress: bool = True) -> dict:
+    """Classify every record of ``input_path`` into ``output`` (JSON lines), resuming an unfinished one.
+
+    Returns counts: rows written now, rows found done, rows without text, and seconds.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    input_path, output = Path(input_path), Path(output)
+    done = prepare_output(input_path, output, field, id_field)
+    sidecar = Path(f"{output}{PARTIAL}")
+    write_json(sidecar, _input_identity(input_path, field, id_field))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    written = empty = 0
+    bar = tqdm(total=count_records(input_path), initial=done, unit="text", desc="predict", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+    records = itertools.islice(iter_records(input_path, field, id_field), done, None)
+    with open(output, "a", encoding="utf-8") as out:
+        for chunk in chunked(records, chunk_size):
+            lines = []
+            for rec, label, probs in classify_chunk(clf, chunk):
+                empty += probs is None
+                lines.append(json.dumps(output_row(rec, label, probs, clf.label_words), ensure_ascii=False) + "\n")
+            out.write("".join(lines))
+            out.flush()
+            os.fsync(out.fileno())  # a line on disk is a line a resumed run will not redo
+            written += len(chunk)
+            bar.update(len(chunk))
+    bar.close()
+    sidecar.unlink()
+    return {"rows": written, "resumed_after": done, "empty": empty,
+            "seconds": round(time.perf_counter() - started, 2)}
