@@ -162,3 +162,9 @@ def test_cli_file_to_stdout_and_errors_before_loading(tiny_run, tmp_path, capsys
     assert "is a folder" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "no-run"), "good", "   "]) == 2  # refused before any loading
     assert "text 2 is empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_classifier_gives_the_same_probabilities(tiny_run, clf):
+    compiled = SentimentClassifier.load(tiny_run).compile()
+    assert np.abs(compiled.predict_proba(TEXTS) - clf.predict_proba(TEXTS)).max() < 1e-5

@@ -111,7 +111,8 @@ def zero_shot_probs(cfg: Config, samples: list[Sample]) -> list[np.ndarray]:
     prompt = Prompt(tok, cfg.prompt)
     model = load_base_model(cfg.model, device, pick_dtype(cfg.model.dtype, device), tok.pad_token_id)
     return [score(model, prompt.encode(s.texts).input_ids, prompt.label_token_ids, tok.pad_token_id,
-                  cfg.eval.batch_size, progress=name) for name, s in zip(("validate", "test"), samples)]
+                  cfg.eval.batch_size, progress=name, max_tokens=cfg.eval.max_batch_tokens)
+            for name, s in zip(("validate", "test"), samples)]
 
 
 def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:

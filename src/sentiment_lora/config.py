@@ -174,7 +174,10 @@ class EvalConfig:
     """logits: softmax over the label tokens at the last position (one batched forward
     pass); generate: the seed's fallback, generate a few tokens and look for a label word."""
     batch_size: int = 16
-    """Reviews per scoring forward pass."""
+    """Most reviews per scoring forward pass."""
+    max_batch_tokens: int | None = None
+    """A scoring batch also closes before its padded size (rows x longest prompt) passes this
+    many tokens, so short reviews share larger batches; null: by batch_size alone."""
     threshold: float = 0.5
     """Binary tasks: predict the second label when its probability reaches this."""
     calibrate: bool = False
@@ -188,6 +191,8 @@ class EvalConfig:
         _check(self.method in ("logits", "generate"), "eval.method",
                f"is {self.method!r}; use logits or generate")
         _check(self.batch_size > 0, "eval.batch_size", f"is {self.batch_size}; use 1 or more")
+        _check(self.max_batch_tokens is None or self.max_batch_tokens > 0, "eval.max_batch_tokens",
+               f"is {self.max_batch_tokens}; use a positive number or null")
         _check(0 < self.threshold < 1, "eval.threshold", f"is {self.threshold}; use a value in (0, 1)")
         _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be positive")
         _check(self.verify_samples >= 0, "eval.verify_samples", "must not be negative")

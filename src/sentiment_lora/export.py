@@ -44,8 +44,7 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
 
     def fill(tmp: Path) -> None:
         if merge:
-            model = clf.model.merge_and_unload() if spec.adapter is not None else clf.model
-            model.save_pretrained(tmp)
+            clf.model.save_pretrained(tmp)  # load() merged the LoRA weights into the base (merge_and_unload)
             clf.tokenizer.save_pretrained(tmp)
             new = dataclasses.replace(spec, adapter=None, base_model=BaseModelRef(".", bundled=True, origin=origin))
         else:

@@ -15,26 +15,36 @@ from tqdm.auto import tqdm
 from .model import collate, label_logits
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices cut into batches of at most ``batch_size``, longest first.
+def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices cut into batches of at most ``batch_size`` texts, longest first.
 
     Similar lengths share a batch (little padding), and a memory problem shows up on the
-    first batch, not the last.
+    first batch, not the last. With ``max_tokens``, a batch also closes before its padded
+    size (rows x longest length) would pass that budget, so short texts go in larger batches.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        b = batches[-1] if batches else None
+        if b and len(b) < batch_size and (len(b) + 1) * lengths[b[0]] <= max_tokens:
+            b.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 @torch.inference_mode()
 def score(model, input_ids: list[list[int]], label_ids: list[int], pad_id: int, batch_size: int,
-          progress: str | None = None) -> np.ndarray:
+          progress: str | None = None, max_tokens: int | None = None) -> np.ndarray:
     """Probabilities over the label words, shape (n, labels): one forward pass per batch."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     labels = torch.tensor(label_ids, device=device)
     probs = np.zeros((len(input_ids), len(label_ids)), dtype=np.float64)
-    batches = length_batches([len(x) for x in input_ids], batch_size)
+    batches = length_batches([len(x) for x in input_ids], batch_size, max_tokens)
     for idx in tqdm(batches, desc=progress, disable=progress is None, unit="batch", leave=False):
         batch = collate([input_ids[i] for i in idx], pad_id, device)
         logits = label_logits(model, batch["input_ids"], batch["attention_mask"], labels)

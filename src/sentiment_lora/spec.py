@@ -56,7 +56,9 @@ class ClassifierSpec:
     adapter: str | None = "adapter"
     """LoRA adapter folder inside the classifier folder; None once merged into the base."""
     batch_size: int = 16
-    """Texts per scoring forward pass, unless the caller chooses."""
+    """Most texts per scoring forward pass, unless the caller chooses."""
+    max_batch_tokens: int | None = None
+    """Padded-token budget of a scoring batch (None: by batch_size alone)."""
     max_new_tokens: int = 5
     """Tokens generated per text by the generate method."""
     data: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +78,7 @@ class ClassifierSpec:
             "threshold": self.threshold,
             "prompt": {**dataclasses.asdict(self.prompt), "label_token_ids": list(self.label_token_ids)},
             "batch_size": self.batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
             "max_new_tokens": self.max_new_tokens,
             "data": {k: self.data[k] for k in DATA_KEYS if k in self.data},
         }
@@ -137,11 +140,13 @@ class ClassifierSpec:
             raise bad("no adapter and no bundled base model")
         batch_size = get(d, "batch_size", int, optional=True, default=16)
         max_new_tokens = get(d, "max_new_tokens", int, optional=True, default=5)
-        if batch_size < 1 or max_new_tokens < 1:
-            raise bad("batch_size and max_new_tokens must be 1 or more")
+        max_batch_tokens = get(d, "max_batch_tokens", int, optional=True)
+        if batch_size < 1 or max_new_tokens < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
+            raise bad("batch_size, max_batch_tokens and max_new_tokens must be 1 or more")
         data = get(d, "data", dict, optional=True, default={})
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), threshold=float(threshold),
-                   method=method, adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                   method=method, adapter=adapter, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                   max_new_tokens=max_new_tokens,
                    data={k: data[k] for k in DATA_KEYS if k in data})
 
     def save(self, folder: str | Path) -> Path:

@@ -130,7 +130,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
         if not val_ids:
             return None
         val_probs = score(accelerator.unwrap_model(model), val_ids, prompt.label_token_ids, pad_id,
-                          cfg.eval.batch_size, progress="validate")
+                          cfg.eval.batch_size, progress="validate", max_tokens=cfg.eval.max_batch_tokens)
         return float((decide(val_probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
 
     tokens = reviews = 0
@@ -229,7 +229,7 @@ def calibrate(model, tok, prompt: Prompt, cfg: Config, val_ids: list[list[int]],
         return cfg.eval.threshold
     if val_probs is None:
         val_probs = score(model, val_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size,
-                          progress="validate")
+                          progress="validate", max_tokens=cfg.eval.max_batch_tokens)
     threshold = best_threshold(val_probs, val_labels)
     say(f"threshold calibrated on {len(val_labels)} validation reviews: {threshold:.4f}")
     return threshold
@@ -243,7 +243,7 @@ def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]]) -> 
                                   cfg.eval.batch_size, cfg.eval.max_new_tokens, "test")
     else:
         probs = score(model, test_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size,
-                      progress="test")
+                      progress="test", max_tokens=cfg.eval.max_batch_tokens)
     return probs, time.perf_counter() - started
 
 
@@ -251,8 +251,7 @@ def verify_reload(clf: SentimentClassifier, run_dir: Path, texts: list[str], pro
                   preds: np.ndarray, device: torch.device, cfg: Config) -> dict:
     """Reload the saved classifier from disk and re-score ``texts``: the saved files must predict
     what the trained model did. A text scored within float noise of the threshold may flip."""
-    reloaded = SentimentClassifier.from_spec(clf.spec, run_dir, device=str(device), dtype=cfg.model.dtype,
-                                             batch_size=cfg.eval.batch_size)
+    reloaded = SentimentClassifier.from_spec(clf.spec, run_dir, device=str(device), dtype=cfg.model.dtype)
     again = reloaded.predict_proba(texts)
     flipped = (decide(again, clf.threshold) != preds) & (np.abs(probs[:, -1] - clf.threshold) > 1e-3)
     if flipped.any():
@@ -340,7 +339,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         "train": train_stats, "data": stats,
     })
     spec = spec_for_run(cfg.model, prompt, threshold, cfg.eval.method, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                        {k: getattr(cfg.data, k) for k in DATA_KEYS})
+                        {k: getattr(cfg.data, k) for k in DATA_KEYS}, cfg.eval.max_batch_tokens)
     clf = SentimentClassifier(model, tok, prompt, threshold=threshold, method=cfg.eval.method, spec=spec)
     clf.save_adapter(run_dir)
     save_outputs(run_dir, data, log, metrics, preds, probs, cfg.prompt.label_words)
