@@ -7,7 +7,8 @@ DATA   ?=
 OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
-.PHONY: install demo test test-fast lint clean bench-speed bench-quality
+.PHONY: install demo test test-fast lint clean bench-speed bench-quality bench-startup bench-predict-file \
+        bench-scoring
 
 install: $(VENV)/.installed
 
@@ -32,6 +33,17 @@ bench-speed: install
 # Fixed-protocol accuracy: fine-tuned recipes vs zero-shot and TF-IDF, see benchmarks/bench_quality.py.
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py $(if $(DATA),--dataset $(DATA),)
+
+# Start-up, streaming and scoring-speed trials on a trained classifier (RUN, default the demo's).
+RUN ?= runs/demo-final
+bench-startup: install
+	$(BIN)/python benchmarks/bench_startup.py $(RUN) --runs 5
+
+bench-predict-file: install
+	$(BIN)/python benchmarks/bench_predict_file.py $(RUN) $(if $(DATA),--dataset $(DATA),)
+
+bench-scoring: install
+	$(BIN)/python benchmarks/bench_scoring.py $(RUN) $(if $(DATA),--dataset $(DATA),)
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,6 +1,7 @@
 """The real SmolLM2-135M on real IMDB reviews: fine-tuning must clearly beat zero-shot."""
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -23,7 +24,9 @@ pytestmark = [
 ]
 
 
-def test_fine_tuning_beats_zero_shot(tmp_path):
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """SmolLM2 zero-shot on 200 test reviews, then fine-tuned on 64: (cfg, data, zero-shot accuracy, metrics, run)."""
     cfg = load_config("configs/smollm2-cpu.yaml", [
         f"data.dataset={IMDB}", "data.train_size=64", "data.val_size=0", "data.test_size=200", "data.seed=1",
         "prompt.max_length=128", "train.epochs=2", "train.batch_size=8", "train.grad_accum=1",
@@ -36,10 +39,30 @@ def test_fine_tuning_beats_zero_shot(tmp_path):
     probs = score(base, prompt.encode(data.test.texts).input_ids, prompt.label_token_ids, tok.pad_token_id, 16)
     zero_shot = float(((probs[:, 1] >= 0.5).astype(int) == np.asarray(data.test.labels)).mean())
     del base
+    out = tmp_path_factory.mktemp("smollm2") / "run"
+    return data, zero_shot, run(cfg, out), out
 
-    metrics = run(cfg, tmp_path / "run")
+
+def test_fine_tuning_beats_zero_shot(real_run):
+    _, zero_shot, metrics, _ = real_run
     print(f"SmolLM2-135M on 200 IMDB test reviews: zero-shot {zero_shot:.3f}, "
           f"fine-tuned on 64 reviews {metrics['accuracy']:.3f}")
     assert metrics["n"] == 200
     assert metrics["accuracy"] >= zero_shot + 0.10
     assert metrics["accuracy"] >= 0.70
+
+
+def test_real_export_matches_the_run(real_run, tmp_path):
+    """The merged export of a real SmolLM2 classifier gives the run's probabilities (fp32)."""
+    from sentiment_lora.classifier import SentimentClassifier
+    from sentiment_lora.export import export
+
+    data, _, _, run_dir = real_run
+    texts = data.test.texts[:16]
+    want = SentimentClassifier.load(run_dir, merge=False).predict_proba(texts)
+    out = export(run_dir, tmp_path / "exported", merge=True)
+    spec = json.loads((out / "classifier.json").read_text())
+    assert spec["base_model"]["bundled"] and spec["adapter"] is None
+    got = SentimentClassifier.load(out).predict_proba(texts)
+    print(f"export parity on {len(texts)} reviews: max |diff| {np.abs(got - want).max():.2e}")
+    assert np.abs(got - want).max() <= 1e-4

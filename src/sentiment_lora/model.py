@@ -208,3 +208,4 @@ def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=1, use_cache=False)
     return out.logits[:, -1, :].index_select(-1, label_ids).float()
+
