@@ -112,7 +112,7 @@ def test_killed_mid_run_resumes_without_duplicates_or_gaps(tiny_run, clf, tmp_pa
         f.write('{"row": 99999, "lab')  # as if killed mid-line
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert f"continuing after row {done_before}" in again.stderr
+    assert f"resumed at row {done_before}" in again.stderr
     got = rows(out)
     assert [g["row"] for g in got] == list(range(len(texts)))
     assert not (tmp_path / "out.jsonl.partial").exists()

@@ -104,8 +104,15 @@ def _predict(args) -> int:
     if args.output:
         from .predict import predict_file
 
-        r = predict_file(clf, args.file, args.output, args.field, args.id_field, chunk_size)
-        resumed = f", continuing after row {r['resumed_after']}" if r["resumed_after"] else ""
+        try:
+            r = predict_file(clf, args.file, args.output, args.field, args.id_field, chunk_size)
+        except KeyboardInterrupt:
+            from .predict import complete_lines
+
+            print(f"interrupted: {complete_lines(args.output)} predictions are in {args.output}; run the same "
+                  f"command again to continue", file=sys.stderr)
+            return 130
+        resumed = f", resumed at row {r['resumed_after']}" if r["resumed_after"] else ""
         empty = f"; {r['empty']} rows without text (label null)" if r["empty"] else ""
         print(f"{r['rows']} predictions appended to {args.output} in {r['seconds']:.1f} s{resumed}{empty}",
               file=sys.stderr)
@@ -255,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         # command a second or two, even those that never load a dataset.
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("DATASETS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface_hub sets its level on import
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         return args.func(args)

@@ -22,6 +22,14 @@ from .storage import read_json, write_dir
 COPIED = ("metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png", "calibration.png")
 
 
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _origin(spec: ClassifierSpec) -> str:
     b = spec.base_model
     if b.bundled:
@@ -63,6 +71,10 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
         (tmp / "README.md").write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
                                                   adds_bos=bool(clf.prompt.lead)),
                                        encoding="utf-8")
+        mode = 0o666 & ~_umask()
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                f.chmod(mode)  # safetensors writes 0600 files; an export is meant to be shared
         new.save(tmp)  # last, as in a run folder
 
     return write_dir(out, fill)
@@ -87,7 +99,7 @@ def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | N
     data = metrics.get("data", {})
     dataset = spec.data.get("dataset", "unknown")
     origin = spec.base_model.origin or "unknown"
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-classification",
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              "tags: [sentiment-lora, lora, text-classification]", "---", "",
              "# Text classifier fine-tuned with sentiment-lora", "",
              f"A decoder LLM turned into a {len(words)}-class classifier: the prompt ends where the label word "
@@ -132,7 +144,7 @@ def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | N
               'clf.predict_proba(["A wonderful, moving film."])  # columns in label-word order', "```", ""]
     if merged:
         ids = list(spec.label_token_ids)
-        rule = (f'words[int(probs[1] >= {spec.threshold:.4f})]' if len(words) == 2 else "words[int(probs.argmax())]")
+        rule = (f"words[int(probs[1] >= {spec.threshold!r})]" if len(words) == 2 else "words[int(probs.argmax())]")
         lines += ["With plain transformers (no sentiment-lora):", "", "```python", "import torch",
                   "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                   'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder").eval()',

@@ -177,11 +177,12 @@ def count_records(path: str | Path) -> int | None:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    n = 0
+    n, last = 0, b"\n"
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             n += block.count(b"\n")
-    return n + (path.suffix.lower() != ".csv")  # a last line without \n; minus a csv header
+            last = block[-1:]
+    return n + (last != b"\n") - (path.suffix.lower() == ".csv")  # a last line without \n; a csv header
 
 
 def chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -219,6 +220,15 @@ def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_w
 def _input_identity(path: Path, field: str, id_field: str | None) -> dict:
     st = path.stat()
     return {"input": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "field": field, "id_field": id_field}
+
+
+def complete_lines(output: str | Path) -> int:
+    """Complete (newline-ended) lines of a predictions file; 0 when it does not exist."""
+    try:
+        with open(output, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 22), b""))
+    except OSError:
+        return 0
 
 
 def _complete_lines(output: Path) -> int:
@@ -300,7 +310,7 @@ def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "
     bar = tqdm(total=count_records(input_path), initial=done, unit="text", desc="predict", disable=not progress,
                dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
     records = itertools.islice(iter_records(input_path, field, id_field), done, None)
-    with open(output, "a", encoding="utf-8") as out:
+    with open(output, "a", encoding="utf-8") as out, bar:
         for chunk in chunked(records, chunk_size):
             lines = []
             for rec, label, probs in classify_chunk(clf, chunk):
@@ -311,7 +321,6 @@ def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "
             os.fsync(out.fileno())  # a line on disk is a line a resumed run will not redo
             written += len(chunk)
             bar.update(len(chunk))
-    bar.close()
     sidecar.unlink()
     return {"rows": written, "resumed_after": done, "empty": empty,
             "seconds": round(time.perf_counter() - started, 2)}
