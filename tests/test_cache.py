@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,5 +165,37 @@ def test_cache_location_and_hash_memo(tmp_path, monkeypatch):
     f.write_bytes(b"one")
     first = file_sha256(f)
     assert first == file_sha256(f) and (tmp_path / "c" / "hashes.json").is_file()
-    f.write_bytes(b"two")  # a new size and mtime: hashed again, not served from the memo
+    f.write_bytes(b"three")  # a new size (and ctime): hashed again, not served from the memo
     assert file_sha256(f) != first
+
+
+def test_a_killed_build_leaves_nothing_behind_for_long(tiny_gguf_dir, cache):
+    key = file_sha256(tiny_gguf_dir / "tiny.gguf")[:32] + "-float32"
+    stale = cache / "gguf" / f".{key}.abc123.tmp"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    load(gguf_config(tiny_gguf_dir))
+    assert not stale.exists() and check_entry(cache / "gguf" / key) is None
+
+
+def test_a_gguf_run_folder_names_no_local_or_cache_path(tiny_gguf_dir, tiny_config, cache, tmp_path):
+    """The adapter's config names the base as given, not the cache folder it was loaded from."""
+    from sentiment_lora.classifier import SentimentClassifier
+    from sentiment_lora.export import export
+    from sentiment_lora.train import run
+
+    out = tmp_path / "run"
+    run(tiny_config(f"model.name_or_path={tiny_gguf_dir}", "model.gguf_file=tiny.gguf", "train.epochs=1"), out)
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_gguf_dir)
+    exported = export(out, tmp_path / "exp")
+    for folder in (out, exported):
+        for f in folder.rglob("*"):
+            if f.suffix in (".json", ".jsonl", ".md", ".yaml"):
+                text = f.read_text()
+                assert str(cache) not in text and str(out) not in text and ".venv" not in text, f
+    again = SentimentClassifier.load(exported, merge=False)
+    again.save_pretrained(tmp_path / "resaved")  # an unmerged export saves with its base model
+    texts = ["great film", "dull mess"]
+    assert np.abs(SentimentClassifier.load(tmp_path / "resaved").predict_proba(texts)
+                  - SentimentClassifier.load(out).predict_proba(texts)).max() <= 1e-5

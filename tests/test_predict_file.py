@@ -15,7 +15,7 @@ from conftest import make_review
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.cli import main
 from sentiment_lora.errors import UserError
-from sentiment_lora.predict import iter_records, predict_file, prepare_output
+from sentiment_lora.predict import check_input, iter_records, predict_file, prepare_output
 
 TEXTS = ["Great superb film, loved it", "awful boring mess", "The plot was dull and the acting terrible.",
          "a moving and delightful story", "it was the movie"]
@@ -168,3 +168,72 @@ def test_cli_file_to_stdout_and_errors_before_loading(tiny_run, tmp_path, capsys
 def test_compiled_classifier_gives_the_same_probabilities(tiny_run, clf):
     compiled = SentimentClassifier.load(tiny_run).compile()
     assert np.abs(compiled.predict_proba(TEXTS) - clf.predict_proba(TEXTS)).max() < 1e-5
+
+
+def test_malformed_records_after_the_first_are_reported_per_row(clf, tmp_path):
+    lines = [json.dumps({"text": make_review(__import__("random").Random(i), i % 2), "id": i}) for i in range(70)]
+    lines[66] = "{broken"
+    lines[68] = json.dumps({"review": "no text field", "id": 68})
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    r = predict_file(clf, tmp_path / "in.jsonl", tmp_path / "out.jsonl", id_field="id", progress=False)
+    got = rows(tmp_path / "out.jsonl")
+    assert len(got) == 70 and r["empty"] == 2
+    assert got[66]["label"] is None and "in.jsonl:67 is not valid JSON" in got[66]["error"]
+    assert got[68]["label"] is None and "no string field 'text'" in got[68]["error"]
+    assert all(g["label"] for i, g in enumerate(got) if i not in (66, 68))
+    (tmp_path / "early.jsonl").write_text("\n".join(["{broken", *lines[:3]]) + "\n")
+    with pytest.raises(UserError, match="early.jsonl:1 is not valid JSON"):  # the first records stop it early
+        check_input(tmp_path / "early.jsonl")
+    with pytest.raises(UserError, match="id field 'uid'"):
+        check_input(tmp_path / "in.jsonl", id_field="uid")
+
+
+def test_resume_refuses_another_classifier_and_a_second_writer(clf, tiny_run, tmp_path, monkeypatch):
+    import fcntl
+
+    import sentiment_lora.predict as predict_mod
+    from sentiment_lora.export import export
+
+    folder = write_inputs(tmp_path, TEXTS * 4)
+    out = tmp_path / "out.jsonl"
+    real = predict_mod.classify_chunk
+    calls = {"n": 0}
+
+    def interrupt_second_chunk(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(predict_mod, "classify_chunk", interrupt_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(clf, folder / "in.txt", out, chunk_size=5, progress=False)
+    monkeypatch.setattr(predict_mod, "classify_chunk", real)
+    assert len(rows(out)) == 5 and (tmp_path / "out.jsonl.partial").is_file()
+
+    other = SentimentClassifier.load(export(tiny_run, tmp_path / "other", merge=True))
+    other.threshold = 0.1  # another decision: its labels must not be mixed into this file
+    with pytest.raises(UserError, match="by another classifier"):
+        predict_file(other, folder / "in.txt", out, progress=False)
+    with open(out, "ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="another 'sentiment-lora predict' is writing"):
+            predict_file(clf, folder / "in.txt", out, progress=False)
+    r = predict_file(clf, folder / "in.txt", out, chunk_size=5, progress=False)
+    assert r["resumed_after"] == 5 and [g["row"] for g in rows(out)] == list(range(20))
+
+
+def test_parquet_columns_are_checked_and_any_id_type_is_written(clf, tmp_path):
+    import datetime
+
+    pd.DataFrame({"n": [1, 2], "text": ["great film", "dull"]}).to_parquet(tmp_path / "a.parquet")
+    with pytest.raises(UserError, match="column 'n' holds int64, not text"):
+        check_input(tmp_path / "a.parquet", field="n")
+    stamps = [datetime.datetime(2024, 1, d) for d in (1, 2)]
+    pd.DataFrame({"when": stamps, "text": ["great film", "dull"]}).to_parquet(tmp_path / "b.parquet")
+    predict_file(clf, tmp_path / "b.parquet", tmp_path / "b.jsonl", id_field="when", progress=False)
+    assert [g["id"] for g in rows(tmp_path / "b.jsonl")] == ["2024-01-01 00:00:00", "2024-01-02 00:00:00"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot be written"):
+        prepare_output(tmp_path / "b.parquet", blocker / "out.jsonl")

@@ -48,6 +48,7 @@ def test_reads_the_first_format():
     (lambda d: d["prompt"].update(label_token_ids=[1]), "one token id per label word"),
     (lambda d: d["prompt"].update(template="no slot"), "prompt.template must contain {text}"),
     (lambda d: d.update(method="magic"), "method 'magic'"),
+    (lambda d: d["prompt"].update(label_words=[1, 2]), "field 'prompt.label_words' is [1, 2]"),
     (lambda d: d.update(format="something/9"), "is not a sentiment-lora classifier spec"),
     (lambda d: d["base_model"].update(name_or_path=3), "field 'base_model.name_or_path' is 3"),
 ])

@@ -10,7 +10,8 @@ built once into a folder here (safetensors, config, tokenizer) and loaded from t
 - Checked on read: every file's size and sha256 against the entry's manifest. A content
   hash is recomputed whenever the file's size, mtime or inode changed, and memoized
   otherwise (``hashes.json``), so a warm start does not hash half a gigabyte. A damaged
-  entry is rebuilt with a one-line warning.
+  entry is rebuilt with a one-line warning. (A change that keeps a file's size and all its
+  timestamps, such as bit rot on the disk, is therefore not seen.)
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def hash_file(path: str | Path) -> str:
 
 
 def _stat_key(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    # ctime too: it changes on every write and cannot be set back by a program, unlike mtime.
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -116,6 +118,8 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], None], what: str)
         return entry
     parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(parent / f"{key}.lock")):
+        for stale in parent.glob(f".{key}.*.tmp"):  # left by a build that was killed; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         if entry.is_dir():  # someone may have built it while we waited for the lock
             problem = check_entry(entry)
             if problem is None:

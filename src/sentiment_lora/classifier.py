@@ -61,6 +61,8 @@ class SentimentClassifier:
         self.max_new_tokens = max_new_tokens
         self.clean_html = clean_html
         self.spec = spec
+        self.folder: Path | None = None
+        """The folder it was loaded from, if any."""
 
     @property
     def label_words(self) -> list[str]:
@@ -106,10 +108,12 @@ class SentimentClassifier:
             if merge:
                 model = model.merge_and_unload()
         model.eval()
-        return cls(model, tok, prompt, threshold=spec.threshold, method=spec.method,
-                   batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
-                   clean_html=spec.data.get("clean_html", True), spec=spec,
-                   max_batch_tokens=None if batch_size else spec.max_batch_tokens)
+        clf = cls(model, tok, prompt, threshold=spec.threshold, method=spec.method,
+                  batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
+                  clean_html=spec.data.get("clean_html", True), spec=spec,
+                  max_batch_tokens=None if batch_size else spec.max_batch_tokens)
+        clf.folder = folder
+        return clf
 
     def compile(self) -> SentimentClassifier:
         """Compile the model's forward pass (``torch.compile``, dynamic shapes) for long scoring jobs.
@@ -126,7 +130,11 @@ class SentimentClassifier:
         """The LoRA weights into ``folder/adapter`` (atomically, as a whole folder)."""
         from .storage import write_dir
 
-        write_dir(Path(folder) / "adapter", lambda tmp: self.model.save_pretrained(tmp, save_embedding_layers=False))
+        def save(tmp: Path) -> None:
+            self.model.save_pretrained(tmp, save_embedding_layers=False)
+            relocatable_adapter(tmp, self.spec)
+
+        write_dir(Path(folder) / "adapter", save)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Adapter, then ``classifier.json`` last: its presence marks a complete folder."""
@@ -135,6 +143,11 @@ class SentimentClassifier:
         if not hasattr(self.model, "peft_config"):
             raise ValueError("this classifier's LoRA weights are merged into the base; load it with merge=False to "
                              "save it, or write a standalone folder with sentiment-lora export")
+        base = self.spec.base_model
+        if base.bundled and self.folder is not None and Path(folder).resolve() != self.folder.resolve():
+            import shutil  # an exported classifier's base model travels with it
+
+            shutil.copytree(self.folder / base.name_or_path, Path(folder) / base.name_or_path, dirs_exist_ok=True)
         self.save_adapter(folder)
         dataclasses.replace(self.spec, adapter="adapter", threshold=self.threshold, batch_size=self.batch_size,
                             max_batch_tokens=self.max_batch_tokens).save(folder)
@@ -184,6 +197,20 @@ class SentimentClassifier:
             d["dataset"] = dataset
         keys = ("dataset", "text_column", "label_column", "label_values", "clean_html")
         return DataConfig(**{k: d[k] for k in keys if k in d}, train_size=None, test_size=None)
+
+
+def relocatable_adapter(adapter_dir: Path, spec: ClassifierSpec | None) -> None:
+    """Make a saved peft adapter folder name its base model as given, not by the local path it
+    was loaded from (a cache folder, a site-packages path), so the folder can move."""
+    import json
+
+    config = adapter_dir / "adapter_config.json"
+    data = json.loads(config.read_text(encoding="utf-8"))
+    base = spec.base_model if spec else None
+    data["base_model_name_or_path"] = (base.origin or base.name_or_path) if base and base.bundled else \
+        (base.name_or_path if base else None)
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's template card repeats the local path
 
 
 def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, method: str, batch_size: int,

@@ -113,7 +113,8 @@ def _predict(args) -> int:
                   f"command again to continue", file=sys.stderr)
             return 130
         resumed = f", resumed at row {r['resumed_after']}" if r["resumed_after"] else ""
-        empty = f"; {r['empty']} rows without text (label null)" if r["empty"] else ""
+        empty = (f"; {r['empty']} rows had no readable text (label null, the reason in \"error\")"
+                 if r["empty"] else "")
         print(f"{r['rows']} predictions appended to {args.output} in {r['seconds']:.1f} s{resumed}{empty}",
               file=sys.stderr)
         return 0
@@ -268,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .classifier import SentimentClassifier, base_model_config
+from .classifier import SentimentClassifier, base_model_config, relocatable_adapter
 from .errors import UserError
 from .spec import BaseModelRef, ClassifierSpec
 from .storage import read_json, write_dir
@@ -61,10 +61,11 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
             base = load_base_model(model_cfg, clf.model.device, torch_dtype, clf.tokenizer.pad_token_id)
             base.save_pretrained(tmp / "base")
             clf.tokenizer.save_pretrained(tmp / "base")
-            if spec.adapter is not None:
-                shutil.copytree(run_dir / spec.adapter, tmp / "adapter")
             new = dataclasses.replace(spec, adapter="adapter" if spec.adapter is not None else None,
                                       base_model=BaseModelRef("base", bundled=True, origin=origin))
+            if spec.adapter is not None:
+                shutil.copytree(run_dir / spec.adapter, tmp / "adapter")
+                relocatable_adapter(tmp / "adapter", new)
         for name in COPIED:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)

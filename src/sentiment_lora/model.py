@@ -69,7 +69,11 @@ def _cached_gguf(cfg: ModelConfig, part: str, build, what: str) -> tuple[str, di
     gguf = _gguf_path(cfg)
     if gguf is None:
         return _source(cfg)
-    key = f"{file_sha256(gguf)[:32]}-{part}"
+    try:
+        key = f"{file_sha256(gguf)[:32]}-{part}"
+    except OSError as exc:
+        raise UserError(f"cannot read model file {str(gguf)!r} ({exc.strerror}); check the file and its "
+                        f"permissions") from None
     try:
         return str(cached_folder("gguf", key, lambda tmp: build(_source(cfg), tmp), what)), {}
     except OSError as exc:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,21 +34,24 @@ class Record:
     """0-based position among the input's records (blank lines of .txt / .jsonl are not records)."""
     text: str | None
     """None when the record holds no usable text (empty, or not a string)."""
-    id: str | int | None = None
+    id: Any = None
     """The record's own id, from ``id_field``, when one was asked for."""
+    error: str | None = None
+    """Why the record could not be read (a malformed line); it gets a null label, not a crash."""
 
 
-def _lines(stream, name: str) -> Iterator[tuple[int, str]]:
-    """(line number, decoded line) of non-blank lines. Binary mode splits on \\n only, so a
-    carriage return or U+2028 inside a line never splits one text into two."""
+def _lines(stream, name: str) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, decoded line or None, error) of non-blank lines. Binary mode splits on \\n
+    only, so a carriage return or U+2028 inside a line never splits one text into two."""
     for number, raw in enumerate(stream, 1):
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
-            raise UserError(f"{name}:{number} is not UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
+            yield number, None, f"{name}:{number} is not UTF-8 (byte {exc.start}); re-save the file as UTF-8"
+            continue
         line = line.removesuffix("\n").removesuffix("\r")
         if line.strip():
-            yield number, line
+            yield number, line, None
 
 
 def _text_of(value) -> str | None:
@@ -56,22 +60,24 @@ def _text_of(value) -> str | None:
 
 def iter_text_lines(stream, name: str) -> Iterator[Record]:
     """Records of a binary stream holding one text per line (a .txt file, standard input)."""
-    for row, (_, line) in enumerate(_lines(stream, name)):
-        yield Record(row, line)
+    for row, (_, line, error) in enumerate(_lines(stream, name)):
+        yield Record(row, line, error=error)
 
 
 def _iter_jsonl(stream, name: str, field: str, id_field: str | None) -> Iterator[Record]:
-    for row, (number, line) in enumerate(_lines(stream, name)):
+    for row, (number, line, error) in enumerate(_lines(stream, name)):
+        if error:
+            yield Record(row, None, error=error)
+            continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
-            raise UserError(f"{name}:{number} is not valid JSON; write one JSON object per line") from None
-        if not isinstance(obj, dict) or field not in obj:
-            raise UserError(f"{name}:{number} has no string field {field!r}; write {{\"{field}\": \"...\"}} "
-                            f"or choose the field with --field")
-        if obj[field] is not None and not isinstance(obj[field], str):
-            raise UserError(f"{name}:{number} has no string field {field!r}; write {{\"{field}\": \"...\"}} "
-                            f"or choose the field with --field")
+            yield Record(row, None, error=f"{name}:{number} is not valid JSON; write one JSON object per line")
+            continue
+        if not isinstance(obj, dict) or field not in obj or not (obj[field] is None or isinstance(obj[field], str)):
+            yield Record(row, None, error=f"{name}:{number} has no string field {field!r}; write "
+                                          f"{{\"{field}\": \"...\"}} or choose the field with --field")
+            continue
         yield Record(row, _text_of(obj[field]), obj.get(id_field) if id_field else None)
 
 
@@ -81,37 +87,42 @@ def _iter_csv(path: Path, field: str, id_field: str | None) -> Iterator[Record]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         try:
-            header = reader.fieldnames
-        except UnicodeDecodeError as exc:
-            raise UserError(f"input file {str(path)!r} is not UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
-        if header is None:
-            return
-        for name in (field, id_field):
-            if name and name not in header:
-                raise UserError(f"{path} has no column {name!r} (columns: {', '.join(header)}); add a header row "
-                                f"with a {name!r} column, or choose it with --field / --id-field")
-        try:
+            try:
+                header = reader.fieldnames
+            except UnicodeDecodeError as exc:
+                raise UserError(f"input file {str(path)!r} is not UTF-8 (byte {exc.start}); "
+                                f"re-save it as UTF-8") from None
+            if header is None:
+                return
+            for name in (field, id_field):
+                if name and name not in header:
+                    raise UserError(f"{path} has no column {name!r} (columns: {', '.join(header)}); add a header "
+                                    f"row with a {name!r} column, or choose it with --field / --id-field")
             for row, rec in enumerate(reader):
                 yield Record(row, _text_of(rec.get(field)), rec.get(id_field) if id_field else None)
         except UnicodeDecodeError as exc:
-            raise UserError(f"input file {str(path)!r} is not UTF-8 near row {reader.line_num} (byte {exc.start}); "
+            raise UserError(f"input file {str(path)!r} is not UTF-8 near line {reader.line_num} (byte {exc.start}); "
                             f"re-save it as UTF-8") from None
         except csv.Error as exc:
-            raise UserError(f"{path}:{reader.line_num} is not valid CSV ({exc}); fix the quoting") from None
+            raise UserError(f"{path}:{reader.line_num} is not valid CSV ({exc}); fix the file") from None
 
 
 def _iter_parquet(path: Path, field: str, id_field: str | None, batch: int = 4096) -> Iterator[Record]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types; all mean "not a readable parquet file"
         raise UserError(f"input file {str(path)!r} is not a readable parquet file ({exc}); check the file") from None
-    names = pf.schema_arrow.names
+    schema = pf.schema_arrow
     for name in (field, id_field):
-        if name and name not in names:
-            raise UserError(f"{path} has no column {name!r} (columns: {', '.join(names)}); choose it with --field "
-                            f"/ --id-field")
+        if name and name not in schema.names:
+            raise UserError(f"{path} has no column {name!r} (columns: {', '.join(schema.names)}); choose it with "
+                            f"--field / --id-field")
+    kind = schema.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise UserError(f"{path}: column {field!r} holds {kind}, not text; choose the text column with --field")
     row = 0
     columns = [field] + ([id_field] if id_field and id_field != field else [])
     for chunk in pf.iter_batches(batch_size=batch, columns=columns):
@@ -157,6 +168,14 @@ def check_input(path: str | Path, field: str = "text", id_field: str | None = No
         raise UserError(f"input file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
     if not first:
         raise UserError(f"input file {str(path)!r} holds no texts")
+    # Later malformed records get a null label and an "error" in the output; the first ones
+    # are the likeliest sign of a wrong file or --field, so they stop the run before it starts.
+    bad = next((r for r in first if r.error), None)
+    if bad is not None:
+        raise UserError(bad.error)
+    if id_field and all(r.id is None for r in first):
+        raise UserError(f"{path}: no record among the first {len(first)} has the id field {id_field!r}; "
+                        f"check --id-field")
 
 
 def read_texts(path: str | Path, field: str = "text") -> list[str]:
@@ -164,6 +183,8 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     check_input(path, field)
     texts = []
     for rec in iter_records(path, field):
+        if rec.error:
+            raise UserError(rec.error)
         if rec.text is None:
             raise UserError(f"{path}: record {rec.row + 1} has an empty text; remove it or fill it in")
         texts.append(rec.text)
@@ -192,7 +213,7 @@ def chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def classify_chunk(clf, chunk: list[Record]) -> list[tuple[Record, str | None, np.ndarray | None]]:
-    """(record, label, probabilities) per record; a record without text gets no label."""
+    """(record, label, probabilities) per record; a record without text (or unreadable) gets no label."""
     todo = [i for i, r in enumerate(chunk) if r.text is not None]
     probs = clf.predict_proba([chunk[i].text for i in todo]) if todo else np.zeros((0, len(clf.label_words)))
     labels = clf.labels_of(probs)
@@ -208,7 +229,7 @@ def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_w
     if rec.id is not None:
         row["id"] = rec.id
     if probs is None:
-        return {**row, "label": None, "prob": None, "probs": None, "error": "empty text"}
+        return {**row, "label": None, "prob": None, "probs": None, "error": rec.error or "empty text"}
     prob = float(probs[label_words.index(label)]) if label is not None else None
     return {**row, "label": label, "prob": None if prob is None else round(prob, 6),
             "probs": {w: round(float(p), 6) if np.isfinite(p) else None for w, p in zip(label_words, probs)}}
@@ -217,9 +238,26 @@ def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_w
 # --- resumable output ---------------------------------------------------------------------
 
 
-def _input_identity(path: Path, field: str, id_field: str | None) -> dict:
+def classifier_identity(clf) -> str:
+    """What makes two classifiers give the same predictions: spec, dtype and adapter weights."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(clf.spec.to_dict() if clf.spec else {}, sort_keys=True).encode())
+    h.update(f"{clf.threshold}|{clf.method}|{next(clf.model.parameters()).dtype}".encode())
+    folder = getattr(clf, "folder", None)
+    if folder is not None and clf.spec is not None and clf.spec.adapter is not None:
+        from .cache import file_sha256
+
+        weights = Path(folder) / clf.spec.adapter / "adapter_model.safetensors"
+        if weights.is_file():
+            h.update(file_sha256(weights).encode())
+    return h.hexdigest()
+
+
+def _identity(path: Path, field: str, id_field: str | None, classifier: str | None) -> dict:
     st = path.stat()
-    return {"input": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "field": field, "id_field": id_field}
+    return {"input": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "field": field, "id_field": id_field,
+            "classifier": classifier}
 
 
 def complete_lines(output: str | Path) -> int:
@@ -231,29 +269,51 @@ def complete_lines(output: str | Path) -> int:
         return 0
 
 
-def _complete_lines(output: Path) -> int:
-    """Drop a half-written last line (the process died mid-write); return the complete lines."""
-    with open(output, "rb+") as f:
-        data_end = f.seek(0, os.SEEK_END)
-        n, pos, last_newline = 0, 0, -1
-        f.seek(0)
-        while block := f.read(1 << 22):
-            n += block.count(b"\n")
-            i = block.rfind(b"\n")
-            if i >= 0:
-                last_newline = pos + i
-            pos += len(block)
-        if last_newline + 1 != data_end:
-            f.truncate(last_newline + 1)
+def _last_line(f, end: int) -> bytes:
+    """The last complete line of a file that ends at ``end`` with a newline."""
+    size = 1 << 16
+    while True:
+        start = max(0, end - size)
+        f.seek(start)
+        block = f.read(end - start)
+        cut = block.rfind(b"\n", 0, len(block) - 1)
+        if cut >= 0 or start == 0:
+            return block[cut + 1:]
+        size *= 4
+
+
+def _resume_point(f, output: Path, sidecar: Path) -> int:
+    """Under the lock: drop a half-written last line (the process died mid-write), check the
+    rows are whole, and return how many are done."""
+    end = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    n, pos, last_newline = 0, 0, -1
+    while block := f.read(1 << 22):
+        n += block.count(b"\n")
+        i = block.rfind(b"\n")
+        if i >= 0:
+            last_newline = pos + i
+        pos += len(block)
+    if last_newline + 1 != end:
+        f.truncate(last_newline + 1)
+    if n:
+        try:
+            ok = json.loads(_last_line(f, last_newline + 1))["row"] == n - 1
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"--output {str(output)!r} does not end with row {n - 1}; it was edited or damaged, "
+                            f"delete it and {sidecar.name} to start over")
     return n
 
 
-def prepare_output(input_path: str | Path, output: str | Path, field: str = "text",
-                   id_field: str | None = None) -> int:
-    """Check the output file before the model loads; return how many rows it already holds.
+def prepare_output(input_path: str | Path, output: str | Path, field: str = "text", id_field: str | None = None,
+                   classifier: str | None = None) -> bool:
+    """Check the output file, writing nothing; True when it is an unfinished run to continue.
 
     A finished output is never overwritten; an unfinished one (its ``.partial`` sidecar is
-    there) is continued, provided it belongs to the same, unchanged input.
+    there) is continued, provided it belongs to the same, unchanged input (and, when
+    ``classifier`` is given, the same classifier).
     """
     input_path, output = Path(input_path), Path(output)
     sidecar = Path(f"{output}{PARTIAL}")
@@ -263,64 +323,78 @@ def prepare_output(input_path: str | Path, output: str | Path, field: str = "tex
         raise UserError(f"--output {str(output)!r}: predictions are written as JSON lines; name it *.jsonl")
     if output.resolve() == input_path.resolve():
         raise UserError("--output names the input file; choose another output file")
-    identity = _input_identity(input_path, field, id_field)
+    folder = next((p for p in output.resolve().parents if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"--output {str(output)!r} cannot be written in {str(folder)!r}; choose a writable folder")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise UserError(f"--output {str(output)!r} is not writable; check its permissions")
     if not output.exists():
-        return 0
+        return False
     if not sidecar.is_file():
         raise UserError(f"--output {str(output)!r} exists and is finished; choose another file or delete it")
     try:
         saved = read_json(sidecar)
     except (OSError, ValueError):
         saved = None
-    if saved != identity:
+    want = _identity(input_path, field, id_field, classifier)
+    if not isinstance(saved, dict) or {k: v for k, v in saved.items() if k != "classifier"} != \
+            {k: v for k, v in want.items() if k != "classifier"}:
         raise UserError(f"--output {str(output)!r} is an unfinished prediction of another or a changed input; "
                         f"delete it and {sidecar.name} to start over")
-    done = _complete_lines(output)
-    if done:
-        with open(output, "rb") as f:
-            f.seek(max(0, output.stat().st_size - (1 << 16)))
-            last = f.read().splitlines()[-1]
-        try:
-            ok = json.loads(last)["row"] == done - 1
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:
-            raise UserError(f"--output {str(output)!r} does not end with row {done - 1}; it was edited or damaged, "
-                            f"delete it and {sidecar.name} to start over")
-    return done
+    if classifier is not None and saved.get("classifier") != classifier:
+        raise UserError(f"--output {str(output)!r} is an unfinished prediction by another classifier; continue it "
+                        f"with that one, or delete it and {sidecar.name} to start over")
+    return True
 
 
 def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "text", id_field: str | None = None,
                  chunk_size: int = 1024, progress: bool = True) -> dict:
     """Classify every record of ``input_path`` into ``output`` (JSON lines), resuming an unfinished one.
 
-    Returns counts: rows written now, rows found done, rows without text, and seconds.
+    Returns counts: rows written now, rows found done, rows without a label (empty or
+    unreadable), and seconds.
     """
+    import fcntl
     import time
 
     from tqdm.auto import tqdm
 
     input_path, output = Path(input_path), Path(output)
-    done = prepare_output(input_path, output, field, id_field)
+    identity = _identity(input_path, field, id_field, classifier_identity(clf))
+    resuming = prepare_output(input_path, output, field, id_field, identity["classifier"])
     sidecar = Path(f"{output}{PARTIAL}")
-    write_json(sidecar, _input_identity(input_path, field, id_field))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    written = empty = 0
-    bar = tqdm(total=count_records(input_path), initial=done, unit="text", desc="predict", disable=not progress,
-               dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
-    records = itertools.islice(iter_records(input_path, field, id_field), done, None)
-    with open(output, "a", encoding="utf-8") as out, bar:
-        for chunk in chunked(records, chunk_size):
-            lines = []
-            for rec, label, probs in classify_chunk(clf, chunk):
-                empty += probs is None
-                lines.append(json.dumps(output_row(rec, label, probs, clf.label_words), ensure_ascii=False) + "\n")
-            out.write("".join(lines))
-            out.flush()
-            os.fsync(out.fileno())  # a line on disk is a line a resumed run will not redo
-            written += len(chunk)
-            bar.update(len(chunk))
-    sidecar.unlink()
-    return {"rows": written, "resumed_after": done, "empty": empty,
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            write_json(sidecar, identity)
+        out = open(output, "ab+")
+    except OSError as exc:
+        raise UserError(f"cannot write --output {str(output)!r} ({exc.strerror}); choose a writable place") from None
+    with out:
+        try:  # two runs appending to one file would interleave their lines
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another 'sentiment-lora predict' is writing {str(output)!r}; wait for it, or choose "
+                            f"another --output") from None
+        done = _resume_point(out, output, sidecar)
+        out.seek(0, os.SEEK_END)
+        started = time.perf_counter()
+        written = unlabelled = 0
+        bar = tqdm(total=count_records(input_path), initial=done, unit="text", desc="predict",
+                   disable=not progress, dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+        records = itertools.islice(iter_records(input_path, field, id_field), done, None)
+        with bar:
+            for chunk in chunked(records, chunk_size):
+                lines = []
+                for rec, label, probs in classify_chunk(clf, chunk):
+                    unlabelled += probs is None
+                    row = output_row(rec, label, probs, clf.label_words)
+                    lines.append(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                out.write("".join(lines).encode("utf-8"))
+                out.flush()
+                os.fsync(out.fileno())  # a line on disk is a line a resumed run will not redo
+                written += len(chunk)
+                bar.update(len(chunk))
+        sidecar.unlink()
+    return {"rows": written, "resumed_after": done, "empty": unlabelled,
             "seconds": round(time.perf_counter() - started, 2)}

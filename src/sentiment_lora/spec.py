@@ -117,6 +117,9 @@ class ClassifierSpec:
                             bundled=get(b, "bundled", bool, "base_model", optional=True, default=False),
                             origin=get(b, "origin", str, "base_model", optional=True))
         p = get(d, "prompt", dict)
+        words = get(p, "label_words", list, "prompt")
+        if not all(isinstance(w, str) for w in words):
+            raise bad(f"field 'prompt.label_words' is {words!r}")
         try:
             prompt = PromptConfig(template=get(p, "template", str, "prompt"),
                                   label_words=list(get(p, "label_words", list, "prompt")),
