@@ -117,3 +117,9 @@ def test_usage_errors_are_one_line():
 def test_help_lists_the_verbs():
     r = run_cli("--help")
     assert r.returncode == 0 and all(v in r.stdout for v in ("train", "evaluate", "predict"))
+
+
+def test_undefined_metrics_print_as_n_a():
+    from sentiment_lora.cli import _num
+
+    assert _num(None) == "n/a" and _num(0.91234) == "0.9123"
