@@ -1,7 +1,6 @@
 """Predicting over files: every format, streaming, resume after a kill, flat memory."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -126,8 +125,7 @@ PEAK = ("import resource, sys; from sentiment_lora.cli import main; rc = main(sy
 
 
 def peak_rss_mb(args) -> float:
-    r = subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "SENTIMENT_LORA_CACHE": os.environ.get("SENTIMENT_LORA_CACHE", "")})
+    r = subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     return int(r.stderr.split("PEAK_KB")[-1].split()[0]) / 1024
 
