@@ -70,8 +70,17 @@ def test_miss_then_hit_gives_the_same_model(tiny_gguf_dir, cache, gguf_loads):
         assert check_entry(cache / "gguf" / name) is None
     assert (cache / "gguf" / f"{key}-float32" / "model.safetensors").is_file()
 
-    tok2, warm = load(cfg)
+    import sentiment_lora.cache as cache_mod
+
+    hashed = []
+    real_hash = cache_mod.hash_file
+    cache_mod.hash_file = lambda p: (hashed.append(p), real_hash(p))[1]
+    try:
+        tok2, warm = load(cfg)
+    finally:
+        cache_mod.hash_file = real_hash
     assert gguf_loads == {"model": 1, "tokenizer": 1}  # nothing dequantized again
+    assert hashed == []  # and nothing hashed: the entry's files are memoized under their final paths
     assert tok2("the film was great").input_ids == tok("the film was great").input_ids
     torch.testing.assert_close(logits(tok2, warm), logits(tok, cold), rtol=0, atol=0)
 

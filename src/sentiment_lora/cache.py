@@ -17,7 +17,6 @@ built once into a folder here (safetensors, config, tokenizer) and loaded from t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -56,29 +55,36 @@ def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's content, memoized in the cache while the file's stat is unchanged."""
-    path = Path(path).resolve()
-    st = path.stat()
-    memo_path = cache_root() / _MEMO
+def _read_memo() -> dict:
     try:
-        memo = read_json(memo_path)
-        if not isinstance(memo, dict):
-            memo = {}
+        memo = read_json(cache_root() / _MEMO)
     except (OSError, ValueError):
-        memo = {}
-    seen = memo.get(str(path))
-    if isinstance(seen, dict) and seen.get("stat") == _stat_key(st) and isinstance(seen.get("sha256"), str):
-        return seen["sha256"]
-    digest = hash_file(path)
-    memo.pop(str(path), None)
-    memo[str(path)] = {"stat": _stat_key(st), "sha256": digest}
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _remember(digests: dict[Path, str]) -> None:
+    """Record known content hashes of files (resolved paths) under their current stat."""
+    memo = _read_memo()
+    for path, digest in digests.items():
+        memo.pop(str(path), None)
+        memo[str(path)] = {"stat": _stat_key(path.stat()), "sha256": digest}
     while len(memo) > _MEMO_LIMIT:
         memo.pop(next(iter(memo)))
     try:  # a lost update (two writers) only costs a re-hash later
-        write_json(memo_path, memo)
+        write_json(cache_root() / _MEMO, memo)
     except OSError:
         pass
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's content, memoized in the cache while the file's stat is unchanged."""
+    path = Path(path).resolve()
+    seen = _read_memo().get(str(path))
+    if isinstance(seen, dict) and seen.get("stat") == _stat_key(path.stat()) and isinstance(seen.get("sha256"), str):
+        return seen["sha256"]
+    digest = hash_file(path)
+    _remember({path: digest})
     return digest
 
 
@@ -129,15 +135,14 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], None], what: str)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
         try:
             build(tmp)
-            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": hash_file(p)}
                      for p in sorted(tmp.rglob("*")) if p.is_file()}
             write_json(tmp / MANIFEST, {"what": what, "key": key, "files": files})
             os.replace(tmp, entry)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    # The manifest hashed the files under their temporary paths; hash them once more under
-    # the final ones so the next start finds them memoized.
-    for name in json.loads((entry / MANIFEST).read_text(encoding="utf-8"))["files"]:
-        file_sha256(entry / name)
+        # Renaming the folder leaves its files' stat as it was: memoize the hashes just taken
+        # under the final paths, so the next start checks the entry without hashing it again.
+        _remember({(entry / name).resolve(): f["sha256"] for name, f in files.items()})
     return entry

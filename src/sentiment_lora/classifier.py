@@ -207,8 +207,8 @@ def relocatable_adapter(adapter_dir: Path, spec: ClassifierSpec | None) -> None:
     config = adapter_dir / "adapter_config.json"
     data = json.loads(config.read_text(encoding="utf-8"))
     base = spec.base_model if spec else None
-    data["base_model_name_or_path"] = (base.origin or base.name_or_path) if base and base.bundled else \
-        (base.name_or_path if base else None)
+    if base is not None:
+        data["base_model_name_or_path"] = (base.origin or base.name_or_path) if base.bundled else base.name_or_path
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's template card repeats the local path
 

@@ -22,14 +22,6 @@ from .storage import read_json, write_dir
 COPIED = ("metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png", "calibration.png")
 
 
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _origin(spec: ClassifierSpec) -> str:
     b = spec.base_model
     if b.bundled:
@@ -72,10 +64,6 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
         (tmp / "README.md").write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
                                                   adds_bos=bool(clf.prompt.lead)),
                                        encoding="utf-8")
-        mode = 0o666 & ~_umask()
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                f.chmod(mode)  # safetensors writes 0600 files; an export is meant to be shared
         new.save(tmp)  # last, as in a run folder
 
     return write_dir(out, fill)

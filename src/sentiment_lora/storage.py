@@ -57,6 +57,9 @@ def write_dir(path: str | Path, save: Callable[[Path], None]) -> Path:
     try:
         save(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
+        for f in tmp.rglob("*"):  # some writers (safetensors) make 0600 files; a folder is meant to be shared
+            if f.is_file():
+                os.chmod(f, 0o666 & ~_umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
