@@ -70,7 +70,17 @@ def _print_predictions(clf, pairs, as_json: bool) -> None:
 
 
 def _predict(args) -> int:
-    from .predict import Record, check_input, chunked, classify_chunk, iter_records, prepare_output
+    from .predict import (
+        Record,
+        check_input,
+        chunked,
+        classify_chunk,
+        complete_lines,
+        iter_records,
+        iter_text_lines,
+        predict_file,
+        prepare_output,
+    )
 
     if args.chunk_size is not None and args.chunk_size < 1:
         raise _usage("--chunk-size must be 1 or more")
@@ -88,8 +98,6 @@ def _predict(args) -> int:
                 raise _usage(f"text {i} is empty; give non-empty texts to classify")
         records = [Record(i, t) for i, t in enumerate(args.texts)]
     elif not sys.stdin.isatty():
-        from .predict import iter_text_lines
-
         stdin = getattr(sys.stdin, "buffer", None) or (line.encode() for line in sys.stdin)  # a test's StringIO
         records = iter_text_lines(stdin, "standard input")
     else:
@@ -102,13 +110,9 @@ def _predict(args) -> int:
         clf.compile()
     chunk_size = args.chunk_size or 1024
     if args.output:
-        from .predict import predict_file
-
         try:
             r = predict_file(clf, args.file, args.output, args.field, args.id_field, chunk_size)
         except KeyboardInterrupt:
-            from .predict import complete_lines
-
             print(f"interrupted: {complete_lines(args.output)} predictions are in {args.output}; run the same "
                   f"command again to continue", file=sys.stderr)
             return 130
