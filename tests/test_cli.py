@@ -56,7 +56,7 @@ def test_run_folder_that_is_not_a_classifier(tmp_path):
 
 def test_resume_without_a_run(tmp_path):
     assert_one_line_error(run_cli("train", "--resume"), "--resume needs --output-dir")
-    assert_one_line_error(run_cli("train", "--resume", "--output-dir", str(tmp_path)), "config.yaml")
+    assert_one_line_error(run_cli("train", "--resume", "--output-dir", str(tmp_path)), "holds no interrupted run")
 
 
 @pytest.mark.parametrize("name, content, fragment", [
@@ -111,7 +111,7 @@ def test_empty_text_is_refused(tiny_config, tmp_path):
 def test_usage_errors_are_one_line():
     assert_one_line_error(run_cli("train", "--bogus"), "unrecognized arguments: --bogus")
     assert_one_line_error(run_cli("predict"), "run_dir")
-    assert_one_line_error(run_cli("evaluate", "x", "--limit", "0"), "--limit must be a positive number")
+    assert_one_line_error(run_cli("evaluate", "x", "--limit", "0"), "argument --limit: '0' must be 1 or more")
 
 
 def test_help_lists_the_verbs():

@@ -153,10 +153,10 @@ def test_resume_continues_an_interrupted_run(tiny_config, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, out)
     assert (out / "checkpoints" / "last.pt").is_file() and not (out / "classifier.json").exists()
-    with pytest.raises(UserError, match="not a classifier"):
+    with pytest.raises(UserError, match="holds an unfinished training run"):
         SentimentClassifier.load(out)
     monkeypatch.setattr(train_mod, "label_logits", real)
-    with pytest.raises(UserError, match="exists and is not empty"):
+    with pytest.raises(UserError, match="holds an interrupted run with a checkpoint; continue it with"):
         run(cfg, out)
     metrics = run(cfg, out, resume=True)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

@@ -54,12 +54,38 @@ def test_reads_the_first_format():
 ])
 def test_damaged_specs_are_one_line_errors(tmp_path, change, fragment):
     d = make_spec().to_dict()
+    d.pop("checksum")  # edited on purpose: the fields themselves are checked
     change(d)
     (tmp_path / FILE).write_text(json.dumps(d))
     with pytest.raises(UserError) as info:
         ClassifierSpec.load(tmp_path)
     message = str(info.value)
     assert fragment in message and "\n" not in message, message
+
+
+def test_a_changed_spec_fails_its_checksum_and_an_edited_one_loads(tmp_path):
+    d = make_spec().to_dict()
+    d["threshold"] = 0.6
+    (tmp_path / FILE).write_text(json.dumps(d))
+    with pytest.raises(UserError, match="changed after it was saved"):
+        ClassifierSpec.load(tmp_path)
+    d.pop("checksum")
+    (tmp_path / FILE).write_text(json.dumps(d))
+    assert ClassifierSpec.load(tmp_path).threshold == 0.6
+
+
+def test_model_files_are_checked_against_their_hashes(tmp_path):
+    spec = make_spec()
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+    spec.save(tmp_path)
+    assert list(ClassifierSpec.load(tmp_path).files) == ["adapter/adapter_model.safetensors"]
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"weightz" * 100)
+    with pytest.raises(UserError, match="adapter_model.safetensors is damaged"):
+        ClassifierSpec.load(tmp_path)
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match="adapter_model.safetensors not found"):
+        ClassifierSpec.load(tmp_path)
 
 
 def test_missing_folder_and_file(tmp_path):

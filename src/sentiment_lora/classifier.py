@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DataConfig, ModelConfig, PromptConfig
-from .data import clean_text
+from .data import check_text, clean_text
 from .decision import UNDECIDED, decide
 from .errors import UserError
 from .prompt import Prompt
@@ -158,10 +158,7 @@ class SentimentClassifier:
         """Prompt token ids per text; an empty text is a UserError naming its position."""
         if isinstance(texts, str):
             texts = [texts]
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise UserError(f"text {i + 1} is empty; give non-empty texts to classify")
+        texts = [check_text(t, f"text {i + 1}") for i, t in enumerate(texts)]
         return self.prompt.encode([clean_text(t, self.clean_html) for t in texts]).input_ids
 
     def predict_proba(self, texts) -> np.ndarray:

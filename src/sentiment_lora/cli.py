@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
+from pathlib import Path
 
 
 def _num(x) -> str:
@@ -16,16 +18,38 @@ def _num(x) -> str:
 
 
 def _train(args) -> int:
+    from .checkpoint import folder_state, plan_run, run_config
     from .config import load_config
-    from .train import resume_config, run
 
+    # Config and run folder are checked before torch is even imported.
     if args.resume:
         if not args.output_dir:
             raise _usage("--resume needs --output-dir, the folder of the interrupted run")
-        cfg = resume_config(args.output_dir, args.set)
+        plan_run(args.output_dir, resume=True)
+        cfg = run_config(args.output_dir, args.set)
     else:
         cfg = load_config(args.config, args.set)
-    metrics = run(cfg, args.output_dir, resume=args.resume)
+        args.output_dir = args.output_dir or _default_run_dir()
+        plan_run(args.output_dir, resume=False)
+    from .train import run
+
+    try:
+        metrics = run(cfg, args.output_dir, resume=args.resume)
+    except KeyboardInterrupt:
+        state = folder_state(args.output_dir)
+        if state == "resumable":
+            print(f"interrupted: {args.output_dir} holds a checkpoint; continue with 'sentiment-lora train "
+                  f"--resume --output-dir {args.output_dir}'", file=sys.stderr)
+        elif state == "restartable":
+            print(f"interrupted before the first checkpoint; run the same command again to start over "
+                  f"(or 'sentiment-lora train --resume --output-dir {args.output_dir}', which reuses its "
+                  f"config.yaml)", file=sys.stderr)
+        elif state == "finished":
+            print(f"interrupted after the run finished; the classifier is complete in {args.output_dir}",
+                  file=sys.stderr)
+        else:
+            print("interrupted before anything was written; run the same command again", file=sys.stderr)
+        return _interrupted()
     if metrics:
         t = metrics["train"]
         lo, hi = metrics["accuracy_ci95"]
@@ -38,7 +62,19 @@ def _train(args) -> int:
     return 0
 
 
+def _default_run_dir() -> str:
+    from datetime import datetime
+
+    return str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
 def _evaluate(args) -> int:
+    from .spec import ClassifierSpec
+    from .storage import check_output_folder
+
+    ClassifierSpec.load(args.run_dir)  # a damaged folder is one line before torch loads
+    check_output_folder(args.output_dir or Path(args.run_dir) / "evaluations", "--output-dir",
+                        empty=args.output_dir is not None)
     from .evaluate import evaluate_run
 
     m = evaluate_run(args.run_dir, dataset=args.dataset, split=args.split, limit=args.limit, method=args.method,
@@ -54,25 +90,29 @@ def _evaluate(args) -> int:
 
 
 def _print_predictions(clf, pairs, as_json: bool) -> None:
+    from .errors import printable
     from .predict import output_row
+    from .storage import json_text
 
     for text, (rec, label, probs) in pairs:
         if as_json:
             row = output_row(rec, label, probs, clf.label_words)
             row.pop("row")
-            print(json.dumps({"text": text, **row}, ensure_ascii=False))
+            print(json_text({"text": text, **row}))
         else:
             prob = "" if label is None else f"{float(probs[clf.label_words.index(label)]):.4f}"
-            preview = " ".join((text or "").split())
+            preview = printable(" ".join((text or "").split()))
             preview = preview if len(preview) <= 70 else preview[:67] + "..."
             print(f"{label or '-'}\t{prob}\t{preview}", flush=False)
     sys.stdout.flush()
 
 
 def _predict(args) -> int:
+    from .data import check_text
     from .predict import (
         Record,
         check_input,
+        check_records,
         chunked,
         classify_chunk,
         complete_lines,
@@ -81,27 +121,26 @@ def _predict(args) -> int:
         predict_file,
         prepare_output,
     )
+    from .spec import ClassifierSpec
 
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise _usage("--chunk-size must be 1 or more")
     if args.output and not args.file:
         raise _usage("--output needs --file: predictions of arguments or stdin go to standard output")
-    # Everything a user can get wrong is checked before the model loads (tens of seconds).
+    if args.file and args.texts:
+        raise _usage("give texts as arguments or with --file, not both")
+    # Everything a user can get wrong is checked before the model loads (seconds to minutes).
     if args.file:
         check_input(args.file, args.field, args.id_field)
         if args.output:
             prepare_output(args.file, args.output, args.field, args.id_field)
         records = None
     elif args.texts:
-        for i, t in enumerate(args.texts, 1):
-            if not t.strip():
-                raise _usage(f"text {i} is empty; give non-empty texts to classify")
-        records = [Record(i, t) for i, t in enumerate(args.texts)]
+        records = [Record(i, check_text(t, f"text {i + 1}")) for i, t in enumerate(args.texts)]
     elif not sys.stdin.isatty():
         stdin = getattr(sys.stdin, "buffer", None) or (line.encode() for line in sys.stdin)  # a test's StringIO
-        records = iter_text_lines(stdin, "standard input")
+        records = check_records(iter_text_lines(stdin, "standard input"), "standard input")
     else:
         raise _usage("no texts given; pass texts as arguments, --file reviews.txt, or lines on stdin")
+    ClassifierSpec.load(args.run_dir)
 
     from .classifier import SentimentClassifier
 
@@ -115,7 +154,7 @@ def _predict(args) -> int:
         except KeyboardInterrupt:
             print(f"interrupted: {complete_lines(args.output)} predictions are in {args.output}; run the same "
                   f"command again to continue", file=sys.stderr)
-            return 130
+            return _interrupted()
         resumed = f", resumed at row {r['resumed_after']}" if r["resumed_after"] else ""
         empty = (f"; {r['empty']} rows had no readable text (label null, the reason in \"error\")"
                  if r["empty"] else "")
@@ -124,16 +163,17 @@ def _predict(args) -> int:
         return 0
     if records is None:
         records = iter_records(args.file, args.field, args.id_field)
-    seen = 0
     for chunk in chunked(records, chunk_size):
-        seen += len(chunk)
         _print_predictions(clf, zip([r.text for r in chunk], classify_chunk(clf, chunk)), args.json)
-    if not seen:
-        raise _usage("no texts on standard input; pass texts as arguments, --file, or lines on stdin")
     return 0
 
 
 def _export(args) -> int:
+    from .spec import ClassifierSpec
+    from .storage import check_output_folder
+
+    ClassifierSpec.load(args.run_dir)
+    check_output_folder(args.out_dir, "OUT_DIR")
     from .export import export
 
     out = export(args.run_dir, args.out_dir, merge=args.merge, dtype=args.dtype)
@@ -143,19 +183,31 @@ def _export(args) -> int:
 
 
 def _baseline(args) -> int:
-    from .baseline import run_tfidf, run_zero_shot
+    from .storage import check_output_folder
 
     if args.kind == "tfidf":
         if not args.dataset:
             raise _usage("baseline tfidf needs --dataset, a Hub id or a local folder such as ../shared/imdb")
+        if args.config or args.set:
+            raise _usage("--config and --set apply to baseline zero-shot only; tfidf takes --dataset and --nb")
         out = args.output_dir or f"runs/baseline-tfidf{'-nb' if args.nb else ''}"
+        check_output_folder(out, "--output-dir")
+        from .baseline import run_tfidf
+
         m = run_tfidf(args.dataset, out, nb=args.nb)
     else:
         from .config import load_config
 
+        if args.nb:
+            raise _usage("--nb applies to baseline tfidf only")
         if args.dataset:
             args.set = [f"data.dataset={args.dataset}", *args.set]
-        m = run_zero_shot(load_config(args.config, args.set), args.output_dir or "runs/baseline-zero-shot")
+        cfg = load_config(args.config, args.set)
+        out = args.output_dir or "runs/baseline-zero-shot"
+        check_output_folder(out, "--output-dir")
+        from .baseline import run_zero_shot
+
+        m = run_zero_shot(cfg, out)
     lo, hi = m["accuracy_ci95"]
     print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
           f"ROC-AUC {_num(m['roc_auc'])}, ECE {_num(m['ece'])}")
@@ -172,17 +224,48 @@ def _usage(message: str):
     return UserError(message)
 
 
+_SIGNAL = {"name": "SIGINT"}
+
+
+def _interrupted() -> int:
+    """Exit status of a run stopped by a signal: 128 + its number, as a shell reports it."""
+    return 143 if _SIGNAL["name"] == "SIGTERM" else 130
+
+
+def _on_sigterm(signum, frame):
+    # SIGTERM (a job scheduler, `kill`) ends a run like Ctrl-C does: through the same cleanup
+    # and the same message saying how to continue.
+    _SIGNAL["name"] = "SIGTERM"
+    raise KeyboardInterrupt
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other error, instead of usage + error
-        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+        from .errors import printable
+
+        self.exit(2, f"error: {printable(message)} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sentiment-lora", description="Fine-tune a decoder LLM with LoRA "
-                                     "to classify text, evaluate it, and predict with it.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show the libraries' progress bars and warnings")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    parser = _Parser(prog="sentiment-lora", parents=[common], description="Fine-tune a decoder LLM with LoRA "
+                     "to classify text, evaluate it, and predict with it.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    dtypes = ["auto", "float32", "bfloat16", "float16"]
 
-    p = sub.add_parser("train", help="fine-tune, evaluate and save a classifier")
+    p = sub.add_parser("train", parents=[common], help="fine-tune, evaluate and save a classifier")
     p.add_argument("--config", help="YAML preset, e.g. configs/smollm2-cpu.yaml (defaults: the seed's setup)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted path, e.g. --set train.epochs=1 (repeatable)")
@@ -190,21 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output-dir")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="re-score a saved classifier on a dataset split")
+    p = sub.add_parser("evaluate", parents=[common], help="re-score a saved classifier on a dataset split")
     p.add_argument("run_dir")
     p.add_argument("--dataset", help="Hub id or local folder (default: the one it was trained on)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, help="balanced seeded sample of N reviews instead of the whole split")
+    p.add_argument("--limit", type=_positive_int, help="balanced seeded sample of N reviews instead of the whole split")
     p.add_argument("--method", choices=["logits", "generate"], help="scoring method (default: the saved one)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=dtypes, default="auto",
                    help="weights dtype (auto: fp32 on CPU; bfloat16 is faster on CPUs with native bf16)")
-    p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go "
+    p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go, a new or empty folder "
                    "(default RUN_DIR/evaluations/<split>-<timestamp>)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="classify texts given as arguments, in a file, or on stdin")
+    p = sub.add_parser("predict", parents=[common], help="classify texts given as arguments, in a file, or on stdin")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*")
     p.add_argument("--file", help="texts to classify: .txt (one per line), .jsonl, .csv or .parquet, read as a stream")
@@ -212,17 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "interrupted run continues where it stopped")
     p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv/.parquet")
     p.add_argument("--id-field", help="field or column copied to each output line as its id")
-    p.add_argument("--chunk-size", type=int, help="texts read and scored at a time (default 1024)")
+    p.add_argument("--chunk-size", type=_positive_int, help="texts read and scored at a time (default 1024)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model: faster scoring after a "
                    "warm-up of a minute or two, for large files")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=dtypes, default="auto",
                    help="weights dtype (auto: fp32 on CPU; bfloat16 is faster on CPUs with native bf16)")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="write a standalone classifier folder (no base model path, no GGUF needed)")
+    p = sub.add_parser("export", parents=[common],
+                       help="write a standalone classifier folder (no base model path, no GGUF needed)")
     p.add_argument("run_dir")
     p.add_argument("out_dir")
     p.add_argument("--merge", action="store_true", help="merge LoRA into the base: a plain transformers model folder")
@@ -230,19 +314,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the exported weights (default float32)")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("baseline", help="score a baseline: tfidf (logistic regression) or zero-shot (no adapter)")
+    p = sub.add_parser("baseline", parents=[common],
+                       help="score a baseline: tfidf (logistic regression) or zero-shot (no adapter)")
     p.add_argument("kind", choices=["tfidf", "zero-shot"])
     p.add_argument("--dataset", help="Hub id or local folder (tfidf: required; zero-shot: overrides data.dataset)")
     p.add_argument("--nb", action="store_true", help="tfidf: NB-weighted features (NB-SVM style)")
     p.add_argument("--config", help="zero-shot: the preset whose model, prompt and samples to use")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="zero-shot: config overrides")
-    p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go")
+    p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go, a new or empty folder")
     p.set_defaults(func=_baseline)
     return parser
 
 
+def _quiet() -> None:
+    """Library chatter (progress bars of weight loading, deprecation notes) hides the figures
+    users came for, and would make an error more than one line; --verbose brings it back."""
+    warnings.filterwarnings("ignore")
+    # Read by transformers, datasets and huggingface_hub when first imported; importing them
+    # here would cost every command a second or two, even those that fail on their input.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    os.environ.setdefault("ACCELERATE_LOG_LEVEL", "error")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
+    from .errors import UserError, printable
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -252,36 +353,35 @@ def main(argv: list[str] | None = None) -> int:
         args.texts = [*args.texts, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "limit", None) is not None and args.limit <= 0:
-        print("error: --limit must be a positive number", file=sys.stderr)
-        return 2
-    # Library chatter (progress bars of weight loading, deprecation notes) hides the
-    # figures users came for; SENTIMENT_LORA_VERBOSE=1 brings it back.
-    if not os.environ.get("SENTIMENT_LORA_VERBOSE"):
-        warnings.filterwarnings("ignore")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        # datasets reads these when first imported; importing it here would cost every
-        # command a second or two, even those that never load a dataset.
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("DATASETS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface_hub sets its level on import
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if not (args.verbose or args.debug or os.environ.get("SENTIMENT_LORA_VERBOSE")):
+        _quiet()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
-              file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {printable(str(exc.strerror or exc))}{printable(where)}; check the path, its permissions "
+              f"and free space", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug, not bad input: say so, and how to see more
+        if args.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:200]
+        print(f"internal error: {type(exc).__name__}: {printable(first)}; rerun with --debug and report it",
+              file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

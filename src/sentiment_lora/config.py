@@ -7,6 +7,8 @@ bad value fails at start-up with a message naming the key, not an hour into trai
 from __future__ import annotations
 
 import dataclasses
+import math
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,10 +19,32 @@ import yaml
 
 from .errors import UserError
 
+SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit; also the cap of any whole-number field
+
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise UserError(f"config: {key} {message}")
+
+
+def _check_seed(value: int, key: str) -> None:
+    _check(0 <= value <= SEED_MAX, key, f"is {value}; use a whole number from 0 to {SEED_MAX}")
+
+
+def check_template(template: str, key: str = "prompt.template") -> None:
+    """A prompt template holds exactly one plain ``{text}`` field; other braces are doubled."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as exc:
+        raise UserError(f"config: {key} has a stray brace ({exc}); write literal braces as {{{{ and }}}}") from None
+    if fields.count(("text", "", None)) != 1:
+        raise UserError(f"config: {key} must contain {{text}} exactly once")
+    if len(fields) != 1:
+        name, spec, conv = next(f for f in fields if f != ("text", "", None))
+        other = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        raise UserError(f"config: {key} has the field {other} besides {{text}}; write literal braces as "
+                        f"{{{{ and }}}}")
 
 
 @dataclass
@@ -77,6 +101,9 @@ class DataConfig:
             value = getattr(self, key)
             _check(value is None or value > 0, f"data.{key}", f"is {value}; use a positive number or null")
         _check(self.val_size >= 0, "data.val_size", f"is {self.val_size}; use 0 or more")
+        _check_seed(self.seed, "data.seed")
+        _check(self.label_values is None or len(set(map(str, self.label_values))) == len(self.label_values),
+               "data.label_values", "must be distinct")
 
 
 @dataclass
@@ -91,12 +118,10 @@ class PromptConfig:
     """Which part of a long text is kept: head, tail or head+tail (half of each)."""
 
     def __post_init__(self):
-        _check(self.template.count("{text}") == 1, "prompt.template", "must contain {text} exactly once")
-        try:
-            self.template.format(text="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise UserError(f"config: prompt.template has a stray brace field ({exc}); "
-                            "write literal braces as {{ and }}") from None
+        check_template(self.template)
+        _check(bool(self.template.format(text="").strip()), "prompt.template",
+               "holds nothing but {text}; the label is read after the template's last words, e.g. "
+               "'Review: {text}\\nSentiment:'")
         _check(len(self.label_words) >= 2, "prompt.label_words", "needs at least two words")
         _check(all(w.strip() for w in self.label_words), "prompt.label_words", "must not contain empty words")
         _check(len(set(self.label_words)) == len(self.label_words), "prompt.label_words", "must be distinct")
@@ -121,6 +146,7 @@ class LoraConfig:
         _check(self.alpha > 0, "lora.alpha", f"is {self.alpha}; use a positive number")
         _check(0 <= self.dropout < 1, "lora.dropout", f"is {self.dropout}; use a value in [0, 1)")
         _check(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+        _check(all(m.strip() for m in self.target_modules), "lora.target_modules", "must not contain empty names")
 
 
 @dataclass
@@ -166,6 +192,7 @@ class TrainConfig:
                f"is {self.mixed_precision!r}; use auto, no, fp16 or bf16")
         for key in ("logging_steps", "eval_steps", "save_steps", "weight_decay", "max_grad_norm"):
             _check(getattr(self, key) >= 0, f"train.{key}", "must not be negative")
+        _check_seed(self.seed, "train.seed")
 
 
 @dataclass
@@ -210,6 +237,9 @@ class Config:
     def __post_init__(self):
         _check(not (self.eval.calibrate and self.data.val_size == 0), "eval.calibrate",
                "needs a validation sample; set data.val_size above 0")
+        values, words = self.data.label_values, self.prompt.label_words
+        _check(values is None or len(values) == len(words), "data.label_values",
+               f"has {len(values or [])} values but prompt.label_words has {len(words)}; give one value per label word")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,30 +267,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):  # --set lora.target_modules=q_proj,v_proj
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise UserError(f"config: {key} must be a list, got {value!r}")
+            raise UserError(f"config: {key} must be a list, got {_short(value)}")
         return [_coerce(v, inner, key) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"config: {key} must be true or false, got {value!r}")
+        raise UserError(f"config: {key} must be true or false, got {_short(value)}")
     if tp in (int, float):
         # PyYAML reads 2e-4 as a string; accept any number-looking value.
-        if isinstance(value, bool):
-            raise UserError(f"config: {key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"config: {key} must be a number, got {_short(value)}")
         try:
             number = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"config: {key} must be a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"config: {key} must be a number, got {_short(value)}") from None
+        if not math.isfinite(number):
+            raise UserError(f"config: {key} must be a finite number, got {_short(value)}")
         if tp is int:
-            if number != int(number):
-                raise UserError(f"config: {key} must be a whole number, got {value!r}")
-            return int(number)
+            whole = value if isinstance(value, int) else int(number)
+            if number != whole:
+                raise UserError(f"config: {key} must be a whole number, got {_short(value)}")
+            if abs(whole) > SEED_MAX:
+                raise UserError(f"config: {key} is {whole}; that is out of range (at most {SEED_MAX})")
+            return whole
         return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise UserError(f"config: {key} must be a string, got {value!r}")
+            raise UserError(f"config: {key} must be a string, got {_short(value)}")
         return str(value)
     raise AssertionError(f"unsupported field type {tp} for {key}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _section(cls: type, data: Any, name: str):
@@ -292,7 +332,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """Split ``section.key=value``; the value is read as YAML (numbers, lists, null)."""
+    """Split ``section.key=value``; the value is read as YAML (numbers, lists, null), except
+    that a text field takes the text as written: ``prompt.template={text}`` is a string, not a
+    YAML mapping."""
     if "=" not in item:
         raise UserError(f"--set {item!r}: write it as section.key=value, e.g. train.epochs=1")
     key, raw = item.split("=", 1)
@@ -303,7 +345,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    section, name = path
+    if value is not None and not isinstance(value, str) and _is_text(section, name):
+        value = raw
     return path, value
+
+
+def _is_text(section: str, key: str) -> bool:
+    cls = typing.get_type_hints(Config).get(section)
+    return cls is not None and typing.get_type_hints(cls).get(key) in (str, str | None)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -38,6 +38,27 @@ class DataBundle:
     stats: dict
 
 
+def text_problem(text) -> str | None:
+    """Why ``text`` cannot be classified, in words; None when it can."""
+    if not isinstance(text, str):
+        return f"is {type(text).__name__}, not text"
+    if not text.strip():
+        return "is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: undecodable bytes smuggled in by surrogateescape
+        return f"is not valid UTF-8 (character {exc.start + 1})"
+    return None
+
+
+def check_text(text, where: str) -> str:
+    """``text`` when it can be classified, else a UserError naming ``where`` and the fix."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise UserError(f"{where} {problem}; give non-empty UTF-8 texts to classify")
+    return text
+
+
 def clean_text(text: str, clean_html: bool = True) -> str:
     if clean_html:
         text = _BR.sub(" ", text)

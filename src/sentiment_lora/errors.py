@@ -1,5 +1,20 @@
-"""The one exception type for mistakes a user can fix (bad path, bad value, bad file)."""
+"""The one exception type for mistakes a user can fix (bad path, bad value, bad file), and how
+any message is made safe to print as one line."""
+
+import re
+
+# Control characters, DEL and C1 controls, line/paragraph separators, bidi overrides: any of
+# them in a message would split it, or let a file name or a review rewrite the terminal.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 class UserError(Exception):
     """Reported by the CLI as one line on stderr with exit code 2, without a traceback."""
+
+
+def printable(text: str) -> str:
+    """``text`` as one line that is safe on a terminal: newlines and tabs become spaces, other
+    unsafe characters are shown escaped (``\\x1b``), lone surrogates too."""
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+    text = _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from .data import text_problem
 from .errors import UserError
-from .storage import read_json, write_json
+from .storage import json_text, path_problem, read_json, write_json
 
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 PARTIAL = ".partial"
@@ -54,14 +55,20 @@ def _lines(stream, name: str) -> Iterator[tuple[int, str | None, str | None]]:
             yield number, line, None
 
 
-def _text_of(value) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
+def _record(row: int, value, rid=None, where: str = "") -> Record:
+    """A record of ``value``: None text when it is empty; an error when it is not usable text."""
+    if value is None or isinstance(value, str) and not value.strip():
+        return Record(row, None, rid)
+    problem = text_problem(value)
+    if problem is not None:
+        return Record(row, None, rid, error=f"{where or f'record {row + 1}'}: the text {problem}")
+    return Record(row, value, rid)
 
 
 def iter_text_lines(stream, name: str) -> Iterator[Record]:
     """Records of a binary stream holding one text per line (a .txt file, standard input)."""
-    for row, (_, line, error) in enumerate(_lines(stream, name)):
-        yield Record(row, line, error=error)
+    for row, (number, line, error) in enumerate(_lines(stream, name)):
+        yield Record(row, None, error=error) if error else _record(row, line, where=f"{name}:{number}")
 
 
 def _iter_jsonl(stream, name: str, field: str, id_field: str | None) -> Iterator[Record]:
@@ -78,7 +85,7 @@ def _iter_jsonl(stream, name: str, field: str, id_field: str | None) -> Iterator
             yield Record(row, None, error=f"{name}:{number} has no string field {field!r}; write "
                                           f"{{\"{field}\": \"...\"}} or choose the field with --field")
             continue
-        yield Record(row, _text_of(obj[field]), obj.get(id_field) if id_field else None)
+        yield _record(row, obj[field], obj.get(id_field) if id_field else None, f"{name}:{number}")
 
 
 def _iter_csv(path: Path, field: str, id_field: str | None) -> Iterator[Record]:
@@ -99,7 +106,8 @@ def _iter_csv(path: Path, field: str, id_field: str | None) -> Iterator[Record]:
                     raise UserError(f"{path} has no column {name!r} (columns: {', '.join(header)}); add a header "
                                     f"row with a {name!r} column, or choose it with --field / --id-field")
             for row, rec in enumerate(reader):
-                yield Record(row, _text_of(rec.get(field)), rec.get(id_field) if id_field else None)
+                yield _record(row, rec.get(field), rec.get(id_field) if id_field else None,
+                              f"{path}:{reader.line_num}")
         except UnicodeDecodeError as exc:
             raise UserError(f"input file {str(path)!r} is not UTF-8 near line {reader.line_num} (byte {exc.start}); "
                             f"re-save it as UTF-8") from None
@@ -129,7 +137,7 @@ def _iter_parquet(path: Path, field: str, id_field: str | None, batch: int = 409
         texts = chunk.column(field).to_pylist()
         ids = chunk.column(id_field).to_pylist() if id_field else [None] * len(texts)
         for text, rid in zip(texts, ids):
-            yield Record(row, _text_of(text), rid)
+            yield _record(row, text, rid, f"{path} row {row + 1}")
             row += 1
 
 
@@ -154,28 +162,38 @@ def iter_records(path: str | Path, field: str = "text", id_field: str | None = N
 def check_input(path: str | Path, field: str = "text", id_field: str | None = None) -> None:
     """Before any model loads: the file exists, has a known type, and its first records parse."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"input file {str(path)!r} not found; check the path")
-    if path.is_dir():
-        raise UserError(f"input file {str(path)!r} is a folder; pass a .txt, .jsonl, .csv or .parquet file")
-    if not path.is_file():
-        raise UserError(f"input file {str(path)!r} is not a regular file; save the texts to a file first")
+    problem = path_problem(path)
+    if problem is not None:
+        raise UserError(f"input file {str(path)!r} {problem}; pass a .txt, .jsonl, .csv or .parquet file "
+                        f"(or pipe texts to standard input)")
     if path.suffix.lower() not in (*SUFFIXES, ""):
         raise UserError(f"input file {str(path)!r}: unknown type {path.suffix!r}; use {', '.join(SUFFIXES)}")
     try:
         first = list(itertools.islice(iter_records(path, field, id_field), 64))
     except OSError as exc:
         raise UserError(f"input file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
-    if not first:
-        raise UserError(f"input file {str(path)!r} holds no texts")
+    _check_first(first, f"input file {str(path)!r}")
+    if id_field and all(r.id is None for r in first):
+        raise UserError(f"{path}: no record among the first {len(first)} has the id field {id_field!r}; "
+                        f"check --id-field")
+
+
+def _check_first(first: list[Record], name: str) -> None:
+    if not first or all(r.text is None and r.error is None for r in first):
+        raise UserError(f"{name} holds no texts")
     # Later malformed records get a null label and an "error" in the output; the first ones
     # are the likeliest sign of a wrong file or --field, so they stop the run before it starts.
     bad = next((r for r in first if r.error), None)
     if bad is not None:
         raise UserError(bad.error)
-    if id_field and all(r.id is None for r in first):
-        raise UserError(f"{path}: no record among the first {len(first)} has the id field {id_field!r}; "
-                        f"check --id-field")
+
+
+def check_records(records: Iterable[Record], name: str, n: int = 64) -> Iterator[Record]:
+    """The same records, after the first ``n`` were checked as ``check_input`` checks a file's."""
+    it = iter(records)
+    first = list(itertools.islice(it, n))
+    _check_first(first, name)
+    return itertools.chain(first, it)
 
 
 def read_texts(path: str | Path, field: str = "text") -> list[str]:
@@ -226,8 +244,8 @@ def classify_chunk(clf, chunk: list[Record]) -> list[tuple[Record, str | None, n
 def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_words: list[str]) -> dict:
     """One line of a predictions file: row (and id), label, its probability, all probabilities."""
     row: dict = {"row": rec.row}
-    if rec.id is not None:
-        row["id"] = rec.id
+    if rec.id is not None:  # NaN is not JSON: an id read as a float NaN is written as text
+        row["id"] = rec.id if not (isinstance(rec.id, float) and not np.isfinite(rec.id)) else str(rec.id)
     if probs is None:
         return {**row, "label": None, "prob": None, "probs": None, "error": rec.error or "empty text"}
     prob = float(probs[label_words.index(label)]) if label is not None else None
@@ -389,7 +407,7 @@ def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "
                 for rec, label, probs in classify_chunk(clf, chunk):
                     unlabelled += probs is None
                     row = output_row(rec, label, probs, clf.label_words)
-                    lines.append(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                    lines.append(json_text(row, default=str) + "\n")
                 out.write("".join(lines).encode("utf-8"))
                 out.flush()
                 os.fsync(out.fileno())  # a line on disk is a line a resumed run will not redo

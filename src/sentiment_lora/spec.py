@@ -16,12 +16,15 @@ from typing import Any
 
 from .config import PromptConfig
 from .errors import UserError
-from .storage import read_json, write_json
+from .storage import path_problem, read_json, write_json
 
 FILE = "classifier.json"
 FORMAT = "sentiment-lora-classifier/2"
 # /1 had no fingerprint, no bundled base and always an adapter; it reads as /2 with those unset.
 READABLE = (FORMAT, "sentiment-lora-classifier/1")
+# Written beside the model files of a classifier folder, but not deciding its predictions.
+_NOT_MODEL = {FILE, "README.md", "metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png",
+              "calibration.png", "predictions.jsonl", "train_log.jsonl"}
 DATA_KEYS = ("dataset", "text_column", "label_column", "label_values", "clean_html", "test_split")
 
 
@@ -64,13 +67,16 @@ class ClassifierSpec:
     data: dict[str, Any] = field(default_factory=dict)
     """How the training data was read (dataset, columns, label values, cleaning, test split),
     so ``evaluate`` reads a dataset the same way."""
+    files: dict[str, str] = field(default_factory=dict)
+    """``sha256:...`` of each model file (adapter, bundled base), relative to the folder; set
+    by ``save`` and checked by ``load``."""
 
     @property
     def label_words(self) -> list[str]:
         return list(self.prompt.label_words)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT,
             "base_model": dataclasses.asdict(self.base_model),
             "adapter": self.adapter,
@@ -81,7 +87,9 @@ class ClassifierSpec:
             "max_batch_tokens": self.max_batch_tokens,
             "max_new_tokens": self.max_new_tokens,
             "data": {k: self.data[k] for k in DATA_KEYS if k in self.data},
+            "files": dict(self.files),
         }
+        return {**d, "checksum": checksum(d)}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = FILE) -> ClassifierSpec:
@@ -94,8 +102,11 @@ class ClassifierSpec:
         if not isinstance(d, dict):
             raise bad("not a JSON object")
         if d.get("format") not in READABLE:
-            raise UserError(f"{where} is not a sentiment-lora classifier spec (format {d.get('format')!r}, "
+            raise UserError(f"{where} is not a sentiment-lora classifier spec (format {_short(d.get('format'))}, "
                             f"expected {FORMAT}); upgrade sentiment-lora or train again")
+        if "checksum" in d and d["checksum"] != checksum({k: v for k, v in d.items() if k != "checksum"}):
+            raise UserError(f"{where} was changed after it was saved (its checksum does not match); restore it, "
+                            f"or, if you edited it on purpose, delete its \"checksum\" field")
 
         def get(obj: dict, key: str, types, section: str = "", optional: bool = False, default=None):
             name = f"{section}.{key}" if section else key
@@ -107,7 +118,7 @@ class ClassifierSpec:
             if value is None and optional:
                 return default
             if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
-                raise bad(f"field {name!r} is {value!r}")
+                raise bad(f"field {name!r} is {_short(value)}")
             return value
 
         b = get(d, "base_model", dict)
@@ -119,7 +130,7 @@ class ClassifierSpec:
         p = get(d, "prompt", dict)
         words = get(p, "label_words", list, "prompt")
         if not all(isinstance(w, str) for w in words):
-            raise bad(f"field 'prompt.label_words' is {words!r}")
+            raise bad(f"field 'prompt.label_words' is {_short(words)}")
         try:
             prompt = PromptConfig(template=get(p, "template", str, "prompt"),
                                   label_words=list(get(p, "label_words", list, "prompt")),
@@ -130,13 +141,13 @@ class ClassifierSpec:
         ids = get(p, "label_token_ids", list, "prompt")
         if len(ids) != len(prompt.label_words) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                            for i in ids):
-            raise bad(f"prompt.label_token_ids {ids!r} must be one token id per label word")
+            raise bad(f"prompt.label_token_ids {_short(ids)} must be one token id per label word")
         threshold = get(d, "threshold", (int, float), optional=True, default=0.5)
         if not (math.isfinite(threshold) and 0 < threshold < 1):
-            raise bad(f"threshold {threshold!r} must be a number between 0 and 1")
+            raise bad(f"threshold {_short(threshold)} must be a number between 0 and 1")
         method = get(d, "method", str, optional=True, default="logits")
         if method not in ("logits", "generate"):
-            raise bad(f"method {method!r} must be logits or generate")
+            raise bad(f"method {_short(method)} must be logits or generate")
         legacy = d["format"] != FORMAT
         adapter = get(d, "adapter", str, optional=not legacy, default=None)
         if adapter is None and not base.bundled:
@@ -147,30 +158,97 @@ class ClassifierSpec:
         if batch_size < 1 or max_new_tokens < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
             raise bad("batch_size, max_batch_tokens and max_new_tokens must be 1 or more")
         data = get(d, "data", dict, optional=True, default={})
+        files = get(d, "files", dict, optional=True, default={})
+        if not all(isinstance(k, str) and isinstance(v, str) and v.startswith("sha256:") and _inside(k)
+                   for k, v in files.items()):
+            raise bad("field 'files' must map relative paths inside the folder to sha256: hashes")
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), threshold=float(threshold),
                    method=method, adapter=adapter, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                    max_new_tokens=max_new_tokens,
-                   data={k: data[k] for k in DATA_KEYS if k in data})
+                   data={k: data[k] for k in DATA_KEYS if k in data}, files=dict(files))
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``folder/classifier.json`` atomically. Written last, it marks a complete folder."""
-        return write_json(Path(folder) / FILE, self.to_dict())
+        """Write ``folder/classifier.json`` atomically, with the sha256 of each model file in
+        ``folder``. Written last, it marks a complete folder."""
+        from .cache import hash_file
+
+        folder = Path(folder)
+        self.files = {name: "sha256:" + hash_file(folder / name) for name in self.model_files(folder)}
+        return write_json(folder / FILE, self.to_dict())
 
     @classmethod
-    def load(cls, folder: str | Path) -> ClassifierSpec:
+    def load(cls, folder: str | Path, verify: bool = True) -> ClassifierSpec:
         folder = Path(folder)
         path = folder / FILE
-        if not folder.is_dir():
-            raise UserError(f"classifier folder {str(folder)!r} not found; pass the --output-dir of a finished "
+        problem = path_problem(folder, "folder")
+        if problem is not None:
+            raise UserError(f"classifier folder {str(folder)!r} {problem}; pass the --output-dir of a finished "
                             f"'sentiment-lora train' or the folder of 'sentiment-lora export'")
-        if not path.is_file():
+        if folder_problem := path_problem(path):
+            if folder_problem != "not found":
+                raise UserError(f"{path} {folder_problem}; the classifier folder is damaged, train or export again")
+            if (folder / "config.yaml").is_file():
+                raise UserError(f"{str(folder)!r} holds an unfinished training run (no {FILE}); continue it with "
+                                f"'sentiment-lora train --resume --output-dir {folder}'")
             raise UserError(f"{str(folder)!r} is not a classifier run folder (no {FILE}); "
                             f"pass the --output-dir of a finished 'sentiment-lora train'")
         try:
             data = read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{path} is not valid JSON; the run folder is damaged, train again") from None
-        return cls.from_dict(data, where=str(path))
+        spec = cls.from_dict(data, where=str(path))
+        if verify:
+            spec.verify_files(folder)
+        return spec
+
+    def model_files(self, folder: str | Path) -> list[str]:
+        """The files that decide the predictions (adapter, bundled base), relative to ``folder``."""
+        folder = Path(folder)
+        names = []
+        if self.adapter is not None and (folder / self.adapter).is_dir():
+            names += [p for p in (folder / self.adapter).rglob("*") if p.is_file()]
+        if self.base_model.bundled and (folder / self.base_model.name_or_path).is_dir():
+            base = folder / self.base_model.name_or_path
+            names += [p for p in base.iterdir() if p.is_file() and p.name not in _NOT_MODEL]
+        return sorted({p.relative_to(folder).as_posix() for p in names})
+
+    def verify_files(self, folder: str | Path) -> None:
+        """Every recorded model file is there with its recorded sha256: a torn, truncated or
+        overwritten file is one clear error, never silently different probabilities."""
+        from .cache import file_sha256
+
+        folder = Path(folder)
+        for name, want in self.files.items():
+            path = folder / name
+            problem = path_problem(path)
+            if problem is not None:
+                raise UserError(f"{path} {problem}; the classifier folder is incomplete: restore the file, or "
+                                f"train (or export) again")
+            try:
+                have = "sha256:" + file_sha256(path)
+            except OSError as exc:
+                raise UserError(f"{path} cannot be read ({exc.strerror}); check its permissions") from None
+            if have != want:
+                raise UserError(f"{path} is damaged (its sha256 differs from the one in {FILE}); restore the file, "
+                                f"or train (or export) again")
+
+
+def checksum(d: dict) -> str:
+    """sha256 of a spec's canonical JSON (sorted keys, no spaces)."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"),
+                                                 ensure_ascii=True).encode()).hexdigest()
+
+
+def _inside(name: str) -> bool:
+    p = Path(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_tuple(types) -> tuple:

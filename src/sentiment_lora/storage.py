@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 
 def _umask() -> int:
@@ -36,12 +40,24 @@ def write_text(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def json_text(data: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON: NaN and infinity are refused (they are not JSON, and mean a bug upstream),
+    and characters a terminal would act on (DEL, C1 controls, line and paragraph separators,
+    bidi overrides) are escaped, so printing a file never runs escape sequences."""
+    return _TERMINAL.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                         json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False,
+                                                    default=default))
+
+
+_TERMINAL = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return write_text(path, json_text(data, indent=2) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return write_text(path, "".join(json_text(r) + "\n" for r in rows))
 
 
 def write_with(path: str | Path, save: Callable[[Path], None]) -> Path:
@@ -76,3 +92,40 @@ def write_dir(path: str | Path, save: Callable[[Path], None]) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def path_problem(path: str | Path, want: str = "file") -> str | None:
+    """Why ``path`` is not an existing ``want`` ("file" or "folder"), in words; None when it is."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if want == "folder":
+        return None if stat.S_ISDIR(mode) else "is a file, not a folder"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, socket or device)"
+    return None
+
+
+def check_output_folder(path: str | Path, option: str, empty: bool = True) -> None:
+    """Before any heavy work: ``path`` is a folder that can be created or written (and, with
+    ``empty``, holds nothing yet). A probe folder is made and removed to be sure, since
+    permission bits say nothing for root or a read-only mount."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {str(path)!r} is a file, not a folder; choose a folder path")
+    if empty and path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{option} {str(path)!r} exists and is not empty; choose another {option}")
+    parent = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise UserError(f"{option} {str(path)!r} cannot be created: {str(parent)!r} is a file; choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe.", dir=parent))
+    except OSError as exc:
+        raise UserError(f"{option} {str(path)!r} cannot be written ({exc.strerror} in {str(parent)!r}); "
+                          f"choose a writable folder") from None

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoint import FOLDER as CHECKPOINTS
+from .checkpoint import checkpoints, clear_run, damaged, load_checkpoint, plan_run, save_checkpoint
 from .classifier import SentimentClassifier, spec_for_run
 from .config import Config
 from .data import DataBundle, prepare_data
@@ -32,7 +34,7 @@ from .prompt import Prompt
 from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
 from .scoring import score, score_generate
 from .spec import DATA_KEYS
-from .storage import write_json, write_jsonl, write_with
+from .storage import write_json, write_jsonl
 
 
 def say(message: str) -> None:
@@ -78,7 +80,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
         resume: bool) -> tuple[list[dict], dict, np.ndarray | None]:
     """The training loop. Returns the log records, throughput figures and the final
     validation probabilities (None without a validation sample)."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict
     from transformers import get_scheduler
 
     t = cfg.train
@@ -106,17 +108,8 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     pad_id = tok.pad_token_id
 
     step, log = 0, []
-    ckpt_dir = run_dir / "checkpoints"
     if resume:
-        ckpt = ckpt_dir / "last.pt"
-        if not ckpt.is_file():
-            raise UserError(f"--resume: {ckpt} not found; there is nothing to resume in {run_dir}")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, log = state["step"], state["log"]
-        torch.set_rng_state(state["rng"])
+        step, log = restore(accelerator.unwrap_model(model), optimizer, scheduler, run_dir)
         say(f"resumed from optimizer step {step} of {total_steps}")
 
     stream = step_batches([len(x) for x in train_ids], t.batch_size, t.grad_accum, t.seed, world, rank)
@@ -194,12 +187,14 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
             log.append(record)
             if accelerator.is_main_process:
                 write_jsonl(run_dir / "train_log.jsonl", log)
-        if t.save_steps and step % t.save_steps == 0 and step < total_steps and accelerator.is_main_process:
-            state = {"adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "step": step, "log": log, "rng": torch.get_rng_state()}
-            write_with(ckpt_dir / "last.pt", lambda tmp, state=state: torch.save(state, tmp))
+        if t.save_steps and step % t.save_steps == 0 and step < total_steps:
+            check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
+            if accelerator.is_main_process:
+                save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
+                                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                          "step": step, "log": log, "rng": torch.get_rng_state()})
     bar.close()
+    check_finite(params, step, t)
     stats = {
         "optimizer_steps": step,
         "skipped_steps": skipped,
@@ -211,15 +206,32 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     return log, stats, val_probs
 
 
-def _check_output_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"--resume: {run_dir} holds no config.yaml of an interrupted run")
-        if (run_dir / "classifier.json").exists():
-            raise UserError(f"--resume: {run_dir} holds a finished classifier; there is nothing to resume")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"output folder {str(run_dir)!r} exists and is not empty; choose another "
-                        f"--output-dir, or add --resume to continue an interrupted run there")
+def restore(model, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict]]:
+    """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG; returns
+    (step, log). A checkpoint that does not fit them is one UserError naming the file."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    state, path = load_checkpoint(run_dir, warn=say)
+    want = get_peft_model_state_dict(model)
+    have = state["adapter"]
+    if set(have) != set(want) or any(have[k].shape != want[k].shape for k in want):
+        raise damaged(path, run_dir, "its adapter weights do not match lora.r or lora.target_modules")
+    try:
+        set_peft_model_state_dict(model, have)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise damaged(path, run_dir, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) from None
+    return state["step"], state["log"]
+
+
+def check_finite(params, step: int, t) -> None:
+    """Stop a run whose LoRA weights turned infinite or NaN: saving it would ship garbage."""
+    if all(bool(torch.isfinite(p).all()) for p in params):
+        return
+    raise UserError(f"training diverged: the LoRA weights are no longer finite at step {step}; lower train.lr "
+                    f"(now {t.lr:g}) or keep train.max_grad_norm above 0, and start the run again")
 
 
 def calibrate(model, tok, prompt: Prompt, cfg: Config, val_ids: list[list[int]], val_labels: list[int],
@@ -272,10 +284,11 @@ def save_outputs(run_dir: Path, data: DataBundle, log: list[dict], metrics: dict
 
 
 def remove_checkpoints(run_dir: Path) -> None:
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    ckpt.unlink(missing_ok=True)
-    if ckpt.parent.exists() and not any(ckpt.parent.iterdir()):
-        ckpt.parent.rmdir()
+    for ckpt in checkpoints(run_dir):
+        ckpt.unlink(missing_ok=True)
+    folder = run_dir / CHECKPOINTS
+    if folder.exists() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False) -> dict:
@@ -285,7 +298,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
 
     wall_start = time.perf_counter()
     run_dir = Path(output_dir) if output_dir else default_output_dir()
-    _check_output_dir(run_dir, resume)
+    plan = plan_run(run_dir, resume)
     set_seed(cfg.train.seed)
 
     requested = pick_device(cfg.model.device)
@@ -316,12 +329,16 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     # process has checked the output folder before the main one creates it.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if plan == "restart":
+            say(f"starting over in {run_dir}: the run there stopped before its first checkpoint")
+            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             cfg.save(run_dir / "config.yaml")
 
     log, train_stats, val_probs = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
-                                      enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir, resume)
+                                      enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir,
+                                      plan == "resume")
     if train_stats["skipped_steps"]:
         say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
             f"or gradient")
@@ -353,13 +370,3 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     remove_checkpoints(run_dir)
     metrics["run_dir"] = str(run_dir)  # returned, not saved: the folder may move
     return metrics
-
-
-def resume_config(run_dir: str | Path, overrides=()) -> Config:
-    """The config an interrupted run was started with (``--set`` may still adjust it)."""
-    from .config import load_config
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"--resume: {path} not found; give the --output-dir of an interrupted run")
-    return load_config(path, overrides)
