@@ -22,7 +22,7 @@ from .decision import best_threshold, decide
 from .errors import UserError
 from .evaluate import prediction_rows
 from .metrics import compute_metrics
-from .storage import write_json, write_jsonl
+from .storage import check_output_folder, write_dir, write_json, write_jsonl
 
 C_GRID = (4.0, 16.0, 64.0)
 
@@ -79,8 +79,7 @@ def run_tfidf(dataset: str, output_dir: str | Path, nb: bool = False, seed: int 
               label_words: tuple[str, ...] = ("Negative", "Positive")) -> dict:
     """Train on the whole train split, score the whole test split, write metrics.json."""
     out = Path(output_dir)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {str(out)!r} exists and is not empty; choose another --output-dir")
+    check_output_folder(out, "output folder")
     words = list(label_words)
     started = time.perf_counter()
     data = load_full(dataset, words)
@@ -94,8 +93,9 @@ def run_tfidf(dataset: str, output_dir: str | Path, nb: bool = False, seed: int 
                     "features": len(model.named_steps["tfidf"].vocabulary_),
                     "train_seconds": round(train_seconds, 1),
                     "wall_seconds": round(time.perf_counter() - started, 1)})
-    write_jsonl(out / "predictions.jsonl", prediction_rows(data["test"], preds, probs, words))
-    write_json(out / "metrics.json", metrics)
+    write_dir(out, lambda tmp: (write_jsonl(tmp / "predictions.jsonl", prediction_rows(data["test"], preds, probs,
+                                                                                      words)),
+                                write_json(tmp / "metrics.json", metrics)))
     metrics["output_dir"] = str(out)
     return metrics
 
@@ -121,8 +121,7 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
     from .data import prepare_data
 
     out = Path(output_dir)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {str(out)!r} exists and is not empty; choose another --output-dir")
+    check_output_folder(out, "output folder")
     if not cfg.data.val_size:
         raise UserError("the zero-shot baseline calibrates its threshold on validation; set data.val_size above 0")
     started = time.perf_counter()
@@ -136,8 +135,8 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
     metrics.update({"method": "zero-shot", "model": cfg.model.name_or_path, "threshold": threshold,
                     "accuracy_uncalibrated": float((plain == np.asarray(data.test.labels)).mean()),
                     "data": data.stats, "wall_seconds": round(time.perf_counter() - started, 1)})
-    write_jsonl(out / "predictions.jsonl", prediction_rows(data.test, preds, test_probs, words))
-    write_json(out / "metrics.json", metrics)
-    cfg.save(out / "config.yaml")
+    write_dir(out, lambda tmp: (write_jsonl(tmp / "predictions.jsonl", prediction_rows(data.test, preds, test_probs,
+                                                                                      words)),
+                                write_json(tmp / "metrics.json", metrics), cfg.save(tmp / "config.yaml")))
     metrics["output_dir"] = str(out)
     return metrics

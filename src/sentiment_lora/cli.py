@@ -20,6 +20,7 @@ def _num(x) -> str:
 def _train(args) -> int:
     from .checkpoint import folder_state, plan_run, run_config
     from .config import load_config
+    from .storage import check_output_folder
 
     # Config and run folder are checked before torch is even imported.
     if args.resume:
@@ -31,6 +32,7 @@ def _train(args) -> int:
         cfg = load_config(args.config, args.set)
         args.output_dir = args.output_dir or _default_run_dir()
         plan_run(args.output_dir, resume=False)
+    check_output_folder(args.output_dir, "--output-dir", empty=False)
     from .train import run
 
     try:
@@ -340,6 +342,11 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     os.environ.setdefault("ACCELERATE_LOG_LEVEL", "error")
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if "transformers" in sys.modules:  # imported already (a test, a notebook): env vars come too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -184,7 +184,8 @@ class TrainConfig:
         _check(self.epochs > 0, "train.epochs", f"is {self.epochs}; use a positive number")
         _check(self.batch_size > 0, "train.batch_size", f"is {self.batch_size}; use 1 or more")
         _check(self.grad_accum > 0, "train.grad_accum", f"is {self.grad_accum}; use 1 or more")
-        _check(self.lr > 0, "train.lr", f"is {self.lr}; use a positive number")
+        _check(0 < self.lr <= 1, "train.lr", f"is {self.lr:g}; use a positive number up to 1 (LoRA usually "
+               f"trains at 1e-4 to 1e-3; larger rates only blow the weights up)")
         _check(self.scheduler in ("cosine", "linear", "constant"), "train.scheduler",
                f"is {self.scheduler!r}; use cosine, linear or constant")
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"is {self.warmup_ratio}; use [0, 1)")
@@ -360,9 +361,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a YAML preset (or the defaults) and apply ``section.key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
+        from .storage import path_problem
+
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {str(path)!r} not found; pass a YAML file such as configs/smollm2-cpu.yaml")
+        problem = path_problem(path)
+        if problem is not None:
+            raise UserError(f"config file {str(path)!r} {problem}; pass a YAML file such as configs/smollm2-cpu.yaml")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -133,6 +133,11 @@ def label_mapper(cfg: DataConfig, label_words: list[str]):
     def to_class(value) -> int:
         if isinstance(value, (bool, np.bool_)):
             value = int(value)
+        if isinstance(value, (float, np.floating)) and cfg.label_values is None:
+            if not float(value).is_integer():  # 0.0 / 1.0 are class indices stored as floats; 0.5 is not
+                raise UserError(f"label {float(value)!r} is not a class index; labels must be whole numbers 0 to "
+                                f"{k - 1} or strings (map them with data.label_values)")
+            value = int(value)
         if isinstance(value, (int, np.integer)) and cfg.label_values is None:
             if 0 <= int(value) < k:
                 return int(value)
@@ -208,6 +213,11 @@ def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
     train_idx = balanced_indices(train_all.labels, cfg.train_size, k, rng, train_dupes | set(val_idx),
                                  "train sample")
     test_idx = balanced_indices(test_all.labels, cfg.test_size, k, rng, test_in_train, "test sample")
+    missing = sorted(set(range(k)) - {train_all.labels[i] for i in train_idx})
+    if missing:  # a classifier trained without a class can never learn to predict it
+        raise UserError(f"dataset {cfg.dataset!r}: the train sample has no example of label {missing[0]} "
+                        f"({label_words[missing[0]]!r}); every class needs training examples: check "
+                        f"data.label_column and data.label_values, or the data")
 
     stats = {
         "train_rows": len(train_all),

@@ -19,9 +19,11 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     from .classifier import SentimentClassifier
     from .config import DataConfig, EvalConfig
     from .data import balanced_indices, label_mapper, load_splits, prepare_split
-    from .storage import write_json, write_jsonl
+    from .storage import check_output_folder, write_dir, write_json, write_jsonl
 
     run_dir = Path(run_dir)
+    if output_dir is not None:
+        check_output_folder(output_dir, "output_dir")
     clf = SentimentClassifier.load(run_dir, device=device, dtype=dtype, batch_size=batch_size)
     data_cfg = clf.data_config(dataset=dataset)
     data_cfg = DataConfig(**{**data_cfg.__dict__, "seed": seed})
@@ -43,8 +45,12 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
                     "seconds": round(seconds, 2),
                     "reviews_per_s": round(len(sample) / seconds, 2) if seconds > 0 else None})
     out = Path(output_dir) if output_dir else run_dir / "evaluations" / f"{split}-{datetime.now():%Y%m%d-%H%M%S}"
-    write_jsonl(out / "predictions.jsonl", prediction_rows(sample, preds, probs, clf.label_words))
-    write_json(out / "metrics.json", metrics)
+
+    def fill(tmp: Path) -> None:
+        write_jsonl(tmp / "predictions.jsonl", prediction_rows(sample, preds, probs, clf.label_words))
+        write_json(tmp / "metrics.json", metrics)
+
+    write_dir(out, fill)  # the folder appears whole, or not at all
     metrics["output_dir"] = str(out)
     return metrics
 

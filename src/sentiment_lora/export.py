@@ -39,7 +39,8 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
         raise UserError(f"export folder {str(out)!r} exists and is not empty; choose another OUT_DIR")
     spec = ClassifierSpec.load(run_dir)
     clf = SentimentClassifier.from_spec(spec, run_dir, device="cpu", dtype=dtype)
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    copied = [name for name in COPIED if _readable(run_dir / name)]
+    metrics = read_json(run_dir / "metrics.json") if "metrics.json" in copied else {}
     origin = _origin(spec)
 
     def fill(tmp: Path) -> None:
@@ -58,9 +59,8 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
             if spec.adapter is not None:
                 shutil.copytree(run_dir / spec.adapter, tmp / "adapter")
                 relocatable_adapter(tmp / "adapter", new)
-        for name in COPIED:
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, tmp / name)
+        for name in copied:
+            shutil.copy2(run_dir / name, tmp / name)
         (tmp / "README.md").write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
                                                   adds_bos=bool(clf.prompt.lead)),
                                        encoding="utf-8")
@@ -69,9 +69,48 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
     return write_dir(out, fill)
 
 
+def _readable(path: Path) -> bool:
+    """Whether an optional file of the run folder is whole enough to copy; a damaged one is left
+    out with a warning (the classifier does not need it)."""
+    from .cache import warn
+    from .config import load_config
+
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix == ".json":
+            ok = _metrics_shape(read_json(path))
+        elif path.suffix == ".yaml":
+            ok = load_config(path) is not None
+        else:  # a PNG starts with its signature and ends with its IEND chunk
+            data = path.read_bytes()
+            ok = data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+    except (OSError, ValueError, UserError):
+        ok = False
+    if not ok:
+        warn(f"{path} is damaged; the export leaves it out")
+    return ok
+
+
+def _metrics_shape(m) -> bool:
+    """metrics.json as a run writes it, as far as the model card reads it."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not isinstance(m, dict) or not isinstance(m.get("data", {}), dict):
+        return False
+    if not m.get("n"):
+        return True
+    ci = m.get("accuracy_ci95")
+    return (number(m["n"]) and number(m.get("accuracy")) and isinstance(ci, list) and len(ci) == 2
+            and all(map(number, ci)) and all(m.get(k) is None or number(m[k]) for k in ("macro_f1", "roc_auc", "ece")))
+
+
 def _lora_settings(run_dir: Path) -> dict | None:
     from .config import load_config
 
+    if not (run_dir / "config.yaml").is_file():
+        return None
     try:
         return dict(load_config(run_dir / "config.yaml").lora.__dict__)
     except (UserError, OSError):

@@ -44,6 +44,18 @@ def expected_calibration_error(labels: list[int], probs: np.ndarray, bins: int =
     return float(sum(b["n"] * abs(b["mean_prob"] - b["frequency"]) for b in table if b["n"]) / n) if n else 0.0
 
 
+def roc_auc(y: np.ndarray, probs: np.ndarray, classes: list[int]) -> tuple[float | None, str | None]:
+    """ROC-AUC (one-vs-rest beyond two classes), or None and the reason it is undefined."""
+    missing = [c for c in classes if not (y == c).any()]
+    if missing:  # sklearn would return NaN (not JSON) or raise
+        return None, f"undefined: no example of class {missing[0]} among the {len(y)} labels"
+    if len(classes) == 2:
+        auc = float(roc_auc_score(y, probs[:, 1]))
+    else:
+        auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=classes))
+    return (auc, None) if math.isfinite(auc) else (None, "undefined for these labels")
+
+
 def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, label_words: list[str]) -> dict:
     """Accuracy (with 95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, calibration
     error (ECE, with its reliability table), confusion matrix."""
@@ -56,19 +68,14 @@ def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, labe
     prec, rec, f1, support = precision_recall_fscore_support(y, yhat, labels=classes, zero_division=0)
     correct = int((y == yhat).sum())
     low, high = wilson_interval(correct, len(y))
-    try:
-        if len(classes) == 2:
-            auc = float(roc_auc_score(y, probs[:, 1]))
-        else:
-            auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=classes))
-    except ValueError:  # a single class present: AUC is undefined
-        auc = None
+    auc, auc_note = roc_auc(y, probs, classes)
     return {
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, yhat)) if len(y) else 0.0,
         "accuracy_ci95": [low, high],
         "macro_f1": float(f1_score(y, yhat, labels=classes, average="macro", zero_division=0)),
         "roc_auc": auc,
+        **({"roc_auc_note": auc_note} if auc_note else {}),
         "ece": expected_calibration_error(y, probs) if len(y) else None,
         "reliability": reliability(y, probs) if len(y) else [],
         "per_class": {

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -101,7 +103,8 @@ def _model_from(source: tuple[str, dict], cfg: ModelConfig, dtype: torch.dtype):
 
     path, kwargs = source
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        with _quiet_gguf(bool(kwargs.get("gguf_file"))):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise _fail_loading("model", cfg, exc) from None
     if kwargs.get("gguf_file"):
@@ -112,6 +115,25 @@ def _model_from(source: tuple[str, dict], cfg: ModelConfig, dtype: torch.dtype):
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model
+
+
+@contextmanager
+def _quiet_gguf(active: bool):
+    """transformers' GGUF loader draws a progress bar of its own that ignores
+    ``disable_progress_bar()``; silence it when the other bars are off."""
+    from transformers.utils import logging as hf_logging
+
+    if not active or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    real = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(real, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = real
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -184,9 +206,15 @@ def add_lora(model, cfg: LoraConfig):
 
 
 def load_adapter(model, adapter_dir: str | Path):
+    """The LoRA adapter in ``adapter_dir`` on ``model``; a damaged adapter is one UserError naming it."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as exc:  # peft and safetensors raise many types for a torn or foreign adapter
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"the LoRA adapter in {str(adapter_dir)!r} cannot be loaded ({first}); the folder is "
+                        f"damaged or belongs to another base model: restore it, or train again") from None
 
 
 def collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .data import text_problem
 from .errors import UserError
-from .storage import json_text, path_problem, read_json, write_json
+from .storage import json_text, path_problem, read_json, write_json, write_problem
 
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 PARTIAL = ".partial"
@@ -48,7 +48,7 @@ def _lines(stream, name: str) -> Iterator[tuple[int, str | None, str | None]]:
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
-            yield number, None, f"{name}:{number} is not UTF-8 (byte {exc.start}); re-save the file as UTF-8"
+            yield number, None, f"{name}:{number} is not UTF-8 (byte {exc.start + 1} of the line); convert it to UTF-8"
             continue
         line = line.removesuffix("\n").removesuffix("\r")
         if line.strip():
@@ -342,8 +342,10 @@ def prepare_output(input_path: str | Path, output: str | Path, field: str = "tex
     if output.resolve() == input_path.resolve():
         raise UserError("--output names the input file; choose another output file")
     folder = next((p for p in output.resolve().parents if p.exists()), None)
-    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UserError(f"--output {str(output)!r} cannot be written in {str(folder)!r}; choose a writable folder")
+    problem = "not a folder" if folder is None or not folder.is_dir() else write_problem(folder)
+    if problem is not None:
+        raise UserError(f"--output {str(output)!r} cannot be written ({problem} in {str(folder)!r}); choose a "
+                        f"writable folder")
     if output.exists() and not os.access(output, os.W_OK):
         raise UserError(f"--output {str(output)!r} is not writable; check its permissions")
     if not output.exists():

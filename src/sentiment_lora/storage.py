@@ -114,8 +114,7 @@ def path_problem(path: str | Path, want: str = "file") -> str | None:
 
 def check_output_folder(path: str | Path, option: str, empty: bool = True) -> None:
     """Before any heavy work: ``path`` is a folder that can be created or written (and, with
-    ``empty``, holds nothing yet). A probe folder is made and removed to be sure, since
-    permission bits say nothing for root or a read-only mount."""
+    ``empty``, holds nothing yet)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {str(path)!r} is a file, not a folder; choose a folder path")
@@ -124,8 +123,17 @@ def check_output_folder(path: str | Path, option: str, empty: bool = True) -> No
     parent = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
     if parent is None or not parent.is_dir():
         raise UserError(f"{option} {str(path)!r} cannot be created: {str(parent)!r} is a file; choose another path")
+    problem = write_problem(parent)
+    if problem is not None:
+        raise UserError(f"{option} {str(path)!r} cannot be written ({problem} in {str(parent)!r}); "
+                        f"choose a writable folder")
+
+
+def write_problem(folder: str | Path) -> str | None:
+    """Why nothing can be created in the existing ``folder``; None when something can. A probe
+    folder is made and removed, since permission bits say nothing for root or a read-only mount."""
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".write-probe.", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe.", dir=folder))
     except OSError as exc:
-        raise UserError(f"{option} {str(path)!r} cannot be written ({exc.strerror} in {str(parent)!r}); "
-                          f"choose a writable folder") from None
+        return exc.strerror or type(exc).__name__
+    return None
