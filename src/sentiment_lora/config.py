@@ -246,9 +246,32 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
+        """Write the config as YAML between a header and a checksum line, so a truncated or
+        corrupted run config is an error when ``--resume`` reads it, not a silent default."""
+        import hashlib
+
         from .storage import write_text
 
-        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        body = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        write_text(path, f"{_HEADER}\n{body}{_SUM}{digest}\n")
+
+
+_HEADER = "# sentiment-lora run config (to edit it, delete this line and the sha256 line at the end)"
+_SUM = "# sha256: "
+
+
+def _check_saved(path: Path, text: str) -> None:
+    """A config written by ``Config.save`` must still match its checksum line."""
+    import hashlib
+
+    if not text.startswith(_HEADER + "\n"):
+        return
+    body, _, last = text[len(_HEADER) + 1:].rstrip("\n").rpartition("\n")
+    body += "\n" if body else ""
+    if not last.startswith(_SUM) or hashlib.sha256(body.encode("utf-8")).hexdigest() != last[len(_SUM):]:
+        raise UserError(f"config file {str(path)!r} is damaged (it does not match its sha256 line); restore it, or "
+                        f"if you edited it on purpose, delete its first and last comment lines")
 
 
 # --- building a Config from plain data -----------------------------------------------
@@ -368,7 +391,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if problem is not None:
             raise UserError(f"config file {str(path)!r} {problem}; pass a YAML file such as configs/smollm2-cpu.yaml")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = path.read_text(encoding="utf-8")
+            _check_saved(path, text)
+            data = yaml.safe_load(text) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"config file {str(path)!r} is not valid YAML ({first}); fix the syntax") from None

@@ -82,9 +82,8 @@ def _readable(path: Path) -> bool:
             ok = _metrics_shape(read_json(path))
         elif path.suffix == ".yaml":
             ok = load_config(path) is not None
-        else:  # a PNG starts with its signature and ends with its IEND chunk
-            data = path.read_bytes()
-            ok = data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+        else:
+            ok = _png_whole(path.read_bytes())
     except (OSError, ValueError, UserError):
         ok = False
     if not ok:
@@ -92,14 +91,34 @@ def _readable(path: Path) -> bool:
     return ok
 
 
+def _png_whole(data: bytes) -> bool:
+    """A PNG's signature, then chunks whose CRCs all match, ending with IEND."""
+    import struct
+    import zlib
+
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    pos = 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        end = pos + 12 + length
+        if end > len(data) or struct.unpack(">I", data[end - 4:end])[0] != zlib.crc32(kind + body):
+            return False
+        if kind == b"IEND":
+            return end == len(data)
+        pos = end
+    return False
+
+
 def _metrics_shape(m) -> bool:
     """metrics.json as a run writes it, as far as the model card reads it."""
     def number(x) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-    if not isinstance(m, dict) or not isinstance(m.get("data", {}), dict):
+    if not isinstance(m, dict) or not isinstance(m.get("data", {}), dict) or "n" not in m:
         return False
-    if not m.get("n"):
+    if m["n"] == 0:
         return True
     ci = m.get("accuracy_ci95")
     return (number(m["n"]) and number(m.get("accuracy")) and isinstance(ci, list) and len(ci) == 2
