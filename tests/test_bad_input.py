@@ -82,7 +82,7 @@ def _float_labels(tmp, run):
 
 
 def _one_class(tmp, run):
-    _parquet(tmp / "d", [("bad film number %d" % i, 0) for i in range(20)], [("ok", 0), ("fine", 1)] * 4)
+    _parquet(tmp / "d", [(f"bad film number {i}", 0) for i in range(20)], [("ok", 0), ("fine", 1)] * 4)
 
 
 def _label_out_of_range(tmp, run):

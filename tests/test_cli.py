@@ -123,3 +123,42 @@ def test_undefined_metrics_print_as_n_a():
     from sentiment_lora.cli import _num
 
     assert _num(None) == "n/a" and _num(0.91234) == "0.9123"
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1_unless_debug(monkeypatch, capsys):
+    import sentiment_lora.cli as cli
+
+    def boom(args):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(cli, "_export", boom)
+    assert cli.main(["export", "a", "b"]) == 1
+    err = capsys.readouterr().err
+    assert err == "internal error: RuntimeError: boom; rerun with --debug and report it\n"
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["export", "a", "b", "--debug"])
+
+
+def test_errors_never_echo_terminal_controls(tmp_path):
+    r = run_cli("predict", str(tmp_path / "evil\x1b[2Jname"), "x")
+    assert r.returncode == 2 and "\x1b" not in r.stderr and "\\x1b[2J" in r.stderr
+
+
+def test_the_gguf_loader_is_quiet_unless_verbose(tiny_gguf_dir, tmp_path, monkeypatch, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from sentiment_lora.config import ModelConfig
+    from sentiment_lora.model import load_base_model
+
+    cfg = ModelConfig(name_or_path=str(tiny_gguf_dir), gguf_file="tiny.gguf")
+    monkeypatch.setenv("SENTIMENT_LORA_CACHE", str(tmp_path / "quiet"))
+    hf_logging.disable_progress_bar()
+    try:
+        load_base_model(cfg, __import__("torch").device("cpu"), __import__("torch").float32, None)
+        assert "GGUF" not in capfd.readouterr().err
+        hf_logging.enable_progress_bar()
+        monkeypatch.setenv("SENTIMENT_LORA_CACHE", str(tmp_path / "verbose"))
+        load_base_model(cfg, __import__("torch").device("cpu"), __import__("torch").float32, None)
+        assert "GGUF" in capfd.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()

@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # each verb writes its outputs atomically, so an interrupt leaves none half-done
+        print("interrupted before anything was written; run the same command again", file=sys.stderr)
         return _interrupted()
     except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
         if args.debug:
@@ -391,5 +391,18 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def entry() -> None:
+    """The console script: ``main``, then exit with its status."""
+    code = main()
+    if code in (130, 143):
+        # After a handled Ctrl-C, CPython can still re-raise SIGINT on its way out (a flag set
+        # when the interrupt crossed a C-level eval), turning 143 into a SIGINT death; the
+        # files are closed and written atomically, so leave with the status we chose.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

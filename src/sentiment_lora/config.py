@@ -355,6 +355,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(**{name: _section(hints[name], data.get(name), name) for name in SECTIONS})
 
 
+# PyYAML raises more than YAMLError on odd input: a date like 2001-02-30 (ValueError), an
+# unknown !!bool value (KeyError), deep nesting (RecursionError), a 5000-digit number.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, KeyError, IndexError, TypeError, OverflowError, RecursionError)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Split ``section.key=value``; the value is read as YAML (numbers, lists, null), except
     that a text field takes the text as written: ``prompt.template={text}`` is a string, not a
@@ -367,7 +372,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {item!r}: the key must be section.key, e.g. data.dataset")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except _YAML_FAILURES:
         value = raw
     section, name = path
     if value is not None and not isinstance(value, str) and _is_text(section, name):
@@ -394,8 +399,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             text = path.read_text(encoding="utf-8")
             _check_saved(path, text)
             data = yaml.safe_load(text) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except (*_YAML_FAILURES, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise UserError(f"config file {str(path)!r} is not valid YAML ({first}); fix the syntax") from None
         if not isinstance(data, dict):
             raise UserError(f"config file {str(path)!r} must be a mapping of sections (model, data, ...)")

@@ -78,7 +78,7 @@ def _iter_jsonl(stream, name: str, field: str, id_field: str | None) -> Iterator
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # also a 5000-digit number, or [[[[... 2000 deep
             yield Record(row, None, error=f"{name}:{number} is not valid JSON; write one JSON object per line")
             continue
         if not isinstance(obj, dict) or field not in obj or not (obj[field] is None or isinstance(obj[field], str)):
@@ -86,6 +86,11 @@ def _iter_jsonl(stream, name: str, field: str, id_field: str | None) -> Iterator
                                           f"{{\"{field}\": \"...\"}} or choose the field with --field")
             continue
         yield _record(row, obj[field], obj.get(id_field) if id_field else None, f"{name}:{number}")
+
+
+def _names(names) -> str:
+    shown = ", ".join(repr(n) for n in list(names)[:20])
+    return shown if len(shown) <= 300 else shown[:297] + "..."
 
 
 def _iter_csv(path: Path, field: str, id_field: str | None) -> Iterator[Record]:
@@ -103,7 +108,7 @@ def _iter_csv(path: Path, field: str, id_field: str | None) -> Iterator[Record]:
                 return
             for name in (field, id_field):
                 if name and name not in header:
-                    raise UserError(f"{path} has no column {name!r} (columns: {', '.join(header)}); add a header "
+                    raise UserError(f"{path} has no column {name!r} (columns: {_names(header)}); add a header "
                                     f"row with a {name!r} column, or choose it with --field / --id-field")
             for row, rec in enumerate(reader):
                 yield _record(row, rec.get(field), rec.get(id_field) if id_field else None,
@@ -126,7 +131,7 @@ def _iter_parquet(path: Path, field: str, id_field: str | None, batch: int = 409
     schema = pf.schema_arrow
     for name in (field, id_field):
         if name and name not in schema.names:
-            raise UserError(f"{path} has no column {name!r} (columns: {', '.join(schema.names)}); choose it with "
+            raise UserError(f"{path} has no column {name!r} (columns: {_names(schema.names)}); choose it with "
                             f"--field / --id-field")
     kind = schema.field(field).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):

@@ -133,67 +133,69 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     reset_peak_memory(device)
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
-    while step < total_steps:
-        started = time.perf_counter()
-        running = 0.0
-        _, micros = next(stream)
-        n_step = sum(len(idx) for idx in micros)
-        for micro, idx in enumerate(micros):
-            batch = collate([train_ids[i] for i in idx], pad_id, device)
-            target = torch.tensor([train_labels[i] for i in idx], device=device)
-            sync = micro == len(micros) - 1
-            with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                logits = label_logits(model, batch["input_ids"], batch["attention_mask"], label_ids)
-                # A sum over the micro-batch divided by the step's size: the mean over the
-                # step's reviews even when micro-batches differ in size.
-                loss = F.cross_entropy(logits, target, reduction="sum") / n_step
-                accelerator.backward(loss)
-            running += loss.item()
-            tokens += int(batch["attention_mask"].sum())
-            reviews += len(idx)
-        norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        # One overflowing batch would turn every weight into NaN for good; like fp16's grad
-        # scaler, skip that update instead, and stop if it keeps happening.
-        if torch.isfinite(torch.as_tensor(norm)) and math.isfinite(running):
-            optimizer.step()
-            losses.append(running)
-            bad_in_a_row = 0
-        else:
-            skipped += 1
-            bad_in_a_row += 1
-            if bad_in_a_row >= 10:
-                raise UserError(f"training diverged: 10 optimizer steps in a row had a non-finite loss or "
-                                f"gradient (last at step {step + 1}); lower train.lr or set "
-                                f"train.mixed_precision=no")
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        train_seconds += time.perf_counter() - started
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
+    try:
+        while step < total_steps:
+            started = time.perf_counter()
+            running = 0.0
+            _, micros = next(stream)
+            n_step = sum(len(idx) for idx in micros)
+            for micro, idx in enumerate(micros):
+                batch = collate([train_ids[i] for i in idx], pad_id, device)
+                target = torch.tensor([train_labels[i] for i in idx], device=device)
+                sync = micro == len(micros) - 1
+                with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                    logits = label_logits(model, batch["input_ids"], batch["attention_mask"], label_ids)
+                    # A sum over the micro-batch divided by the step's size: the mean over the
+                    # step's reviews even when micro-batches differ in size.
+                    loss = F.cross_entropy(logits, target, reduction="sum") / n_step
+                    accelerator.backward(loss)
+                running += loss.item()
+                tokens += int(batch["attention_mask"].sum())
+                reviews += len(idx)
+            norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+            # One overflowing batch would turn every weight into NaN for good; like fp16's grad
+            # scaler, skip that update instead, and stop if it keeps happening.
+            if torch.isfinite(torch.as_tensor(norm)) and math.isfinite(running):
+                optimizer.step()
+                losses.append(running)
+                bad_in_a_row = 0
+            else:
+                skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= 10:
+                    raise UserError(f"training diverged: 10 optimizer steps in a row had a non-finite loss or "
+                                    f"gradient (last at step {step + 1}); lower train.lr or set "
+                                    f"train.mixed_precision=no")
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_seconds += time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
 
-        record = {}
-        if step % max(t.logging_steps, 1) == 0 or step == total_steps:
-            record.update(step=step, epoch=round(step / steps_per_epoch, 3),
-                          loss=round(sum(losses) / len(losses), 5) if losses else None,
-                          lr=scheduler.get_last_lr()[0], skipped_steps=skipped)
-            losses.clear()
-        if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
-            acc = validate()
-            if acc is not None:
-                record.update(step=step, val_accuracy=acc)
-                say(f"step {step}: validation accuracy {acc:.4f}")
-        if record:
-            log.append(record)
-            if accelerator.is_main_process:
-                write_jsonl(run_dir / "train_log.jsonl", log)
-        if t.save_steps and step % t.save_steps == 0 and step < total_steps:
-            check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
-            if accelerator.is_main_process:
-                save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
-                                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                          "step": step, "log": log, "rng": torch.get_rng_state()})
-    bar.close()
+            record = {}
+            if step % max(t.logging_steps, 1) == 0 or step == total_steps:
+                record.update(step=step, epoch=round(step / steps_per_epoch, 3),
+                              loss=round(sum(losses) / len(losses), 5) if losses else None,
+                              lr=scheduler.get_last_lr()[0], skipped_steps=skipped)
+                losses.clear()
+            if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
+                acc = validate()
+                if acc is not None:
+                    record.update(step=step, val_accuracy=acc)
+                    say(f"step {step}: validation accuracy {acc:.4f}")
+            if record:
+                log.append(record)
+                if accelerator.is_main_process:
+                    write_jsonl(run_dir / "train_log.jsonl", log)
+            if t.save_steps and step % t.save_steps == 0 and step < total_steps:
+                check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
+                if accelerator.is_main_process:
+                    save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
+                                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                              "step": step, "log": log, "rng": torch.get_rng_state()})
+    finally:  # an interrupted bar would redraw itself after the message saying how to continue
+        bar.close()
     check_finite(params, step, t)
     stats = {
         "optimizer_steps": step,
