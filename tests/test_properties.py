@@ -99,11 +99,9 @@ def _assert_valid_config(cfg: Config) -> None:
     assert 0 <= cfg.data.seed <= SEED_MAX
 
 
-# Known falsifying examples (src bugs, still failing when this file was written): besides
-# yaml.YAMLError, PyYAML's safe_load raises ValueError (an impossible timestamp, an integer over
-# 4300 digits, a bad !!int/!!float), KeyError (!!bool maybe), IndexError (!!int _) and
-# RecursionError (deep nesting), and config.parse_override catches only yaml.YAMLError, so these
-# escape load_config -- for text keys too, since the YAML is parsed before the key's type is known.
+# Falsifying examples this property found (fixed since): besides yaml.YAMLError, PyYAML's
+# safe_load raises ValueError (an impossible timestamp, an integer over 4300 digits, a bad
+# !!int/!!float), KeyError (!!bool maybe), IndexError (!!int _) and RecursionError (deep nesting).
 @settings(max_examples=CONFIG_EXAMPLES, deadline=None)
 @given(key=st.sampled_from(CONFIG_KEYS), value=_set_values)
 @example(key="train.lr", value="2001-02-30")
@@ -252,9 +250,8 @@ def test_arbitrary_txt_bytes_give_texts_or_a_one_line_error(data):
     _check_input_bytes(".txt", data)
 
 
-# Known falsifying examples (src bugs, still failing when this file was written): json.loads
-# raises RecursionError on deep nesting and ValueError (not JSONDecodeError) on an integer over
-# 4300 digits; predict._iter_jsonl catches only json.JSONDecodeError.
+# Falsifying examples this property found (fixed since): json.loads raises RecursionError on
+# deep nesting and ValueError (not JSONDecodeError) on an integer over 4300 digits.
 @_BYTES_SETTINGS
 @given(data=st.one_of(st.binary(max_size=2000), _jsonl_bytes()))
 @example(data=b'{"text": "\\ud800"}\n{"text": "ok"}\n')
@@ -264,9 +261,8 @@ def test_arbitrary_jsonl_bytes_give_texts_or_a_one_line_error(data):
     _check_input_bytes(".jsonl", data)
 
 
-# Known falsifying examples (src bug, still failing when this file was written): the "has no
-# column" error in predict._iter_csv joins the header's names as they are, so a header name
-# holding a newline (a lone quote reads as one) makes the UserError two lines.
+# Falsifying example this property found (fixed since): the "has no column" error joined the
+# header's names as they are, so a header name holding a newline made the error two lines.
 @_BYTES_SETTINGS
 @given(data=st.one_of(st.binary(max_size=2000), _csv_bytes()))
 @example(data=b'text\n"a\nb"\n"\x00"\n')
