@@ -22,7 +22,7 @@ SEED = 9
 def _command(model: Path, data: Path, out: Path) -> list[str]:
     sets = [f"model.name_or_path={model}", f"data.dataset={data}", "model.device=cpu", "data.train_size=48",
             "data.val_size=0", "data.test_size=24", "prompt.max_length=40", "train.epochs=4", "train.batch_size=1",
-            "train.grad_accum=1", "train.lr=5e-3", "train.save_steps=10", "train.logging_steps=5",
+            "train.grad_accum=1", "train.lr=5e-3", "train.save_steps=50", "train.logging_steps=5",
             "eval.batch_size=8", "eval.verify_samples=4"]
     return [sys.executable, "-m", "sentiment_lora.cli", "train", *[x for s in sets for x in ("--set", s)],
             "--output-dir", str(out)]
