@@ -28,7 +28,8 @@ LAST = "last.pt"
 PREVIOUS = "previous.pt"
 # Everything a training run writes into its folder; anything else makes the folder foreign.
 RUN_FILES = {"config.yaml", "train_log.jsonl", "metrics.json", "predictions.jsonl", "training_curves.png",
-             "confusion_matrix.png", "calibration.png", "adapter", FOLDER, "classifier.json", "evaluations"}
+             "confusion_matrix.png", "calibration.png", "adapter", FOLDER, "classifier.json", "evaluations",
+             "report.html", "logs"}
 _KEYS = {"adapter": dict, "optimizer": dict, "scheduler": dict, "step": int, "log": list}
 
 

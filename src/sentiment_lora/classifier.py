@@ -166,11 +166,19 @@ class SentimentClassifier:
 
         With the generate method a row is one-hot, or NaN when the answer named no label.
         """
+        return self.proba_of_prompts(self.encode(texts))
+
+    def proba_of_prompts(self, ids: list[list[int]], batch_size: int | None = None) -> np.ndarray:
+        """``predict_proba`` of prompts already encoded by ``encode`` (the server batches those)."""
         from .scoring import score, score_generate
 
-        ids = self.encode(texts)
         if not ids:
             return np.zeros((0, len(self.label_words)))
+        if batch_size is not None:  # the caller has shaped the batch: one model call
+            return score(self.model, ids, self.prompt.label_token_ids, self.tokenizer.pad_token_id, batch_size) \
+                if self.method != "generate" else score_generate(
+                    self.model, self.tokenizer, ids, self.label_words, self.tokenizer.pad_token_id, batch_size,
+                    self.max_new_tokens)[0]
         if self.method == "generate":
             return score_generate(self.model, self.tokenizer, ids, self.label_words, self.tokenizer.pad_token_id,
                                   self.batch_size, self.max_new_tokens)[0]

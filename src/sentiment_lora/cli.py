@@ -184,6 +184,45 @@ def _export(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .serve import ServeConfig
+    from .spec import ClassifierSpec
+
+    cfg = ServeConfig(host=args.host, port=args.port, max_batch_texts=args.max_batch_texts,
+                      max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+                      max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+                      max_texts_per_request=args.max_texts_per_request, max_body_bytes=args.max_body_bytes,
+                      api_key=args.api_key if args.api_key is not None else os.environ.get("SENTIMENT_LORA_API_KEY"))
+    ClassifierSpec.load(args.run_dir)  # a damaged folder is one line before the server starts
+    _check_port(cfg.host, cfg.port)
+    from .serve import serve
+
+    serve(args.run_dir, cfg, device=args.device, dtype=args.dtype,
+          log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise _usage(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None
+
+
+def _report(args) -> int:
+    from .page import write_report
+    from .spec import ClassifierSpec
+
+    ClassifierSpec.load(args.run_dir)
+    path = write_report(args.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
 def _baseline(args) -> int:
     from .storage import check_output_folder
 
@@ -315,6 +354,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the exported weights (default float32)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve", parents=[common], help="serve a classifier over HTTP: API, web page, metrics")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                   "(default: $SENTIMENT_LORA_API_KEY, else no key)")
+    p.add_argument("--max-batch-texts", type=_positive_int, default=16, help="most texts per model call (16)")
+    p.add_argument("--max-batch-tokens", type=_positive_int, default=8192,
+                   help="most padded tokens per model call (8192)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more texts before scoring (5 ms)")
+    p.add_argument("--max-queue", type=_positive_int, default=1024, help="texts waiting before 503 (1024)")
+    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a waiting request gets 504")
+    p.add_argument("--max-texts-per-request", type=_positive_int, default=64, help="more inputs get 413 (64)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000, help="a larger body gets 413 (1 MB)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=dtypes, default="auto", help="weights dtype (auto: fp32 on CPU)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("report", parents=[common], help="write RUN_DIR/report.html (metrics, plots, config, log, "
+                       "confident mistakes) for a run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("baseline", parents=[common],
                        help="score a baseline: tfidf (logistic regression) or zero-shot (no adapter)")

@@ -55,8 +55,13 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     return metrics
 
 
+def _excerpt(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def prediction_rows(sample, preds, probs, label_words) -> list[dict]:
-    """predictions.jsonl: id, gold and predicted label, the prediction's probability, all probabilities.
+    """predictions.jsonl: id, the text's first 300 characters, gold and predicted label, the
+    prediction's probability, all probabilities.
 
     An undecided prediction (a generated answer naming no label) has ``pred`` and ``prob`` null.
     """
@@ -64,7 +69,7 @@ def prediction_rows(sample, preds, probs, label_words) -> list[dict]:
     for i in range(len(sample)):
         p = int(preds[i])
         decided = p != UNDECIDED
-        rows.append({"id": sample.ids[i], "gold": label_words[sample.labels[i]],
+        rows.append({"id": sample.ids[i], "text": _excerpt(sample.texts[i]), "gold": label_words[sample.labels[i]],
                      "pred": label_words[p] if decided else None,
                      "prob": float(probs[i, p]) if decided else None,
                      "probs": [round(float(x), 6) if np.isfinite(x) else None for x in probs[i]]})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .classifier import SentimentClassifier, base_model_config, relocatable_adapter
 from .errors import UserError
+from .page import write_report
 from .spec import BaseModelRef, ClassifierSpec
 from .storage import read_json, write_dir
 
@@ -64,6 +65,7 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
         (tmp / "README.md").write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
                                                   adds_bos=bool(clf.prompt.lead)),
                                        encoding="utf-8")
+        write_report(tmp, new)
         new.save(tmp)  # last, as in a run folder
 
     return write_dir(out, fill)

@@ -29,6 +29,7 @@ from .errors import UserError
 from .evaluate import prediction_rows
 from .metrics import compute_metrics
 from .model import add_lora, collate, label_logits, load_base_model, load_tokenizer, pick_device, pick_dtype
+from .page import write_report
 from .perf import peak_memory_mb, reset_peak_memory
 from .prompt import Prompt
 from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
@@ -368,6 +369,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
 
     metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
     write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir, spec)
     spec.save(run_dir)  # last: classifier.json marks a complete, verified run folder
     remove_checkpoints(run_dir)
     metrics["run_dir"] = str(run_dir)  # returned, not saved: the folder may move

@@ -1,0 +1,412 @@
+"""``sentiment-lora serve``: one long-lived process, the classifier loaded once, over HTTP.
+
+FastAPI + uvicorn with a small asyncio batcher, rather than LitServe: the batching rule we
+need (close a batch on a text count, a padded-token budget or a wait of a few
+milliseconds, whichever comes first; sort by length) is twenty lines over an asyncio
+queue, and the HTTP contract (Text Embeddings Inference's ``/predict``, the Inference
+API's ``POST /``) wants full control of request parsing and error shapes.
+
+- ``POST /predict``: ``{"inputs": "text" | ["a", "b"]}`` -> for each input, every label
+  with its score, highest first (a flat list for one string input, as TEI answers).
+- ``POST /``: the same, always one list per input, which is what
+  ``huggingface_hub.InferenceClient(url).text_classification`` posts and reads.
+- ``POST /classify``: the decided label (``decision.decide``) and probabilities; the page uses it.
+- ``GET /`` the page, ``/health`` (503 until the model is loaded), ``/info``, ``/metrics``.
+
+The model runs in one worker thread, one call at a time; the event loop only queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Request  # at module level: FastAPI reads the handlers' annotations from here
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """Address to bind; 127.0.0.1 serves this machine only."""
+    port: int = 8000
+    """TCP port."""
+    max_batch_texts: int = 16
+    """Most texts scored in one model call."""
+    max_batch_tokens: int = 8192
+    """A batch also closes before its padded size (texts x longest prompt) passes this."""
+    max_wait_ms: float = 5.0
+    """How long the worker waits for more texts before scoring a batch that is not full."""
+    max_queue: int = 1024
+    """Texts waiting at most; beyond it requests get 503 with Retry-After."""
+    request_timeout_s: float = 60.0
+    """A request still waiting after this gets 504."""
+    max_texts_per_request: int = 64
+    """More inputs in one request get 413."""
+    max_body_bytes: int = 1_000_000
+    """A larger request body gets 413."""
+    api_key: str | None = None
+    """When set, every route but /health needs ``Authorization: Bearer <key>``."""
+
+    def __post_init__(self):
+        from .errors import UserError
+
+        for key in ("max_batch_texts", "max_batch_tokens", "max_queue", "max_texts_per_request", "max_body_bytes"):
+            if getattr(self, key) < 1:
+                raise UserError(f"--{key.replace('_', '-')} must be 1 or more")
+        if not (np.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise UserError(f"--max-wait-ms is {self.max_wait_ms}; use a finite number of 0 or more")
+        if not (np.isfinite(self.request_timeout_s) and self.request_timeout_s > 0):
+            raise UserError(f"--request-timeout is {self.request_timeout_s}; use a finite number above 0")
+        if not 0 < self.port < 65536:
+            raise UserError(f"--port {self.port} must be from 1 to 65535")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UserError("--api-key must not be empty")
+
+
+class Rejected(Exception):
+    """A request the API refuses, with its status and one-line message."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers or {}
+
+
+class Batcher:
+    """Texts from concurrent requests, scored together.
+
+    ``submit`` queues a request's prompts and waits for their probabilities; one worker
+    task takes what is queued (up to ``max_batch_texts`` and ``max_batch_tokens``, waiting
+    at most ``max_wait_ms`` for more), sorts it by length and scores it in a thread.
+    """
+
+    def __init__(self, score, cfg: ServeConfig, metrics: Metrics | None = None):
+        self.score = score  # list of prompt ids -> probabilities (n, labels)
+        self.cfg = cfg
+        self.metrics = metrics
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.waiting = 0
+        self.calls = 0
+        self._carry = None
+
+    async def submit(self, prompts: list[list[int]]) -> np.ndarray:
+        if self.waiting + len(prompts) > self.cfg.max_queue:
+            raise Rejected(503, f"the server is busy ({self.waiting} texts waiting); retry shortly", "overloaded",
+                           {"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in prompts]
+        for ids, fut in zip(prompts, futures):
+            self.queue.put_nowait((ids, fut))
+        self._waiting(len(prompts))
+        try:
+            rows = await asyncio.wait_for(asyncio.gather(*futures), self.cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            for fut in futures:
+                fut.cancel()  # the worker skips them
+            raise Rejected(504, f"the request waited more than {self.cfg.request_timeout_s:g} s; retry, or send "
+                                f"fewer texts at once", "timeout") from None
+        return np.stack(rows)
+
+    def _waiting(self, delta: int) -> None:
+        self.waiting += delta
+        if self.metrics:
+            self.metrics.queue.set(self.waiting)
+
+    async def _next(self, timeout: float | None):
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if timeout is None:
+            return await self.queue.get()
+        if timeout <= 0:
+            return self.queue.get_nowait()
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def _collect(self) -> list:
+        batch = [await self._next(None)]
+        deadline = time.perf_counter() + self.cfg.max_wait_ms / 1000
+        longest = len(batch[0][0])
+        while len(batch) < self.cfg.max_batch_texts:
+            try:
+                item = await self._next(deadline - time.perf_counter())
+            except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                break
+            width = max(longest, len(item[0]))
+            if width * (len(batch) + 1) > self.cfg.max_batch_tokens:
+                self._carry = item  # first in the next batch
+                break
+            batch.append(item)
+            longest = width
+        return batch
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._collect()
+            self._waiting(-len(batch))
+            live = [(ids, fut) for ids, fut in batch if not fut.done()]
+            if not live:
+                continue
+            live.sort(key=lambda x: len(x[0]))
+            try:
+                probs = await asyncio.to_thread(self.score, [ids for ids, _ in live])
+            except Exception as exc:  # a failed call fails its requests, never the worker
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.calls += 1
+            if self.metrics:
+                self.metrics.batch.observe(len(live))
+            for (_, fut), row in zip(live, probs):
+                if not fut.done():
+                    fut.set_result(row)
+
+
+class Metrics:
+    """Prometheus series of one app (its own registry, so several apps can live in one process)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sentiment_lora_requests", "HTTP requests by route and status code",
+                                ["route", "code"], registry=self.registry)
+        self.errors = Counter("sentiment_lora_errors", "HTTP requests answered with a 4xx or 5xx status",
+                              ["route", "code"], registry=self.registry)
+        self.latency = Histogram("sentiment_lora_request_seconds", "Request latency", ["route"],
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60),
+                                 registry=self.registry)
+        self.batch = Histogram("sentiment_lora_batch_size", "Texts per model call",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+        self.queue = Gauge("sentiment_lora_queue_depth", "Texts waiting to be scored", registry=self.registry)
+
+
+def parse_inputs(body: bytes, cfg: ServeConfig) -> tuple[list[str], bool, dict]:
+    """(texts, whether ``inputs`` was one string, parameters) of a request body, or Rejected."""
+    from .data import text_problem
+
+    if len(body) > cfg.max_body_bytes:
+        raise Rejected(413, f"the request body has {len(body)} bytes, more than the {cfg.max_body_bytes} allowed",
+                       "payload_too_large")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Rejected(422, 'the body is not valid JSON; send {"inputs": "text"} or {"inputs": ["a", "b"]}',
+                       "validation") from None
+    if not isinstance(data, dict) or "inputs" not in data:
+        raise Rejected(422, 'the body must be a JSON object with "inputs": a text or a list of texts', "validation")
+    inputs = data["inputs"]
+    single = isinstance(inputs, str)
+    texts = [inputs] if single else inputs
+    if not isinstance(texts, list):
+        raise Rejected(422, f'"inputs" must be a text or a list of texts, not {type(inputs).__name__}', "validation")
+    if not texts:
+        raise Rejected(422, '"inputs" is an empty list; send at least one text', "validation")
+    if len(texts) > cfg.max_texts_per_request:
+        raise Rejected(413, f"{len(texts)} texts in one request, more than the {cfg.max_texts_per_request} allowed; "
+                            f"split the request", "payload_too_large")
+    for i, t in enumerate(texts):
+        problem = text_problem(t)
+        if problem is not None:
+            raise Rejected(422, f"input {i} {problem}; send non-empty texts", "validation")
+    params = data.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise Rejected(422, '"parameters" must be an object', "validation")
+    top_k = params.get("top_k")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise Rejected(422, '"parameters.top_k" must be a whole number of 1 or more', "validation")
+    if params.get("function_to_apply") not in (None, "softmax"):
+        raise Rejected(422, 'only "function_to_apply": "softmax" is served: the scores are a softmax over the '
+                            'label tokens', "validation")
+    if data.get("raw_scores"):
+        raise Rejected(422, '"raw_scores" is not served: the scores are probabilities', "validation")
+    return texts, single, params
+
+
+def ranked(probs: np.ndarray, words: list[str], top_k: int | None = None) -> list[list[dict]]:
+    """For each row, every label with its score, highest first."""
+    out = []
+    for row in probs:
+        order = np.argsort(-row, kind="stable")[:top_k]
+        out.append([{"label": words[i], "score": float(row[i])} for i in order])
+    return out
+
+
+def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str = "auto", dtype: str = "auto",
+               load=None):
+    """The FastAPI app serving the classifier in ``run_dir``. The model loads in a thread when
+    the app starts (``/health`` says 503 until then); ``load`` replaces the loader in tests."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException
+
+    from .classifier import SentimentClassifier
+    from .page import facts, serving_page
+    from .spec import ClassifierSpec
+
+    cfg = cfg or ServeConfig()
+    run_dir = Path(run_dir)
+    spec = ClassifierSpec.load(run_dir)
+    metrics = Metrics()
+    state: dict[str, Any] = {"clf": None, "error": None, "batcher": None}
+
+    def loader():
+        try:
+            clf = load() if load else SentimentClassifier.load(run_dir, device=device, dtype=dtype)
+            state["clf"] = clf
+        except Exception as exc:  # reported by /health; the process stays up to say so
+            state["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    def score(prompts: list[list[int]]) -> np.ndarray:
+        return state["clf"].proba_of_prompts(prompts, batch_size=len(prompts))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher = Batcher(score, cfg, metrics)
+        state["batcher"] = batcher
+        worker = asyncio.create_task(batcher.run())
+        threading.Thread(target=loader, daemon=True, name="load-classifier").start()
+        yield
+        worker.cancel()
+
+    app = FastAPI(title="sentiment-lora", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serve = state
+    app.state.metrics = metrics
+    app.state.config = cfg
+
+    def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+        from .errors import printable
+
+        return JSONResponse({"error": printable(message), "error_type": kind}, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        route = request.url.path if request.url.path in ROUTES else "other"
+        started = time.perf_counter()
+        if cfg.api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
+                response = error(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+                                 "unauthorized", {"WWW-Authenticate": "Bearer"})
+                _count(route, response.status_code, started)
+                return response
+        response = await call_next(request)
+        _count(route, response.status_code, started)
+        return response
+
+    def _count(route: str, code: int, started: float) -> None:
+        metrics.requests.labels(route, str(code)).inc()
+        if code >= 400:
+            metrics.errors.labels(route, str(code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        return error(exc.status_code, str(exc.detail), "http")
+
+    @app.exception_handler(Rejected)
+    async def rejected(request, exc: Rejected):
+        return error(exc.status, str(exc), exc.kind, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):
+        return error(500, f"internal error: {type(exc).__name__}; the server keeps serving", "internal")
+
+    async def probabilities(request: Request) -> tuple[np.ndarray, bool, dict, float]:
+        if state["clf"] is None:
+            raise Rejected(503, "the model is still loading" if state["error"] is None else
+                           f"the model failed to load ({state['error']})", "unavailable", {"Retry-After": "5"})
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            raise Rejected(413, f"the request body has {declared} bytes, more than the {cfg.max_body_bytes} allowed",
+                           "payload_too_large")
+        texts, single, params = parse_inputs(await request.body(), cfg)
+        clf = state["clf"]
+        prompts = clf.encode(texts)  # cleaning and the prompt's truncation rule, as in training
+        started = time.perf_counter()
+        probs = await state["batcher"].submit(prompts)
+        return probs, single, params, (time.perf_counter() - started) * 1000
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        probs, single, params, _ = await probabilities(request)
+        out = ranked(probs, spec.label_words, params.get("top_k"))
+        return out[0] if single else out
+
+    @app.post("/")
+    async def inference_api(request: Request):
+        probs, _, params, _ = await probabilities(request)
+        return ranked(probs, spec.label_words, params.get("top_k"))
+
+    @app.post("/classify")
+    async def classify(request: Request):
+        probs, _, _, ms = await probabilities(request)
+        labels = state["clf"].labels_of(probs)
+        return {"results": [{"label": label, "probs": dict(zip(spec.label_words, map(float, row)))}
+                            for label, row in zip(labels, probs)], "ms": ms}
+
+    @app.get("/health")
+    async def health():
+        if state["clf"] is not None:
+            return {"status": "ok"}
+        return error(503, "the model is still loading" if state["error"] is None else
+                     f"the model failed to load ({state['error']})", "unavailable", {"Retry-After": "5"})
+
+    @app.get("/info")
+    async def info():
+        f = facts(run_dir, spec)
+        m = f["metrics"]
+        return {"base_model": f["base_model"], "labels": f["labels"], "template": f["template"],
+                "max_length": f["max_length"], "truncation": f["truncation"], "threshold": f["threshold"],
+                "method": f["method"], "lora": f["lora"],
+                "test_metrics": {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_f1", "roc_auc", "ece")},
+                "batching": {"max_batch_texts": cfg.max_batch_texts, "max_batch_tokens": cfg.max_batch_tokens,
+                             "max_wait_ms": cfg.max_wait_ms}}
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    page = serving_page(run_dir, spec)
+
+    @app.get("/")
+    async def index():
+        return HTMLResponse(page)
+
+    return app
+
+
+ROUTES = {"/", "/predict", "/classify", "/health", "/info", "/metrics"}
+
+
+def serve(run_dir: str | Path, cfg: ServeConfig, device: str = "auto", dtype: str = "auto",
+          log_level: str = "warning") -> None:
+    """Serve until Ctrl-C or SIGTERM; then stop accepting, finish what is in flight, return."""
+    import uvicorn
+
+    app = create_app(run_dir, cfg, device=device, dtype=dtype)
+    print(f"serving {run_dir} on http://{cfg.host}:{cfg.port} (the page at /, the API at /predict); "
+          f"Ctrl-C stops it", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
+                                           access_log=log_level in ("info", "debug")))
+    # uvicorn handles Ctrl-C and SIGTERM itself (stop accepting, finish in-flight requests,
+    # shut down), then raises the signal again for the handlers it found: make those no-ops,
+    # so a clean shutdown is exit status 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped", flush=True)
