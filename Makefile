@@ -8,7 +8,7 @@ OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
 .PHONY: install demo test test-fast lint clean bench-speed bench-quality bench-startup bench-predict-file \
-        bench-scoring
+        bench-scoring serve bench-serve
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,15 @@ bench-predict-file: install
 
 bench-scoring: install
 	$(BIN)/python benchmarks/bench_scoring.py $(RUN) $(if $(DATA),--dataset $(DATA),)
+
+# Serve a trained classifier on http://127.0.0.1:8000 (RUN, default the demo's); Ctrl-C stops it.
+PORT ?= 8000
+serve: install
+	$(BIN)/sentiment-lora serve $(RUN) --port $(PORT)
+
+# The server under load on loopback: shipped vs batching off vs offline scoring (benchmarks/bench_serve.py).
+bench-serve: install
+	$(BIN)/python benchmarks/bench_serve.py $(RUN) $(if $(DATA),--dataset $(DATA),)
 
 test: install
 	$(BIN)/python -m pytest

@@ -186,3 +186,18 @@ def test_a_non_finite_step_is_skipped_and_divergence_stops(tiny_config, tmp_path
     monkeypatch.setattr(train_mod, "label_logits", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(UserError, match="training diverged"):
         run(tiny_config("train.epochs=3", "train.grad_accum=1"), tmp_path / "b")
+
+
+def test_training_is_followed_in_tensorboard(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny_config("train.epochs=1", "train.report_to=[tensorboard]", "eval.verify_samples=0",
+                    "data.val_size=16"), tmp_path / "run")
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/val_accuracy", "test/accuracy"} <= tags, tags
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, len(acc.Scalars("train/loss")) + 1))

@@ -179,8 +179,14 @@ class TrainConfig:
     """Trade compute for memory on long inputs."""
     seed: int = 42
     """Seed of LoRA initialisation, shuffling and dropout."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers to follow training live, through Accelerate: tensorboard, mlflow,
+    wandb (offline unless configured). Logs go to RUN_DIR/logs; each is an optional install."""
 
     def __post_init__(self):
+        _check(all(t in ("tensorboard", "mlflow", "wandb") for t in self.report_to), "train.report_to",
+               f"is {self.report_to}; use a list of tensorboard, mlflow, wandb")
+        _check(len(set(self.report_to)) == len(self.report_to), "train.report_to", "must not repeat a tracker")
         _check(self.epochs > 0, "train.epochs", f"is {self.epochs}; use a positive number")
         _check(self.batch_size > 0, "train.batch_size", f"is {self.batch_size}; use 1 or more")
         _check(self.grad_accum > 0, "train.grad_accum", f"is {self.grad_accum}; use 1 or more")

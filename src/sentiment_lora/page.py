@@ -27,7 +27,8 @@ td,th{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertic
 td.text{white-space:normal;min-width:16em}.muted{color:var(--muted)}
 .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:8px}
 .fact{background:#fff;border:1px solid var(--line);border-radius:6px;padding:8px}
-.fact b{display:block;font-size:1.1em;overflow-wrap:anywhere}code{white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%;height:auto;border:1px solid var(--line);
+.fact b{display:block;font-size:1.1em;overflow-wrap:anywhere}code{white-space:pre-wrap;overflow-wrap:anywhere}
+img{max-width:100%;height:auto;border:1px solid var(--line);
 border-radius:4px;background:#fff}pre{background:#fff;border:1px solid var(--line);padding:8px;overflow-x:auto;
 font-size:13px}figure{margin:.6em 0}figcaption{color:var(--muted);font-size:.9em}
 """

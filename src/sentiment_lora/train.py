@@ -189,6 +189,9 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                 log.append(record)
                 if accelerator.is_main_process:
                     write_jsonl(run_dir / "train_log.jsonl", log)
+                if t.report_to:
+                    accelerator.log({f"train/{k}": v for k, v in record.items()
+                                     if k not in ("step", "epoch") and v is not None}, step=step)
             if t.save_steps and step % t.save_steps == 0 and step < total_steps:
                 check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
                 if accelerator.is_main_process:
@@ -227,6 +230,33 @@ def restore(model, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict]
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise damaged(path, run_dir, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) from None
     return state["step"], state["log"]
+
+
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_trackers(names: list[str]) -> None:
+    """The experiment trackers asked for are installed (they are optional extras)."""
+    import importlib.util
+    import os
+
+    for name in names:
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise UserError(f"train.report_to names {name}, which is not installed; pip install "
+                            f"'sentiment-lora[track]' (tensorboard) or {name}, or drop it from train.report_to")
+    if "wandb" in names:
+        os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network: logs stay in the run folder
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {section.key: scalar} that every tracker accepts as hyperparameters."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
 
 
 def check_finite(params, step: int, t) -> None:
@@ -305,8 +335,10 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     set_seed(cfg.train.seed)
 
     requested = pick_device(cfg.model.device)
+    check_trackers(cfg.train.report_to)
     accelerator = Accelerator(cpu=requested.type == "cpu",
-                              mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested))
+                              mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested),
+                              log_with=list(cfg.train.report_to) or None, project_dir=run_dir / "logs")
     device = accelerator.device
     dtype = pick_dtype(cfg.model.dtype, device)
 
@@ -338,6 +370,8 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             cfg.save(run_dir / "config.yaml")
+    if cfg.train.report_to:  # TensorBoard, MLflow, W&B (offline unless configured), through Accelerate
+        accelerator.init_trackers(run_dir.resolve().name, config=_flat(cfg.to_dict()))
 
     log, train_stats, val_probs = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
                                       enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir,
@@ -367,6 +401,10 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         n = min(cfg.eval.verify_samples, len(data.test))
         metrics["reload_check"] = verify_reload(clf, run_dir, data.test.texts[:n], probs[:n], preds[:n], device, cfg)
 
+    if cfg.train.report_to:
+        accelerator.log({f"test/{k}": metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece")
+                         if metrics.get(k) is not None}, step=train_stats["optimizer_steps"])
+        accelerator.end_training()
     metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
     write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir, spec)
