@@ -333,3 +333,28 @@ def test_the_page_in_a_real_browser(server, tmp_path, reference):
     assert set(bars) == set(words) and sum(bars.values()) == pytest.approx(1, abs=1e-4)
     np.testing.assert_allclose([bars[w] for w in words], probs[0], atol=1e-5)
     assert label in words and (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_the_batcher_keeps_its_limits_and_groups_similar_lengths():
+    from sentiment_lora.serve import Batcher
+
+    seen = []
+
+    def score(prompts):
+        seen.append([len(p) for p in prompts])
+        return np.full((len(prompts), 2), 0.5)
+
+    lengths = [10, 60, 12, 50, 11, 9, 30, 70, 8, 13]
+
+    async def go():
+        batcher = Batcher(score, ServeConfig(max_batch_texts=4, max_batch_tokens=100, max_wait_ms=20))
+        worker = asyncio.create_task(batcher.run())
+        out = await asyncio.gather(*[batcher.submit([[1] * n]) for n in lengths])
+        worker.cancel()
+        return out, batcher.waiting
+
+    out, waiting = asyncio.run(go())
+    assert len(out) == len(lengths) and waiting == 0
+    assert sorted(x for batch in seen for x in batch) == sorted(lengths)
+    assert all(len(batch) <= 4 and max(batch) * len(batch) <= 100 for batch in seen), seen
+    assert seen[0][0] <= 13 and len(seen) < len(lengths), seen  # the short ones went together, first

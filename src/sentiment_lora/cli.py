@@ -361,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
                    "(default: $SENTIMENT_LORA_API_KEY, else no key)")
-    p.add_argument("--max-batch-texts", type=_positive_int, default=16, help="most texts per model call (16)")
-    p.add_argument("--max-batch-tokens", type=_positive_int, default=8192,
-                   help="most padded tokens per model call (8192)")
+    p.add_argument("--max-batch-texts", type=_positive_int, help="most texts per model call (default: the "
+                   "classifier's eval batch size)")
+    p.add_argument("--max-batch-tokens", type=_positive_int, help="most padded tokens per model call (default: "
+                   "the classifier's max_batch_tokens, else 8192)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more texts before scoring (5 ms)")
     p.add_argument("--max-queue", type=_positive_int, default=1024, help="texts waiting before 503 (1024)")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a waiting request gets 504")

@@ -19,6 +19,7 @@ The model runs in one worker thread, one call at a time; the event loop only que
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import signal
@@ -38,10 +39,11 @@ class ServeConfig:
     """Address to bind; 127.0.0.1 serves this machine only."""
     port: int = 8000
     """TCP port."""
-    max_batch_texts: int = 16
-    """Most texts scored in one model call."""
-    max_batch_tokens: int = 8192
-    """A batch also closes before its padded size (texts x longest prompt) passes this."""
+    max_batch_texts: int | None = None
+    """Most texts scored in one model call (None: the classifier's batch_size)."""
+    max_batch_tokens: int | None = None
+    """A batch also closes before its padded size (texts x longest prompt) passes this (None:
+    the classifier's max_batch_tokens, else 8192)."""
     max_wait_ms: float = 5.0
     """How long the worker waits for more texts before scoring a batch that is not full."""
     max_queue: int = 1024
@@ -59,7 +61,7 @@ class ServeConfig:
         from .errors import UserError
 
         for key in ("max_batch_texts", "max_batch_tokens", "max_queue", "max_texts_per_request", "max_body_bytes"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise UserError(f"--{key.replace('_', '-')} must be 1 or more")
         if not (np.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
             raise UserError(f"--max-wait-ms is {self.max_wait_ms}; use a finite number of 0 or more")
@@ -84,7 +86,8 @@ class Batcher:
 
     ``submit`` queues a request's prompts and waits for their probabilities; one worker
     task takes what is queued (up to ``max_batch_texts`` and ``max_batch_tokens``, waiting
-    at most ``max_wait_ms`` for more), sorts it by length and scores it in a thread.
+    at most ``max_wait_ms`` for more), oldest text first with the waiting texts nearest to
+    it in length, sorts the batch by length and scores it in a thread.
     """
 
     def __init__(self, score, cfg: ServeConfig, metrics: Metrics | None = None):
@@ -94,7 +97,7 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.waiting = 0
         self.calls = 0
-        self._carry = None
+        self.pending: list = []  # taken from the queue, not yet scored; oldest first
 
     async def submit(self, prompts: list[list[int]]) -> np.ndarray:
         if self.waiting + len(prompts) > self.cfg.max_queue:
@@ -119,31 +122,40 @@ class Batcher:
         if self.metrics:
             self.metrics.queue.set(self.waiting)
 
-    async def _next(self, timeout: float | None):
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
-        if timeout is None:
-            return await self.queue.get()
-        if timeout <= 0:
-            return self.queue.get_nowait()
-        return await asyncio.wait_for(self.queue.get(), timeout)
-
-    async def _collect(self) -> list:
-        batch = [await self._next(None)]
-        deadline = time.perf_counter() + self.cfg.max_wait_ms / 1000
-        longest = len(batch[0][0])
-        while len(batch) < self.cfg.max_batch_texts:
-            try:
-                item = await self._next(deadline - time.perf_counter())
-            except (asyncio.TimeoutError, asyncio.QueueEmpty):
-                break
+    def _pick(self) -> tuple[list, bool]:
+        """The next batch from the waiting texts: the oldest one, plus those nearest to it in length
+        (little padding), within the text and token limits. Also whether it is as full as it can get."""
+        anchor, rest = self.pending[0], self.pending[1:]
+        rest.sort(key=lambda item: abs(len(item[0]) - len(anchor[0])))
+        batch, longest, bound = [anchor], len(anchor[0]), False
+        for item in rest:
+            if len(batch) == self.cfg.max_batch_texts:
+                return batch, True
             width = max(longest, len(item[0]))
             if width * (len(batch) + 1) > self.cfg.max_batch_tokens:
-                self._carry = item  # first in the next batch
-                break
+                bound = True  # a shorter text further on may still fit
+                continue
             batch.append(item)
             longest = width
+        return batch, bound or len(batch) == self.cfg.max_batch_texts
+
+    async def _collect(self) -> list:
+        if not self.pending:
+            self.pending.append(await self.queue.get())
+        deadline = time.perf_counter() + self.cfg.max_wait_ms / 1000
+        while True:
+            while not self.queue.empty():
+                self.pending.append(self.queue.get_nowait())
+            batch, full = self._pick()
+            remaining = deadline - time.perf_counter()
+            if full or remaining <= 0:
+                break
+            try:
+                self.pending.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                continue  # take what is there
+        chosen = {id(item) for item in batch}
+        self.pending = [item for item in self.pending if id(item) not in chosen]
         return batch
 
     async def run(self) -> None:
@@ -256,6 +268,9 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
     cfg = cfg or ServeConfig()
     run_dir = Path(run_dir)
     spec = ClassifierSpec.load(run_dir)
+    # Unset batch limits come from the classifier: the shape its scoring was tuned for.
+    cfg = dataclasses.replace(cfg, max_batch_texts=cfg.max_batch_texts or spec.batch_size,
+                              max_batch_tokens=cfg.max_batch_tokens or spec.max_batch_tokens or 8192)
     metrics = Metrics()
     state: dict[str, Any] = {"clf": None, "error": None, "batcher": None}
 

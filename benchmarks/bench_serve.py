@@ -1,0 +1,181 @@
+"""The server under load, on loopback: (a) as shipped, (b) with batching off, (c) offline scoring.
+
+For (a) and (b) a ``sentiment-lora serve`` process is started on 127.0.0.1 and driven by C
+concurrent async httpx clients, each sending one IMDB test review per request to
+``/predict``, until a fixed number of requests is answered (or a time bound passes). (c)
+scores the same reviews in this process with ``SentimentClassifier.predict_proba``: the
+ceiling. Nothing runs beside a measurement: the servers are stopped before (c) starts.
+
+    python benchmarks/bench_serve.py runs/demo-final --dataset ../shared/imdb
+
+Writes benchmarks/results/serve-cpu.json: {"a": {"1": {...}, "32": {...}}, "b": {...}, "c": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reviews(dataset: str, n: int, seed: int) -> list[str]:
+    from sentiment_lora.config import DataConfig
+    from sentiment_lora.data import balanced_indices, label_mapper, load_splits, prepare_split
+
+    cfg = DataConfig(dataset=dataset, train_size=None, test_size=None)
+    sample = prepare_split(load_splits(cfg, ["test"])["test"], "test", cfg, label_mapper(cfg, ["a", "b"]))
+    idx = balanced_indices(sample.labels, n, 2, np.random.default_rng(seed), what="benchmark sample")
+    return [sample.texts[i] for i in idx]
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    total = float(re.search(r"^sentiment_lora_batch_size_sum ([\d.e+]+)$", text, re.M).group(1))
+    count = float(re.search(r"^sentiment_lora_batch_size_count ([\d.e+]+)$", text, re.M).group(1))
+    return total, count
+
+
+async def drive(url: str, texts: list[str], concurrency: int, max_seconds: float) -> dict:
+    latencies, errors = [], 0
+    queue = list(texts)
+    started = time.perf_counter()
+
+    async def client(http: httpx.AsyncClient):
+        nonlocal errors
+        while queue and time.perf_counter() - started < max_seconds:
+            text = queue.pop()
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(url + "/predict", json={"inputs": text})
+                ok = r.status_code == 200 and len(r.json()) == 2
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=max_seconds, limits=limits) as http:
+        await asyncio.gather(*[client(http) for _ in range(concurrency)])
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies) + errors, "reviews_per_s": round(len(latencies) / wall, 3),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+            "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+            "errors": errors, "seconds": round(wall, 2)}
+
+
+def measure_server(run_dir: str, extra: list[str], loads: dict[int, list[str]], max_seconds: float,
+                   warmup: list[str]) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "sentiment_lora.cli", "serve", run_dir, "--port", str(port),
+                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {proc.stderr.read()}")
+            time.sleep(0.2)
+        asyncio.run(drive(url, warmup, 4, max_seconds))  # first calls pay one-off costs
+        out = {}
+        for concurrency, texts in loads.items():
+            before = batch_totals(url)
+            result = asyncio.run(drive(url, texts, concurrency, max_seconds))
+            after = batch_totals(url)
+            calls = after[1] - before[1]
+            result["mean_batch"] = round((after[0] - before[0]) / calls, 2) if calls else None
+            result["model_calls"] = int(calls)
+            out[str(concurrency)] = result
+            print(f"  C={concurrency}: {result}", flush=True)
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def measure_offline(run_dir: str, texts: list[str], warmup: list[str]) -> dict:
+    import torch
+
+    from sentiment_lora.classifier import SentimentClassifier
+
+    clf = SentimentClassifier.load(run_dir, device="cpu")
+    clf.predict_proba(warmup)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        clf.predict_proba(texts)
+    wall = time.perf_counter() - started
+    return {"requests": len(texts), "reviews_per_s": round(len(texts) / wall, 3), "p50_ms": None, "p95_ms": None,
+            "p99_ms": None, "errors": 0, "seconds": round(wall, 2), "mean_batch": None,
+            "note": f"one predict_proba call over all {len(texts)} reviews (length-sorted batches of at most "
+                    f"{clf.batch_size} reviews and {clf.max_batch_tokens} padded tokens); no per-request latency"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", nargs="?", default="runs/demo-final")
+    ap.add_argument("--dataset", default="../shared/imdb")
+    ap.add_argument("--requests", type=int, default=128, help="reviews sent at C=32 and scored offline")
+    ap.add_argument("--requests-c1", type=int, default=24, help="reviews sent at C=1")
+    ap.add_argument("--max-seconds", type=float, default=240, help="time bound of each load")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve-cpu.json"))
+    args = ap.parse_args()
+
+    texts = reviews(args.dataset, args.requests + 8, args.seed)
+    warmup, texts = texts[:8], texts[8:]
+    loads = {1: texts[: args.requests_c1], 32: texts}
+    results = {}
+    print("(a) the server as shipped", flush=True)
+    results["a"] = measure_server(args.run_dir, [], loads, args.max_seconds, warmup)
+    print("(b) batching off: batches of 1", flush=True)
+    results["b"] = measure_server(args.run_dir, ["--max-batch-texts", "1"], loads, args.max_seconds, warmup)
+    print("(c) offline scoring of the same reviews", flush=True)
+    results["c"] = measure_offline(args.run_dir, texts, warmup)
+    print(f"  {results['c']}")
+    a, b, c = results["a"]["32"], results["b"]["32"], results["c"]
+    results["summary"] = {
+        "a_over_c_at_32": round(a["reviews_per_s"] / c["reviews_per_s"], 3),
+        "a_over_b_at_32": round(a["reviews_per_s"] / b["reviews_per_s"], 3),
+        "a_minus_b_p50_ms_at_1": round(results["a"]["1"]["p50_ms"] - results["b"]["1"]["p50_ms"], 1),
+    }
+    results["setup"] = {"run_dir": args.run_dir, "dataset": args.dataset, "requests_at_32": len(texts),
+                        "requests_at_1": len(loads[1]), "machine": platform.platform(),
+                        "cpus": os.cpu_count(), "python": platform.python_version()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["summary"]))
+
+
+if __name__ == "__main__":
+    main()
