@@ -52,7 +52,8 @@ serve: install
 
 # The server under load on loopback: shipped vs batching off vs offline scoring (benchmarks/bench_serve.py).
 bench-serve: install
-	$(BIN)/python benchmarks/bench_serve.py $(RUN) $(if $(DATA),--dataset $(DATA),)
+	$(BIN)/python benchmarks/bench_serve.py $(RUN) $(if $(DATA),--dataset $(DATA),) \
+	    $(if $(wildcard ../shared/sst5),--short-dataset ../shared/sst5,)
 
 test: install
 	$(BIN)/python -m pytest

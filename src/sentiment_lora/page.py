@@ -26,11 +26,11 @@ table{border-collapse:collapse;width:100%;margin:.4em 0;display:block;overflow-x
 td,th{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top;white-space:nowrap}
 td.text{white-space:normal;min-width:16em}.muted{color:var(--muted)}
 .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:8px}
-.fact{background:#fff;border:1px solid var(--line);border-radius:6px;padding:8px}
-.fact b{display:block;font-size:1.1em;overflow-wrap:anywhere}code{white-space:pre-wrap;overflow-wrap:anywhere}
+.fact{min-width:0;background:#fff;border:1px solid var(--line);border-radius:6px;padding:8px}
+.fact b{display:block;font-size:1.1em;overflow-wrap:break-word}code{white-space:pre-wrap;overflow-wrap:anywhere}
 img{max-width:100%;height:auto;border:1px solid var(--line);
 border-radius:4px;background:#fff}pre{background:#fff;border:1px solid var(--line);padding:8px;overflow-x:auto;
-font-size:13px}figure{margin:.6em 0}figcaption{color:var(--muted);font-size:.9em}
+font-size:13px}figure{margin:.6em 0}figure img{max-width:min(100%,760px)}figcaption{color:var(--muted);font-size:.9em}
 """
 
 
@@ -185,6 +185,8 @@ def serving_page(run_dir: str | Path, spec=None) -> str:
     f = facts(run_dir, spec)
     script = """
 const form=document.getElementById('f'),out=document.getElementById('out'),btn=document.getElementById('go');
+document.getElementById('t').addEventListener('keydown',e=>{if(e.key==='Enter'&&(e.ctrlKey||e.metaKey))
+form.requestSubmit()});
 form.addEventListener('submit',async e=>{e.preventDefault();const text=document.getElementById('t').value;
 btn.disabled=true;out.textContent='…';const t0=performance.now();
 try{const r=await fetch('classify',{method:'POST',headers:{'Content-Type':'application/json'},
@@ -193,7 +195,8 @@ if(!r.ok){out.innerHTML='';const p=document.createElement('p');p.className='err'
 out.appendChild(p);return}
 const res=j.results[0];out.innerHTML='';const h=document.createElement('p');h.id='label';
 h.innerHTML='<b></b> <span class=muted></span>';h.querySelector('b').textContent=res.label;
-h.querySelector('span').textContent=`${ms.toFixed(0)} ms (model ${j.ms.toFixed(0)} ms)`;out.appendChild(h);
+h.querySelector('span').textContent=`${ms.toFixed(0)} ms (${j.ms.toFixed(0)} ms of it queued and scored)`;
+out.appendChild(h);
 for(const [w,p] of Object.entries(res.probs)){const row=document.createElement('div');row.className='bar';
 row.dataset.label=w;row.dataset.prob=p;row.innerHTML='<span class=w></span><span class=track><span class=fill>'+
 '</span></span><span class=p></span>';row.querySelector('.w').textContent=w;
@@ -213,7 +216,7 @@ overflow:hidden;text-overflow:ellipsis}.track{flex:1;background:#e8ecf0;border-r
         '<meta name=viewport content="width=device-width, initial-scale=1">',
         f"<title>{escape(f['name'])}: sentiment-lora</title><style>{style}</style></head><body><main>",
         f"<h1>{escape(f['name'])}</h1>",
-        '<form id=f><label for=t class=muted>Type or paste a review</label>',
+        '<form id=f><label for=t class=muted>Type or paste a review (Ctrl+Enter classifies it)</label>',
         '<textarea id=t required placeholder="A wonderful, moving film."></textarea>',
         "<button id=go type=submit>Classify</button></form><div id=out aria-live=polite></div>",
         "<h2>The classifier</h2>", card_html(f, run_dir),
