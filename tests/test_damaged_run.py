@@ -60,13 +60,13 @@ def intact(tiny_run, capsys_module=None):
 
 def test_the_matrix_covers_every_file(tiny_run):
     files = _files(tiny_run)
-    assert NEEDED <= set(files) and len(files) >= 10, files
+    assert NEEDED <= set(files) and len(files) >= 11, files
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
 @pytest.mark.parametrize("name", ["classifier.json", "config.yaml", "metrics.json", "predictions.jsonl",
                                   "train_log.jsonl", "training_curves.png", "confusion_matrix.png",
-                                  "calibration.png", "adapter/adapter_config.json",
+                                  "calibration.png", "report.html", "adapter/adapter_config.json",
                                   "adapter/adapter_model.safetensors"])
 def test_damaged_file(name, damage, tiny_run, intact, tmp_path, capsys):
     run = tmp_path / "run"
