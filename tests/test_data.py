@@ -131,3 +131,54 @@ def test_paths_and_hub_ids_are_told_apart():
     assert not _looks_local("imdb") and not _looks_local("stanfordnlp/imdb")
     assert _looks_local("./imdb") and _looks_local("../shared/imdb") and _looks_local("/data/imdb")
     assert _looks_local("data/sets/imdb")
+
+
+def _unbalanced(folder, seed=0):
+    """Three classes in proportions 6 : 3 : 1, with a validation split of their own."""
+    import random
+
+    import pandas as pd
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 200), ("validation", 50), ("test", 100)):
+        labels = [0] * (6 * n // 10) + [1] * (3 * n // 10) + [2] * (n // 10)
+        rows = [(f"{split} review {i} {rng.random():.6f}", y) for i, y in enumerate(labels)]
+        pd.DataFrame(rows, columns=["text", "label"]).to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    return folder
+
+
+def test_stratified_balanced_and_all_sampling(tmp_path):
+    from collections import Counter
+
+    from sentiment_lora.config import DataConfig
+    from sentiment_lora.data import prepare_data
+
+    data = _unbalanced(tmp_path / "d")
+    words = ["bad", "meh", "good"]
+    strat = prepare_data(DataConfig(dataset=str(data), sampling="stratified", train_size=100, test_size=50), words)
+    assert Counter(strat.train.labels) == {0: 60, 1: 30, 2: 10} and Counter(strat.test.labels) == {0: 30, 1: 15, 2: 5}
+    bal = prepare_data(DataConfig(dataset=str(data), train_size=30, test_size=15), words)
+    assert Counter(bal.train.labels) == {0: 10, 1: 10, 2: 10}
+    with pytest.raises(UserError, match="only 20 are available"):
+        prepare_data(DataConfig(dataset=str(data), train_size=90, test_size=15), words)
+    every = prepare_data(DataConfig(dataset=str(data), sampling="all", val_size=20), words)
+    assert len(every.train) == 180 and len(every.val) == 20 and len(every.test) == 100
+    assert not set(every.train.ids) & set(every.val.ids)
+
+
+def test_the_datasets_own_validation_split(tmp_path):
+    from sentiment_lora.config import DataConfig
+    from sentiment_lora.data import prepare_data
+
+    data = _unbalanced(tmp_path / "d")
+    words = ["bad", "meh", "good"]
+    b = prepare_data(DataConfig(dataset=str(data), val_split="validation", sampling="stratified", train_size=None,
+                                test_size=None), words)
+    assert len(b.val) == 50 and all(i.startswith("validation:") for i in b.val.ids) and len(b.train) == 200
+    assert b.stats["val_from"] == "validation"
+    b = prepare_data(DataConfig(dataset=str(data), val_split="validation", val_size=10, sampling="stratified",
+                                train_size=None, test_size=None), words)
+    assert len(b.val) == 10
+    with pytest.raises(UserError, match="has no split 'dev'"):
+        prepare_data(DataConfig(dataset=str(data), val_split="dev"), words)

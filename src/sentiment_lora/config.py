@@ -84,12 +84,21 @@ class DataConfig:
     """String labels as they appear in the data, one per class in label_words order
     (e.g. [neg, pos]). Unset: int labels are class indices and string labels must equal
     a label word (case-insensitive)."""
+    subset: str | None = None
+    """Configuration name of a Hub dataset that has several (``load_dataset(name, subset)``)."""
+    val_split: str | None = None
+    """The dataset's own validation split (e.g. validation); null carves the validation sample
+    from the train split instead, disjoint from the training sample."""
+    sampling: str = "balanced"
+    """How samples are drawn: balanced (as equal a count per class as the size allows),
+    stratified (the split's class proportions kept) or all (every row; sizes are ignored)."""
     train_size: int | None = 15000
-    """Balanced sample size drawn from the train split; null takes every row."""
+    """Sample size drawn from the train split; null takes every row."""
     val_size: int = 0
-    """Balanced validation sample carved from the train split, disjoint from train_size."""
+    """Validation sample size: from val_split when set (0 takes all of it), else carved from
+    the train split (0: no validation)."""
     test_size: int | None = 7500
-    """Balanced sample size drawn from the test split; null takes every row."""
+    """Sample size drawn from the test split; null takes every row."""
     clean_html: bool = True
     """Replace HTML line breaks (<br />) with spaces."""
     seed: int = 42
@@ -101,6 +110,10 @@ class DataConfig:
             value = getattr(self, key)
             _check(value is None or value > 0, f"data.{key}", f"is {value}; use a positive number or null")
         _check(self.val_size >= 0, "data.val_size", f"is {self.val_size}; use 0 or more")
+        _check(self.sampling in ("balanced", "stratified", "all"), "data.sampling",
+               f"is {self.sampling!r}; use balanced, stratified or all")
+        _check(self.val_split is None or bool(self.val_split.strip()), "data.val_split",
+               "must be a split name or null")
         _check_seed(self.seed, "data.seed")
         _check(self.label_values is None or len(set(map(str, self.label_values))) == len(self.label_values),
                "data.label_values", "must be distinct")
@@ -242,8 +255,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        _check(not (self.eval.calibrate and self.data.val_size == 0), "eval.calibrate",
-               "needs a validation sample; set data.val_size above 0")
+        _check(not (self.eval.calibrate and self.data.val_size == 0 and self.data.val_split is None),
+               "eval.calibrate", "needs a validation sample; set data.val_size above 0 or data.val_split")
         values, words = self.data.label_values, self.prompt.label_words
         _check(values is None or len(values) == len(words), "data.label_values",
                f"has {len(values or [])} values but prompt.label_words has {len(words)}; give one value per label word")

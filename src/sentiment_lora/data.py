@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]
     import datasets
 
     try:
-        ds = datasets.load_dataset(str(path) if path.exists() else name)
+        ds = datasets.load_dataset(str(path) if path.exists() else name, cfg.subset)
     except Exception as exc:  # datasets raises many types; all mean "could not read it"
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise UserError(f"could not load dataset {name!r}: {first}. Where the Hub is unreachable, "
@@ -190,13 +191,42 @@ def balanced_indices(labels: list[int], n: int | None, num_classes: int, rng: np
     return [chosen[j] for j in rng.permutation(len(chosen))]
 
 
+def stratified_indices(labels: list[int], n: int | None, num_classes: int, rng: np.random.Generator,
+                       exclude: set[int] = frozenset(), what: str = "sample") -> list[int]:
+    """Seeded sample keeping the class proportions of the rows available (largest remainders
+    round the counts), in a seeded random order. n=None: all rows."""
+    pools = [[i for i, y in enumerate(labels) if y == c and i not in exclude] for c in range(num_classes)]
+    total = sum(map(len, pools))
+    if n is None:
+        n = total
+    if n > total:
+        raise UserError(f"{what}: asked for {n} examples but only {total} are available; lower the sample size")
+    quotas = [n * len(p) / total if total else 0 for p in pools]
+    counts = [int(q) for q in quotas]
+    for c in sorted(range(num_classes), key=lambda c: -(quotas[c] - counts[c]))[: n - sum(counts)]:
+        counts[c] += 1
+    chosen = [pool[j] for pool, want in zip(pools, counts) for j in rng.permutation(len(pool))[:want]]
+    return [chosen[j] for j in rng.permutation(len(chosen))]
+
+
+def draw(cfg: DataConfig, labels: list[int], n: int | None, num_classes: int, rng: np.random.Generator,
+         exclude: set[int] = frozenset(), what: str = "sample") -> list[int]:
+    """A sample by ``data.sampling``: balanced, stratified, or all rows (``n`` ignored)."""
+    if cfg.sampling == "all":
+        n = None
+    pick = stratified_indices if cfg.sampling == "stratified" else balanced_indices
+    return pick(labels, n, num_classes, rng, exclude, what)
+
+
 def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
     """Load both splits, clean, de-duplicate, and draw balanced seeded samples."""
     k = len(label_words)
-    raw = load_splits(cfg, [cfg.train_split, cfg.test_split])
+    splits = [cfg.train_split, cfg.test_split] + ([cfg.val_split] if cfg.val_split else [])
+    raw = load_splits(cfg, splits)
     to_class = label_mapper(cfg, label_words)
     train_all = prepare_split(raw[cfg.train_split], cfg.train_split, cfg, to_class)
     test_all = prepare_split(raw[cfg.test_split], cfg.test_split, cfg, to_class)
+    val_all = prepare_split(raw[cfg.val_split], cfg.val_split, cfg, to_class) if cfg.val_split else None
 
     seen: set[str] = set()
     train_dupes: set[int] = set()
@@ -208,11 +238,19 @@ def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
     test_dupes = len(test_all.texts) - len(set(test_all.texts))
 
     rng = np.random.default_rng(cfg.seed)
-    val_idx = balanced_indices(train_all.labels, cfg.val_size, k, rng, train_dupes, "validation sample") \
-        if cfg.val_size else []
-    train_idx = balanced_indices(train_all.labels, cfg.train_size, k, rng, train_dupes | set(val_idx),
-                                 "train sample")
-    test_idx = balanced_indices(test_all.labels, cfg.test_size, k, rng, test_in_train, "test sample")
+    if val_all is not None:  # the dataset's own validation split; rows also in train are dropped
+        val_in_train = {i for i, t in enumerate(val_all.texts) if t in seen}
+        val = val_all.take(draw(cfg, val_all.labels, cfg.val_size or None, k, rng, val_in_train,
+                                "validation sample"))
+        val_idx = []
+    else:
+        # Carved from train, the validation sample keeps its size even when the rest takes all rows.
+        carve = dataclasses.replace(cfg, sampling="stratified") if cfg.sampling == "all" else cfg
+        val_idx = draw(carve, train_all.labels, cfg.val_size, k, rng, train_dupes, "validation sample") \
+            if cfg.val_size else []
+        val = train_all.take(val_idx)
+    train_idx = draw(cfg, train_all.labels, cfg.train_size, k, rng, train_dupes | set(val_idx), "train sample")
+    test_idx = draw(cfg, test_all.labels, cfg.test_size, k, rng, test_in_train, "test sample")
     missing = sorted(set(range(k)) - {train_all.labels[i] for i in train_idx})
     if missing:  # a classifier trained without a class can never learn to predict it
         raise UserError(f"dataset {cfg.dataset!r}: the train sample has no example of label {missing[0]} "
@@ -226,7 +264,9 @@ def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
         "duplicates_in_test": test_dupes,
         "test_rows_in_train_dropped": len(test_in_train),
         "train_sample": len(train_idx),
-        "val_sample": len(val_idx),
+        "val_sample": len(val),
+        "val_from": cfg.val_split or cfg.train_split,
+        "sampling": cfg.sampling,
         "test_sample": len(test_idx),
     }
-    return DataBundle(train_all.take(train_idx), train_all.take(val_idx), test_all.take(test_idx), stats)
+    return DataBundle(train_all.take(train_idx), val, test_all.take(test_idx), stats)
