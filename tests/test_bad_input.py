@@ -204,8 +204,8 @@ CASES = [
      "not both"),
     ("cli", "resume-no-dir", ["train", "--resume"], None, None, "--resume needs --output-dir"),
     ("cli", "tfidf-no-dataset", ["baseline", "tfidf"], None, None, "needs --dataset"),
-    ("cli", "tfidf-with-set", ["baseline", "tfidf", "--dataset", "{data}", "--set", "lora.r=4"], None, None,
-     "zero-shot only"),
+    ("cli", "tfidf-bad-set", ["baseline", "tfidf", "--dataset", "{data}", "--set", "data.sampling=some"], None,
+     None, "data.sampling is 'some'"),
     ("cli", "zero-shot-nb", ["baseline", "zero-shot", "--nb"], None, None, "--nb applies to baseline tfidf"),
     ("cli", "no-verb", [], None, None, "the following arguments are required"),
     # --- output folders and files: checked before any model loads

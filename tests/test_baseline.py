@@ -61,3 +61,30 @@ def test_ece_is_zero_when_calibrated_and_large_when_not():
     assert expected_calibration_error(labels, overconfident) == pytest.approx(0.29)
     table = reliability(labels, probs)
     assert sum(b["n"] for b in table) == 10 and table[7]["frequency"] == pytest.approx(0.7)
+
+
+def test_tfidf_for_three_unbalanced_classes(tmp_path):
+    import random
+
+    import pandas as pd
+
+    from sentiment_lora.baseline import run_tfidf
+    from sentiment_lora.config import DataConfig
+    from sentiment_lora.errors import UserError
+
+    rng = random.Random(0)
+    vocab = {0: ["awful", "dull", "mess"], 1: ["fine", "okay", "average"], 2: ["great", "superb", "moving"]}
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for split, n in (("train", 300), ("validation", 60), ("test", 120)):
+        labels = [0] * (n // 2) + [1] * (n // 3) + [2] * (n - n // 2 - n // 3)
+        rows = [(" ".join(rng.choice(vocab[y] + ["the", "film", "was"]) for _ in range(8)), y) for y in labels]
+        pd.DataFrame(rows, columns=["text", "label"]).to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    cfg = DataConfig(dataset=str(folder), val_split="validation")
+    m = run_tfidf(cfg, tmp_path / "out", label_words=["bad", "meh", "good"])
+    assert m["n"] == 120 and len(m["confusion_matrix"]) == 3 and m["val_size"] == 60
+    assert m["accuracy"] > 0.6 and m["roc_auc"] is not None
+    assert main(["baseline", "tfidf", "--dataset", str(folder), "--set", "prompt.label_words=[bad, meh, good]",
+                 "--nb", "--output-dir", str(tmp_path / "nb")]) == 2
+    with pytest.raises(UserError, match="two classes only"):
+        run_tfidf(cfg, tmp_path / "nb2", nb=True, label_words=["bad", "meh", "good"])

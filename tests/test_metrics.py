@@ -58,3 +58,51 @@ def test_a_row_without_probabilities_is_undecided_not_class_0():
     assert m["accuracy"] == pytest.approx(2 / 3)  # the undecided row counts as wrong
     assert m["per_class"]["Negative"]["recall"] == pytest.approx(0.5)
     assert m["roc_auc"] is not None and np.isfinite(m["ece"])
+
+
+def test_k_class_metrics_agree_with_scikit_learn(tmp_path):
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+
+    from sentiment_lora.decision import decide
+    from sentiment_lora.metrics import compute_metrics
+    from sentiment_lora.report import plot_confusion_matrix
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    logits = rng.normal(size=(400, 5)) + 2.0 * np.eye(5)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    preds = decide(probs)
+    words = ["very negative", "negative", "neutral", "positive", "very positive"]
+    m = compute_metrics(list(y), list(preds), probs, words, ordinal=True)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, preds))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, preds, average="macro"))
+    p, r, f, _ = precision_recall_fscore_support(y, preds, labels=range(5), zero_division=0)
+    assert [m["per_class"][w]["recall"] for w in words] == pytest.approx(list(r))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
+    assert m["mae_classes"] == pytest.approx(np.abs(y - preds).mean())
+    assert np.asarray(m["confusion_matrix"]).shape == (5, 5) and np.asarray(m["confusion_matrix"]).sum() == 400
+    # ECE over more than two classes bins the top label's confidence
+    top = probs.max(axis=1)
+    assert sum(b["n"] for b in m["reliability"]) == 400 and m["reliability"][-1]["n"] == int((top >= 0.9).sum())
+    plot_confusion_matrix(m["confusion_matrix"], words, tmp_path / "cm.png", "five classes")
+    assert (tmp_path / "cm.png").stat().st_size > 5000
+
+
+def test_temperature_scaling_lowers_log_loss_of_an_overconfident_model():
+    from sentiment_lora.decision import apply_temperature, decide, fit_temperature, log_loss
+    from sentiment_lora.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 2000)
+    true_logits = rng.normal(size=(2000, 5)) + 1.5 * np.eye(5)[y]
+    calibrated = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    # The model's labels are drawn from the calibrated probabilities; its reported ones are 3x too sharp.
+    y = np.array([rng.choice(5, p=p) for p in calibrated])
+    overconfident = apply_temperature(calibrated, 1 / 3)
+    t = fit_temperature(overconfident, y)
+    fixed = apply_temperature(overconfident, t)
+    assert 2.5 < t < 3.5, t
+    assert log_loss(fixed, y) < log_loss(overconfident, y) - 0.2
+    assert expected_calibration_error(y, fixed) < expected_calibration_error(y, overconfident) / 2
+    assert (decide(fixed) == decide(overconfident)).all()  # the ranking, so argmax, is unchanged
+    assert fit_temperature(calibrated, y) == pytest.approx(1.0, abs=0.15)

@@ -201,3 +201,42 @@ def test_training_is_followed_in_tensorboard(tiny_config, tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/val_accuracy", "test/accuracy"} <= tags, tags
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, len(acc.Scalars("train/loss")) + 1))
+
+
+def test_three_labels_unbalanced_end_to_end(tiny_model_dir, tmp_path):
+    """3 classes in proportions 1 : 2 : 3, the dataset's own validation split, stratified
+    samples, ordinal metrics, a K-column reload check, and predict / evaluate on the result."""
+    import random
+
+    import pandas as pd
+
+    from sentiment_lora.config import load_config
+
+    rng = random.Random(3)
+    vocab = {0: ["awful", "boring", "terrible", "dull"], 1: ["okay", "average", "fine", "mixed"],
+             2: ["great", "wonderful", "superb", "moving"]}
+    filler = ["the", "movie", "film", "plot", "acting", "was", "and", "a"]
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for split, n in (("train", 120), ("validation", 30), ("test", 60)):
+        labels = [0] * (n // 6) + [1] * (n // 3) + [2] * (n // 2)
+        rows = [(" ".join(rng.choice(vocab[y]) if rng.random() < 0.5 else rng.choice(filler) for _ in range(10)), y)
+                for y in labels]
+        pd.DataFrame(rows, columns=["text", "label"]).to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.dataset={folder}", "model.device=cpu",
+                             "data.sampling=stratified", "data.val_split=validation", "data.train_size=null",
+                             "data.test_size=null", "data.ordinal=true",
+                             "prompt.label_words=[Negative, Neutral, Positive]", "prompt.max_length=40",
+                             "train.epochs=1", "train.batch_size=4", "train.grad_accum=2",
+                             "train.lr=5e-3", "train.save_steps=0", "eval.batch_size=8", "eval.verify_samples=12"])
+    metrics = run(cfg, tmp_path / "run")
+    assert metrics["n"] == 60 and np.asarray(metrics["confusion_matrix"]).shape == (3, 3)
+    assert [metrics["per_class"][w]["support"] for w in ("Negative", "Neutral", "Positive")] == [10, 20, 30]
+    assert metrics["data"]["val_sample"] == 30 and metrics["data"]["val_from"] == "validation"
+    assert metrics["mae_classes"] is not None and metrics["reload_check"]["n"] == 12
+    clf = SentimentClassifier.load(tmp_path / "run")
+    probs = clf.predict_proba(["great superb film", "okay average", "awful mess"])
+    assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert set(clf.predict(["great superb film"])) <= {"Negative", "Neutral", "Positive"}
+    again = evaluate_run(tmp_path / "run", split="test", output_dir=tmp_path / "ev")
+    assert again["n"] == 60 and again["accuracy"] == pytest.approx(metrics["accuracy"]) and "mae_classes" in again

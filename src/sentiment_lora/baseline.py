@@ -16,8 +16,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from .config import Config
-from .data import Sample, balanced_indices, load_full
+from .config import Config, DataConfig
+from .data import Sample, balanced_indices, label_mapper, load_splits, prepare_split, stratified_indices
 from .decision import best_threshold, decide
 from .errors import UserError
 from .evaluate import prediction_rows
@@ -36,8 +36,8 @@ class NBScaler(BaseEstimator, TransformerMixin):
 
     def fit(self, X, y):
         y = np.asarray(y)
-        if set(np.unique(y)) - {0, 1}:
-            raise UserError("the NB-weighted TF-IDF baseline handles two classes only")
+        if set(np.unique(y)) - {0, 1}:  # one log-count ratio per feature is a two-class idea
+            raise UserError("--nb (NB-weighted TF-IDF) handles two classes only; drop --nb for this dataset")
         binary = (X > 0).astype(np.float64)
         p = self.alpha + np.asarray(binary[y == 1].sum(axis=0)).ravel()
         q = self.alpha + np.asarray(binary[y == 0].sum(axis=0)).ravel()
@@ -48,53 +48,72 @@ class NBScaler(BaseEstimator, TransformerMixin):
         return X @ sparse.diags(self.ratio_)
 
 
-def tfidf_pipeline(nb: bool, C: float, seed: int = 42) -> Pipeline:
-    """Word unigrams + bigrams, sublinear TF-IDF, logistic regression (optionally NB-weighted)."""
+def tfidf_pipeline(nb: bool, C: float, seed: int = 42, classes: int = 2) -> Pipeline:
+    """Word unigrams + bigrams, sublinear TF-IDF, logistic regression (optionally NB-weighted).
+
+    Two classes: liblinear, as the IMDB figures were measured; more: multinomial (lbfgs),
+    since liblinear is binary only."""
     steps = [("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True,
                                        strip_accents="unicode", token_pattern=r"(?u)\b\w[\w']*\b|[!?]"))]
     if nb:
         steps.append(("nb", NBScaler()))
-    steps.append(("lr", LogisticRegression(C=C, max_iter=2000, solver="liblinear", random_state=seed)))
+    solver = "liblinear" if classes == 2 else "lbfgs"
+    steps.append(("lr", LogisticRegression(C=C, max_iter=2000, solver=solver, random_state=seed)))
     return Pipeline(steps)
 
 
-def fit_tfidf(train: Sample, nb: bool, val_size: int = 2500, seed: int = 42) -> tuple[Pipeline, dict]:
-    """Choose C on a balanced validation sample carved from train, then refit on all of train."""
+def fit_tfidf(train: Sample, nb: bool, val_size: int = 2500, seed: int = 42, classes: int = 2,
+              val: Sample | None = None) -> tuple[Pipeline, dict]:
+    """Choose C on validation (the dataset's own split when given, else a sample carved from
+    train: balanced for two classes, stratified beyond), then refit on all of train."""
     rng = np.random.default_rng(seed)
+    if val is not None:
+        return _choose_c(train, val, train, nb, seed, classes)
     val_size = min(val_size, len(train) // 5)
-    val_idx = balanced_indices(train.labels, val_size, 2, rng, what="TF-IDF validation sample")
+    pick = balanced_indices if classes == 2 else stratified_indices
+    val_idx = pick(train.labels, val_size, classes, rng, what="TF-IDF validation sample")
     held = set(val_idx)
     fit_idx = [i for i in range(len(train)) if i not in held]
-    fit_part, val_part = train.take(fit_idx), train.take(val_idx)
+    return _choose_c(train.take(fit_idx), train.take(val_idx), train, nb, seed, classes)
+
+
+def _choose_c(fit_part: Sample, val_part: Sample, train: Sample, nb: bool, seed: int,
+              classes: int) -> tuple[Pipeline, dict]:
     scores = {}
     for C in C_GRID:
-        model = tfidf_pipeline(nb, C, seed).fit(fit_part.texts, fit_part.labels)
+        model = tfidf_pipeline(nb, C, seed, classes).fit(fit_part.texts, fit_part.labels)
         scores[C] = float((model.predict(val_part.texts) == np.asarray(val_part.labels)).mean())
     best = max(C_GRID, key=lambda c: (scores[c], -abs(np.log(c))))
-    model = tfidf_pipeline(nb, best, seed).fit(train.texts, train.labels)
-    return model, {"C": best, "val_accuracy_by_C": {str(k): v for k, v in scores.items()}, "val_size": val_size}
+    model = tfidf_pipeline(nb, best, seed, classes).fit(train.texts, train.labels)
+    return model, {"C": best, "val_accuracy_by_C": {str(k): v for k, v in scores.items()}, "val_size": len(val_part)}
 
 
-def run_tfidf(dataset: str, output_dir: str | Path, nb: bool = False, seed: int = 42,
-              label_words: tuple[str, ...] = ("Negative", "Positive")) -> dict:
-    """Train on the whole train split, score the whole test split, write metrics.json."""
+def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, seed: int = 42,
+              label_words: tuple[str, ...] | list[str] = ("Negative", "Positive")) -> dict:
+    """Train on the whole train split, score the whole test split, write metrics.json. ``data``
+    is a dataset path or Hub id, or a DataConfig (columns, label values, splits, subset)."""
     out = Path(output_dir)
     check_output_folder(out, "output folder")
+    cfg = data if isinstance(data, DataConfig) else DataConfig(dataset=data)
     words = list(label_words)
+    k = len(words)
     started = time.perf_counter()
-    data = load_full(dataset, words)
-    model, chosen = fit_tfidf(data["train"], nb, seed=seed)
+    splits = [cfg.train_split, cfg.test_split] + ([cfg.val_split] if cfg.val_split else [])
+    raw = load_splits(cfg, splits)
+    to_class = label_mapper(cfg, words)
+    train, test = (prepare_split(raw[s], s, cfg, to_class) for s in (cfg.train_split, cfg.test_split))
+    val = prepare_split(raw[cfg.val_split], cfg.val_split, cfg, to_class) if cfg.val_split else None
+    model, chosen = fit_tfidf(train, nb, seed=seed, classes=k, val=val)
     train_seconds = time.perf_counter() - started
-    probs = model.predict_proba(data["test"].texts)
+    probs = model.predict_proba(test.texts)
     preds = decide(probs)
-    metrics = compute_metrics(data["test"].labels, preds, probs, words)
-    metrics.update({"method": "tfidf-nb-logreg" if nb else "tfidf-logreg", "dataset": dataset, "split": "test",
-                    "threshold": 0.5, "train_rows": len(data["train"]), **chosen,
+    metrics = compute_metrics(test.labels, preds, probs, words, cfg.ordinal)
+    metrics.update({"method": "tfidf-nb-logreg" if nb else "tfidf-logreg", "dataset": cfg.dataset,
+                    "split": cfg.test_split, "threshold": 0.5, "train_rows": len(train), **chosen,
                     "features": len(model.named_steps["tfidf"].vocabulary_),
                     "train_seconds": round(train_seconds, 1),
                     "wall_seconds": round(time.perf_counter() - started, 1)})
-    write_dir(out, lambda tmp: (write_jsonl(tmp / "predictions.jsonl", prediction_rows(data["test"], preds, probs,
-                                                                                      words)),
+    write_dir(out, lambda tmp: (write_jsonl(tmp / "predictions.jsonl", prediction_rows(test, preds, probs, words)),
                                 write_json(tmp / "metrics.json", metrics)))
     metrics["output_dir"] = str(out)
     return metrics
@@ -130,7 +149,7 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
     val_probs, test_probs = zero_shot_probs(cfg, [data.val, data.test])
     threshold = best_threshold(val_probs, data.val.labels) if len(words) == 2 else 0.5
     preds = decide(test_probs, threshold)
-    metrics = compute_metrics(data.test.labels, preds, test_probs, words)
+    metrics = compute_metrics(data.test.labels, preds, test_probs, words, cfg.data.ordinal)
     plain = decide(test_probs, 0.5)
     metrics.update({"method": "zero-shot", "model": cfg.model.name_or_path, "threshold": threshold,
                     "accuracy_uncalibrated": float((plain == np.asarray(data.test.labels)).mean()),

@@ -200,7 +200,7 @@ class SentimentClassifier:
         d = dict(self.spec.data) if self.spec else {}
         if dataset is not None:
             d["dataset"] = dataset
-        keys = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html")
+        keys = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "ordinal")
         return DataConfig(**{k: d[k] for k in keys if k in d}, train_size=None, test_size=None)
 
 

@@ -227,15 +227,18 @@ def _baseline(args) -> int:
     from .storage import check_output_folder
 
     if args.kind == "tfidf":
-        if not args.dataset:
-            raise _usage("baseline tfidf needs --dataset, a Hub id or a local folder such as ../shared/imdb")
-        if args.config or args.set:
-            raise _usage("--config and --set apply to baseline zero-shot only; tfidf takes --dataset and --nb")
+        from .config import load_config
+
+        if not args.dataset and not args.config:
+            raise _usage("baseline tfidf needs --dataset (a Hub id or a local folder such as ../shared/imdb) or a "
+                         "--config whose data section names one")
+        # The config's data section (columns, label values, splits) and label words, when given.
+        cfg = load_config(args.config, ([f"data.dataset={args.dataset}"] if args.dataset else []) + args.set)
         out = args.output_dir or f"runs/baseline-tfidf{'-nb' if args.nb else ''}"
         check_output_folder(out, "--output-dir")
         from .baseline import run_tfidf
 
-        m = run_tfidf(args.dataset, out, nb=args.nb)
+        m = run_tfidf(cfg.data, out, nb=args.nb, label_words=cfg.prompt.label_words)
     else:
         from .config import load_config
 
@@ -384,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["tfidf", "zero-shot"])
     p.add_argument("--dataset", help="Hub id or local folder (tfidf: required; zero-shot: overrides data.dataset)")
     p.add_argument("--nb", action="store_true", help="tfidf: NB-weighted features (NB-SVM style)")
-    p.add_argument("--config", help="zero-shot: the preset whose model, prompt and samples to use")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="zero-shot: config overrides")
+    p.add_argument("--config", help="the preset whose data section and label words to use (zero-shot: also its "
+                   "model, prompt and samples)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go, a new or empty folder")
     p.set_defaults(func=_baseline)
     return parser

@@ -101,6 +101,9 @@ class DataConfig:
     """Sample size drawn from the test split; null takes every row."""
     clean_html: bool = True
     """Replace HTML line breaks (<br />) with spaces."""
+    ordinal: bool = False
+    """The labels are ordered (star ratings, very negative ... very positive): metrics add the
+    mean absolute error in classes."""
     seed: int = 42
     """Seed of the sampling."""
 

@@ -41,3 +41,36 @@ def best_threshold(probs, labels) -> float:
     accs = np.array([(decide(pairs, t) == y).mean() for t in candidates])
     best = np.flatnonzero(accs == accs.max())
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """Probabilities with their logits divided by ``temperature`` (softmax(log p / T)): above 1
+    softer, below 1 sharper; the ranking, and so the most probable class, is unchanged."""
+    probs = np.asarray(probs, dtype=float)
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def log_loss(probs, labels) -> float:
+    """Mean negative log-likelihood of the gold labels."""
+    probs = np.asarray(probs, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+
+
+def fit_temperature(probs, labels) -> float:
+    """Temperature scaling (Guo et al., 2017): the one scalar T that minimises the validation
+    log-loss of ``apply_temperature(probs, T)``; any number of classes."""
+    from scipy.optimize import minimize_scalar
+
+    probs = np.asarray(probs, dtype=float)
+    keep = ~np.isnan(probs).any(axis=1)
+    probs, y = probs[keep], np.asarray(labels, dtype=int)[keep]
+    if len(y) == 0:
+        return 1.0
+    # Search log T, so T stays positive and 1/20 .. 20 is covered evenly.
+    res = minimize_scalar(lambda t: log_loss(apply_temperature(probs, float(np.exp(t))), y), bounds=(-3.0, 3.0),
+                          method="bounded")
+    return float(np.exp(res.x))

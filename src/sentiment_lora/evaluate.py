@@ -38,7 +38,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     probs = clf.predict_proba(sample.texts)
     seconds = time.perf_counter() - start
     preds = decide(probs, clf.threshold)
-    metrics = compute_metrics(sample.labels, preds, probs, clf.label_words)
+    metrics = compute_metrics(sample.labels, preds, probs, clf.label_words, data_cfg.ordinal)
     metrics.update({"method": clf.method, "threshold": clf.threshold, "unparsed": int((preds == UNDECIDED).sum()),
                     "dataset": data_cfg.dataset, "split": split,
                     "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),

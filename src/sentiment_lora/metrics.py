@@ -44,6 +44,13 @@ def expected_calibration_error(labels: list[int], probs: np.ndarray, bins: int =
     return float(sum(b["n"] * abs(b["mean_prob"] - b["frequency"]) for b in table if b["n"]) / n) if n else 0.0
 
 
+def mean_class_error(y: np.ndarray, yhat: np.ndarray) -> float | None:
+    """Ordinal labels (star ratings): the mean distance in classes between gold and prediction,
+    over decided rows."""
+    decided = yhat >= 0
+    return float(np.abs(y[decided] - yhat[decided]).mean()) if decided.any() else None
+
+
 def roc_auc(y: np.ndarray, probs: np.ndarray, classes: list[int]) -> tuple[float | None, str | None]:
     """ROC-AUC (one-vs-rest beyond two classes), or None and the reason it is undefined."""
     missing = [c for c in classes if not (y == c).any()]
@@ -56,7 +63,8 @@ def roc_auc(y: np.ndarray, probs: np.ndarray, classes: list[int]) -> tuple[float
     return (auc, None) if math.isfinite(auc) else (None, "undefined for these labels")
 
 
-def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, label_words: list[str]) -> dict:
+def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, label_words: list[str],
+                    ordinal: bool = False) -> dict:
     """Accuracy (with 95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, calibration
     error (ECE, with its reliability table), confusion matrix."""
     y = np.asarray(labels, dtype=int)
@@ -84,5 +92,6 @@ def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, labe
             for i, word in enumerate(label_words)
         },
         "confusion_matrix": confusion_matrix(y, yhat, labels=classes).tolist(),
+        **({"mae_classes": mean_class_error(y, yhat)} if ordinal else {}),
         "labels": list(label_words),
     }

@@ -36,15 +36,25 @@ def plot_training_curves(log: list[dict], path: str | Path) -> None:
 
 
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    im = ax.imshow(matrix, cmap="Blues")
-    top = max(max(row) for row in matrix) or 1
-    for i, row in enumerate(matrix):
-        for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
-           xlabel="predicted", ylabel="actual", title=title or "confusion matrix")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    """Counts and row-normalised shares (the recall of each actual class), coloured by share, so
+    unbalanced classes stay readable; it grows with the number of classes."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    shares = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    k = len(labels)
+    size = max(4.2, 1.0 + 0.9 * k)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{int(m[i, j])}\n{100 * shares[i, j]:.0f}%", ha="center", va="center",
+                    fontsize=9 if k <= 6 else 7, color="white" if shares[i, j] > 0.5 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="actual",
+           title=title or "confusion matrix")
+    ax.set_xticklabels(labels, rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center")
+    ax.set_yticklabels(labels)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the actual class")
     _save(fig, Path(path))
 
 

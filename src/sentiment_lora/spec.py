@@ -25,7 +25,8 @@ READABLE = (FORMAT, "sentiment-lora-classifier/1")
 # Written beside the model files of a classifier folder, but not deciding its predictions.
 _NOT_MODEL = {FILE, "README.md", "metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png",
               "calibration.png", "predictions.jsonl", "train_log.jsonl", "report.html"}
-DATA_KEYS = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "test_split")
+DATA_KEYS = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "test_split",
+             "ordinal")
 
 
 @dataclass

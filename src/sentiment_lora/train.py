@@ -386,7 +386,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     threshold = calibrate(model, tok, prompt, cfg, enc["val"].input_ids, data.val.labels, val_probs)
     probs, eval_seconds = test(model, tok, prompt, cfg, enc["test"].input_ids)
     preds = decide(probs, threshold)
-    metrics = compute_metrics(data.test.labels, preds, probs, cfg.prompt.label_words)
+    metrics = compute_metrics(data.test.labels, preds, probs, cfg.prompt.label_words, cfg.data.ordinal)
     metrics.update({
         "method": cfg.eval.method, "threshold": threshold, "unparsed": int((preds == UNDECIDED).sum()),
         "eval_reviews_per_s": round(len(data.test) / eval_seconds, 2) if eval_seconds else None,
