@@ -106,3 +106,10 @@ def test_temperature_scaling_lowers_log_loss_of_an_overconfident_model():
     assert expected_calibration_error(y, fixed) < expected_calibration_error(y, overconfident) / 2
     assert (decide(fixed) == decide(overconfident)).all()  # the ranking, so argmax, is unchanged
     assert fit_temperature(calibrated, y) == pytest.approx(1.0, abs=0.15)
+
+
+def test_decision_margin_for_two_and_more_classes():
+    from sentiment_lora.decision import decision_margin
+
+    assert decision_margin(np.array([[0.3, 0.7], [0.5, 0.5]]), 0.6) == pytest.approx([0.1, 0.1])
+    assert decision_margin(np.array([[0.2, 0.41, 0.39], [0.1, 0.1, 0.8]])) == pytest.approx([0.02, 0.7])

@@ -43,6 +43,17 @@ def best_threshold(probs, labels) -> float:
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
+def decision_margin(probs, threshold: float = 0.5) -> np.ndarray:
+    """How far each row is from deciding otherwise: |p(second) - threshold| for two classes,
+    the gap between the two most probable classes beyond. A near-tie (a margin within float
+    noise) may flip between two runs of the same model; that is not a different model."""
+    probs = np.asarray(probs, dtype=float)
+    if probs.shape[1] == 2:
+        return np.abs(probs[:, 1] - threshold)
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def apply_temperature(probs, temperature: float) -> np.ndarray:
     """Probabilities with their logits divided by ``temperature`` (softmax(log p / T)): above 1
     softer, below 1 sharper; the ranking, and so the most probable class, is unchanged."""

@@ -24,7 +24,7 @@ from .checkpoint import checkpoints, clear_run, damaged, load_checkpoint, plan_r
 from .classifier import SentimentClassifier, spec_for_run
 from .config import Config
 from .data import DataBundle, prepare_data
-from .decision import UNDECIDED, best_threshold, decide
+from .decision import UNDECIDED, best_threshold, decide, decision_margin
 from .errors import UserError
 from .evaluate import prediction_rows
 from .metrics import compute_metrics
@@ -298,7 +298,7 @@ def verify_reload(clf: SentimentClassifier, run_dir: Path, texts: list[str], pro
     what the trained model did. A text scored within float noise of the threshold may flip."""
     reloaded = SentimentClassifier.from_spec(clf.spec, run_dir, device=str(device), dtype=cfg.model.dtype)
     again = reloaded.predict_proba(texts)
-    flipped = (decide(again, clf.threshold) != preds) & (np.abs(probs[:, -1] - clf.threshold) > 1e-3)
+    flipped = (decide(again, clf.threshold) != preds) & (decision_margin(probs, clf.threshold) > 1e-3)
     if flipped.any():
         raise RuntimeError(f"the classifier reloaded from {run_dir} predicts differently from the trained "
                            f"one on {len(texts)} test reviews; the saved files cannot be trusted")
