@@ -228,15 +228,29 @@ def test_three_labels_unbalanced_end_to_end(tiny_model_dir, tmp_path):
                              "data.test_size=null", "data.ordinal=true",
                              "prompt.label_words=[Negative, Neutral, Positive]", "prompt.max_length=40",
                              "train.epochs=1", "train.batch_size=4", "train.grad_accum=2",
-                             "train.lr=5e-3", "train.save_steps=0", "eval.batch_size=8", "eval.verify_samples=12"])
+                             "train.lr=5e-3", "train.save_steps=0", "eval.batch_size=8", "eval.verify_samples=12",
+                             "eval.calibrate=true"])
     metrics = run(cfg, tmp_path / "run")
+    cal = metrics["calibration"]
+    assert cal["method"] == "temperature" and cal["temperature"] != 1.0
+    assert cal["validation"]["log_loss_after"] <= cal["validation"]["log_loss_before"] + 1e-9
     assert metrics["n"] == 60 and np.asarray(metrics["confusion_matrix"]).shape == (3, 3)
     assert [metrics["per_class"][w]["support"] for w in ("Negative", "Neutral", "Positive")] == [10, 20, 30]
     assert metrics["data"]["val_sample"] == 30 and metrics["data"]["val_from"] == "validation"
     assert metrics["mae_classes"] is not None and metrics["reload_check"]["n"] == 12
     clf = SentimentClassifier.load(tmp_path / "run")
+    assert clf.temperature == pytest.approx(cal["temperature"])
     probs = clf.predict_proba(["great superb film", "okay average", "awful mess"])
     assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert set(clf.predict(["great superb film"])) <= {"Negative", "Neutral", "Positive"}
     again = evaluate_run(tmp_path / "run", split="test", output_dir=tmp_path / "ev")
     assert again["n"] == 60 and again["accuracy"] == pytest.approx(metrics["accuracy"]) and "mae_classes" in again
+
+
+def test_binary_calibration_both_fits_temperature_then_threshold(tiny_config, tmp_path):
+    metrics = run(tiny_config("eval.calibrate=true", "eval.calibration=both", "eval.verify_samples=8"), tmp_path / "r")
+    cal = metrics["calibration"]
+    assert cal["method"] == "both" and cal["threshold"] == metrics["threshold"]
+    assert set(cal["test"]) == {"n", "log_loss_before", "log_loss_after", "ece_before", "ece_after"}
+    spec = json.loads((tmp_path / "r" / "classifier.json").read_text())
+    assert spec["temperature"] == pytest.approx(cal["temperature"])

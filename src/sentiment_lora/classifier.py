@@ -50,11 +50,13 @@ class SentimentClassifier:
 
     def __init__(self, model, tokenizer, prompt: Prompt, threshold: float = 0.5, method: str = "logits",
                  batch_size: int = 16, max_new_tokens: int = 5, clean_html: bool = True,
-                 spec: ClassifierSpec | None = None, max_batch_tokens: int | None = None):
+                 spec: ClassifierSpec | None = None, max_batch_tokens: int | None = None, temperature: float = 1.0):
         self.model = model
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.threshold = threshold
+        self.temperature = temperature
+        """Temperature scaling applied to every probability this classifier returns."""
         self.method = method
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -108,7 +110,7 @@ class SentimentClassifier:
             if merge:
                 model = model.merge_and_unload()
         model.eval()
-        clf = cls(model, tok, prompt, threshold=spec.threshold, method=spec.method,
+        clf = cls(model, tok, prompt, threshold=spec.threshold, method=spec.method, temperature=spec.temperature,
                   batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
                   clean_html=spec.data.get("clean_html", True), spec=spec,
                   max_batch_tokens=None if batch_size else spec.max_batch_tokens)
@@ -149,7 +151,8 @@ class SentimentClassifier:
 
             shutil.copytree(self.folder / base.name_or_path, Path(folder) / base.name_or_path, dirs_exist_ok=True)
         self.save_adapter(folder)
-        dataclasses.replace(self.spec, adapter="adapter", threshold=self.threshold, batch_size=self.batch_size,
+        dataclasses.replace(self.spec, adapter="adapter", threshold=self.threshold, temperature=self.temperature,
+                            batch_size=self.batch_size,
                             max_batch_tokens=self.max_batch_tokens).save(folder)
 
     # --- classifying --------------------------------------------------------------------
@@ -170,6 +173,14 @@ class SentimentClassifier:
 
     def proba_of_prompts(self, ids: list[list[int]], batch_size: int | None = None) -> np.ndarray:
         """``predict_proba`` of prompts already encoded by ``encode`` (the server batches those)."""
+        probs = self._raw_proba(ids, batch_size)
+        if self.temperature != 1.0 and self.method != "generate":  # generate's rows are one-hot
+            from .decision import apply_temperature
+
+            probs = apply_temperature(probs, self.temperature)
+        return probs
+
+    def _raw_proba(self, ids: list[list[int]], batch_size: int | None) -> np.ndarray:
         from .scoring import score, score_generate
 
         if not ids:
@@ -219,13 +230,15 @@ def relocatable_adapter(adapter_dir: Path, spec: ClassifierSpec | None) -> None:
 
 
 def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, method: str, batch_size: int,
-                 max_new_tokens: int, data: dict, max_batch_tokens: int | None = None) -> ClassifierSpec:
+                 max_new_tokens: int, data: dict, max_batch_tokens: int | None = None,
+                 temperature: float = 1.0) -> ClassifierSpec:
     """The spec of a freshly trained classifier; the base model is recorded as given, with its fingerprint."""
     from .model import fingerprint
 
     return ClassifierSpec(
         base_model=BaseModelRef(model_cfg.name_or_path, model_cfg.gguf_file, fingerprint(model_cfg)),
-        prompt=prompt.cfg, label_token_ids=list(prompt.label_token_ids), threshold=threshold, method=method,
+        prompt=prompt.cfg, label_token_ids=list(prompt.label_token_ids), threshold=threshold,
+        temperature=temperature, method=method,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens, data=data)
 
 

@@ -231,13 +231,21 @@ class EvalConfig:
     threshold: float = 0.5
     """Binary tasks: predict the second label when its probability reaches this."""
     calibrate: bool = False
-    """Choose the threshold that maximises validation accuracy (needs data.val_size > 0)."""
+    """Fit eval.calibration on the validation sample (needs data.val_size > 0 or data.val_split)."""
+    calibration: str = "threshold"
+    """What calibrate fits: threshold (two classes: the decision threshold that maximises
+    validation accuracy), temperature (any number of classes: one scalar T, probabilities
+    softmax(log p / T), the validation log-loss minimised; decisions unchanged) or both
+    (temperature first, then the threshold on the scaled probabilities). With more than two
+    classes, threshold means temperature."""
     max_new_tokens: int = 5
     """Tokens generated per review by the generate method."""
     verify_samples: int = 16
     """Test reviews re-scored after reloading the saved classifier; 0 skips the check."""
 
     def __post_init__(self):
+        _check(self.calibration in ("threshold", "temperature", "both"), "eval.calibration",
+               f"is {self.calibration!r}; use threshold, temperature or both")
         _check(self.method in ("logits", "generate"), "eval.method",
                f"is {self.method!r}; use logits or generate")
         _check(self.batch_size > 0, "eval.batch_size", f"is {self.batch_size}; use 1 or more")

@@ -57,6 +57,8 @@ class ClassifierSpec:
     """Binary tasks: p(second label) at which the second label is predicted."""
     method: str = "logits"
     """Scoring method: logits (label-token probabilities) or generate (the seed's fallback)."""
+    temperature: float = 1.0
+    """Temperature scaling fitted on validation: probabilities are softmax(log p / T)."""
     adapter: str | None = "adapter"
     """LoRA adapter folder inside the classifier folder; None once merged into the base."""
     batch_size: int = 16
@@ -83,6 +85,7 @@ class ClassifierSpec:
             "adapter": self.adapter,
             "method": self.method,
             "threshold": self.threshold,
+            "temperature": self.temperature,
             "prompt": {**dataclasses.asdict(self.prompt), "label_token_ids": list(self.label_token_ids)},
             "batch_size": self.batch_size,
             "max_batch_tokens": self.max_batch_tokens,
@@ -146,6 +149,9 @@ class ClassifierSpec:
         threshold = get(d, "threshold", (int, float), optional=True, default=0.5)
         if not (math.isfinite(threshold) and 0 < threshold < 1):
             raise bad(f"threshold {_short(threshold)} must be a number between 0 and 1")
+        temperature = get(d, "temperature", (int, float), optional=True, default=1.0)
+        if not (math.isfinite(temperature) and 0.01 <= temperature <= 100):
+            raise bad(f"temperature {_short(temperature)} must be a number from 0.01 to 100")
         method = get(d, "method", str, optional=True, default="logits")
         if method not in ("logits", "generate"):
             raise bad(f"method {_short(method)} must be logits or generate")
@@ -164,8 +170,8 @@ class ClassifierSpec:
                    for k, v in files.items()):
             raise bad("field 'files' must map relative paths inside the folder to sha256: hashes")
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), threshold=float(threshold),
-                   method=method, adapter=adapter, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                   max_new_tokens=max_new_tokens,
+                   temperature=float(temperature), method=method, adapter=adapter, batch_size=batch_size,
+                   max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens,
                    data={k: data[k] for k in DATA_KEYS if k in data}, files=dict(files))
 
     def save(self, folder: str | Path) -> Path:

@@ -24,10 +24,10 @@ from .checkpoint import checkpoints, clear_run, damaged, load_checkpoint, plan_r
 from .classifier import SentimentClassifier, spec_for_run
 from .config import Config
 from .data import DataBundle, prepare_data
-from .decision import UNDECIDED, best_threshold, decide, decision_margin
+from .decision import UNDECIDED, apply_temperature, best_threshold, decide, decision_margin, fit_temperature, log_loss
 from .errors import UserError
 from .evaluate import prediction_rows
-from .metrics import compute_metrics
+from .metrics import compute_metrics, expected_calibration_error
 from .model import add_lora, collate, label_logits, load_base_model, load_tokenizer, pick_device, pick_dtype
 from .page import write_report
 from .perf import peak_memory_mb, reset_peak_memory
@@ -268,16 +268,34 @@ def check_finite(params, step: int, t) -> None:
 
 
 def calibrate(model, tok, prompt: Prompt, cfg: Config, val_ids: list[list[int]], val_labels: list[int],
-              val_probs: np.ndarray | None) -> float:
-    """The decision threshold: fitted on validation for binary tasks when asked, else the configured one."""
-    if not (cfg.eval.calibrate and len(cfg.prompt.label_words) == 2):
-        return cfg.eval.threshold
+              val_probs: np.ndarray | None) -> tuple[float, float, dict | None]:
+    """(threshold, temperature, report) fitted on validation as ``eval.calibration`` says, when
+    ``eval.calibrate`` asks; else the configured threshold, temperature 1 and no report."""
+    if not cfg.eval.calibrate:
+        return cfg.eval.threshold, 1.0, None
     if val_probs is None:
         val_probs = score(model, val_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size,
                           progress="validate", max_tokens=cfg.eval.max_batch_tokens)
-    threshold = best_threshold(val_probs, val_labels)
-    say(f"threshold calibrated on {len(val_labels)} validation reviews: {threshold:.4f}")
-    return threshold
+    binary, kind = len(cfg.prompt.label_words) == 2, cfg.eval.calibration
+    temperature = fit_temperature(val_probs, val_labels) if kind != "threshold" or not binary else 1.0
+    scaled = apply_temperature(val_probs, temperature)
+    threshold = best_threshold(scaled, val_labels) if binary and kind != "temperature" else cfg.eval.threshold
+    say(f"calibrated on {len(val_labels)} validation examples: temperature {temperature:.3f}, "
+        f"threshold {threshold:.4f}")
+    return threshold, temperature, {"method": kind if binary else "temperature", "temperature": temperature,
+                                    "threshold": threshold, "validation": calibration_change(val_probs, scaled,
+                                                                                            val_labels)}
+
+
+def calibration_change(before: np.ndarray, after: np.ndarray, labels: list[int]) -> dict:
+    """Log-loss and ECE before and after calibration (decisions by the threshold are reported
+    in the metrics themselves)."""
+    keep = ~np.isnan(before).any(axis=1)
+    y = np.asarray(labels)[keep]
+    return {"n": int(keep.sum()),
+            "log_loss_before": log_loss(before[keep], y), "log_loss_after": log_loss(after[keep], y),
+            "ece_before": expected_calibration_error(y, before[keep]),
+            "ece_after": expected_calibration_error(y, after[keep])}
 
 
 def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]]) -> tuple[np.ndarray, float]:
@@ -383,18 +401,24 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     if not accelerator.is_main_process:
         return {}
 
-    threshold = calibrate(model, tok, prompt, cfg, enc["val"].input_ids, data.val.labels, val_probs)
-    probs, eval_seconds = test(model, tok, prompt, cfg, enc["test"].input_ids)
+    threshold, temperature, calibration = calibrate(model, tok, prompt, cfg, enc["val"].input_ids,
+                                                    data.val.labels, val_probs)
+    raw, eval_seconds = test(model, tok, prompt, cfg, enc["test"].input_ids)
+    probs = apply_temperature(raw, temperature) if temperature != 1.0 and cfg.eval.method == "logits" else raw
     preds = decide(probs, threshold)
     metrics = compute_metrics(data.test.labels, preds, probs, cfg.prompt.label_words, cfg.data.ordinal)
+    if calibration is not None:
+        calibration["test"] = calibration_change(raw, probs, data.test.labels)
+        metrics["calibration"] = calibration
     metrics.update({
         "method": cfg.eval.method, "threshold": threshold, "unparsed": int((preds == UNDECIDED).sum()),
         "eval_reviews_per_s": round(len(data.test) / eval_seconds, 2) if eval_seconds else None,
         "train": train_stats, "data": stats,
     })
     spec = spec_for_run(cfg.model, prompt, threshold, cfg.eval.method, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                        {k: getattr(cfg.data, k) for k in DATA_KEYS}, cfg.eval.max_batch_tokens)
-    clf = SentimentClassifier(model, tok, prompt, threshold=threshold, method=cfg.eval.method, spec=spec)
+                        {k: getattr(cfg.data, k) for k in DATA_KEYS}, cfg.eval.max_batch_tokens, temperature)
+    clf = SentimentClassifier(model, tok, prompt, threshold=threshold, method=cfg.eval.method, spec=spec,
+                              temperature=temperature)
     clf.save_adapter(run_dir)
     save_outputs(run_dir, data, log, metrics, preds, probs, cfg.prompt.label_words)
     if cfg.eval.verify_samples and cfg.eval.method == "logits":
