@@ -61,3 +61,16 @@ def test_max_length_too_small_for_the_template(tiny_tokenizer):
 def test_label_word_merging_with_template_is_refused(tiny_tokenizer):
     with pytest.raises(UserError, match="merges with the end of the template"):
         Prompt(tiny_tokenizer, PromptConfig(template="Review: {text}\nSentiment: "))
+
+
+def test_colliding_label_words_get_single_token_suggestions(tiny_tokenizer):
+    import re
+
+    with pytest.raises(UserError) as info:
+        Prompt(tiny_tokenizer, PromptConfig(label_words=["very bad", "bad", "very good"]))
+    message = str(info.value)
+    assert "both start with token" in message and "\n" not in message
+    suggested = re.search(r"single-token words: (.*)$", message).group(1).split(", ")
+    assert len(suggested) >= 2
+    prompt = Prompt(tiny_tokenizer, PromptConfig(label_words=suggested))  # they work as label words together
+    assert len(set(prompt.label_token_ids)) == len(suggested)

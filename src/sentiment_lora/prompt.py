@@ -14,6 +14,10 @@ from .config import PromptConfig
 from .errors import UserError
 
 _CUT = " ... "
+# Suggested when label words collide: ordered from negative to positive, lower and title case.
+_CANDIDATES = [(w, w.title()) for w in ("terrible", "awful", "horrible", "bad", "poor", "weak", "negative", "mixed",
+                                         "neutral", "average", "okay", "fine", "decent", "positive", "good", "great",
+                                         "excellent", "amazing", "perfect")]
 _SAMPLE_TEXT = "An example review."
 
 
@@ -63,10 +67,29 @@ class Prompt:
         for word, tid in zip(self.cfg.label_words, ids):
             if tid in seen:
                 piece = self.tok.convert_ids_to_tokens(tid)
+                hint = ", ".join(self.single_token_words(prompt + sep, set(ids)))
                 raise UserError(f"label words {seen[tid]!r} and {word!r} both start with token {piece!r} "
-                                f"(id {tid}); choose label words whose first tokens differ")
+                                f"(id {tid}); a class is scored by its word's first token, so choose words whose "
+                                f"first tokens differ" + (f", e.g. these single-token words: {hint}" if hint else ""))
             seen[tid] = word
         return ids
+
+    def single_token_words(self, prefix: str, taken: set[int], limit: int = 10) -> list[str]:
+        """Words from a list of sentiment and rating words that this tokenizer encodes as one
+        token after ``prefix`` (the template's end), other than the ``taken`` tokens; one case
+        per word, spread from negative to positive."""
+        base = self._ids(prefix.rstrip(" ") if prefix.endswith(" ") else prefix)
+        found, used = [], set(taken)
+        for variants in _CANDIDATES:
+            for word in variants:
+                full = self._ids(prefix + word)
+                if len(full) == len(base) + 1 and full[:len(base)] == base and full[-1] not in used:
+                    found.append(word)
+                    used.add(full[-1])
+                    break
+        if len(found) <= limit:
+            return found
+        return [found[round(i * (len(found) - 1) / (limit - 1))] for i in range(limit)]
 
     def _cut(self, ids: list[int], keep: int) -> str:
         mode = self.cfg.truncation
