@@ -141,8 +141,8 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
 
     out = Path(output_dir)
     check_output_folder(out, "output folder")
-    if not cfg.data.val_size:
-        raise UserError("the zero-shot baseline calibrates its threshold on validation; set data.val_size above 0")
+    if not cfg.data.val_size and not cfg.data.val_split:
+        raise UserError("the zero-shot baseline calibrates on validation; set data.val_size above 0 or data.val_split")
     started = time.perf_counter()
     words = cfg.prompt.label_words
     data = prepare_data(cfg.data, words)
