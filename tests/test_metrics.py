@@ -113,3 +113,18 @@ def test_decision_margin_for_two_and_more_classes():
 
     assert decision_margin(np.array([[0.3, 0.7], [0.5, 0.5]]), 0.6) == pytest.approx([0.1, 0.1])
     assert decision_margin(np.array([[0.2, 0.41, 0.39], [0.1, 0.1, 0.8]])) == pytest.approx([0.02, 0.7])
+
+
+def test_bias_calibration_undoes_a_label_preference():
+    from sentiment_lora.decision import apply_bias, decide, fit_bias, log_loss
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 3000)
+    logits = rng.normal(size=(3000, 4)) + 1.5 * np.eye(4)[y]
+    skewed = logits + np.array([0.0, 2.0, 0.0, -1.0])  # the model prefers label 1, shuns label 3
+    probs = np.exp(skewed) / np.exp(skewed).sum(axis=1, keepdims=True)
+    b = fit_bias(probs, y)
+    assert b[0] == 0 and b[1] < -1.5 and b[3] > 0.5, b
+    fixed = apply_bias(probs, b)
+    assert log_loss(fixed, y) < log_loss(probs, y)
+    assert (decide(fixed) == y).mean() > (decide(probs) == y).mean() + 0.05

@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from .config import Config, DataConfig
 from .data import Sample, balanced_indices, label_mapper, load_splits, prepare_split, stratified_indices
-from .decision import best_threshold, decide
+from .decision import apply_bias, best_threshold, decide, fit_bias
 from .errors import UserError
 from .evaluate import prediction_rows
 from .metrics import compute_metrics
@@ -135,8 +135,9 @@ def zero_shot_probs(cfg: Config, samples: list[Sample]) -> list[np.ndarray]:
 
 
 def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
-    """Score the config's validation and test samples with the base model; the threshold is
-    calibrated on validation (uncalibrated, a small model often prefers one label)."""
+    """Score the config's validation and test samples with the base model, calibrated on
+    validation (uncalibrated, a small model often prefers one label): the threshold for two
+    classes, per-class logit offsets beyond."""
     from .data import prepare_data
 
     out = Path(output_dir)
@@ -146,12 +147,19 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
     started = time.perf_counter()
     words = cfg.prompt.label_words
     data = prepare_data(cfg.data, words)
-    val_probs, test_probs = zero_shot_probs(cfg, [data.val, data.test])
-    threshold = best_threshold(val_probs, data.val.labels) if len(words) == 2 else 0.5
+    val_probs, raw = zero_shot_probs(cfg, [data.val, data.test])
+    # Two classes: the threshold; more: per-class logit offsets (the same job: undo the
+    # model's preference for some label words), both fitted on validation.
+    if len(words) == 2:
+        threshold, bias, test_probs = best_threshold(val_probs, data.val.labels), None, raw
+    else:
+        bias = fit_bias(val_probs, data.val.labels)
+        threshold, test_probs = 0.5, apply_bias(raw, bias)
     preds = decide(test_probs, threshold)
     metrics = compute_metrics(data.test.labels, preds, test_probs, words, cfg.data.ordinal)
-    plain = decide(test_probs, 0.5)
+    plain = decide(raw, 0.5)
     metrics.update({"method": "zero-shot", "model": cfg.model.name_or_path, "threshold": threshold,
+                    **({"label_bias": [round(float(b), 4) for b in bias]} if bias is not None else {}),
                     "accuracy_uncalibrated": float((plain == np.asarray(data.test.labels)).mean()),
                     "data": data.stats, "wall_seconds": round(time.perf_counter() - started, 1)})
     write_dir(out, lambda tmp: (write_jsonl(tmp / "predictions.jsonl", prediction_rows(data.test, preds, test_probs,

@@ -255,7 +255,10 @@ def _baseline(args) -> int:
     lo, hi = m["accuracy_ci95"]
     print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
           f"ROC-AUC {_num(m['roc_auc'])}, ECE {_num(m['ece'])}")
-    if "accuracy_uncalibrated" in m:
+    if "label_bias" in m:
+        print(f"label offsets {m['label_bias']} calibrated on validation; uncalibrated the accuracy is "
+              f"{m['accuracy_uncalibrated']:.4f}")
+    elif "accuracy_uncalibrated" in m:
         print(f"threshold {m['threshold']:.4f} calibrated on validation; at 0.5 the accuracy is "
               f"{m['accuracy_uncalibrated']:.4f}")
     print(f"written to {m['output_dir']}")

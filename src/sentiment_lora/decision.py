@@ -85,3 +85,28 @@ def fit_temperature(probs, labels) -> float:
     res = minimize_scalar(lambda t: log_loss(apply_temperature(probs, float(np.exp(t))), y), bounds=(-3.0, 3.0),
                           method="bounded")
     return float(np.exp(res.x))
+
+
+def apply_bias(probs, bias) -> np.ndarray:
+    """Probabilities with a per-class offset added to their logits: softmax(log p + b)."""
+    logits = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0)) + np.asarray(bias, dtype=float)
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fit_bias(probs, labels) -> np.ndarray:
+    """Per-class logit offsets (the first fixed at 0) that minimise the validation log-loss:
+    it undoes a model's preference for some label words, as the threshold does for two
+    classes; for any number of classes (the zero-shot baseline's calibration)."""
+    from scipy.optimize import minimize
+
+    probs = np.asarray(probs, dtype=float)
+    keep = ~np.isnan(probs).any(axis=1)
+    probs, y = probs[keep], np.asarray(labels, dtype=int)[keep]
+    k = probs.shape[1]
+    if len(y) == 0:
+        return np.zeros(k)
+    res = minimize(lambda b: log_loss(apply_bias(probs, np.concatenate([[0.0], b])), y), np.zeros(k - 1),
+                   method="L-BFGS-B")
+    return np.concatenate([[0.0], res.x])
