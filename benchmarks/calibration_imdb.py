@@ -1,0 +1,31 @@
+"""Threshold vs temperature scaling on the demo's IMDB protocol (128 validation, 500 test reviews), with the
+demo classifier (RUN, default runs/demo-final): accuracy, log-loss and ECE on test for each calibration.
+
+    python benchmarks/calibration_imdb.py [RUN]
+"""
+import json
+import sys
+
+import numpy as np
+
+from sentiment_lora.classifier import SentimentClassifier
+from sentiment_lora.config import load_config
+from sentiment_lora.data import prepare_data
+from sentiment_lora.decision import apply_temperature, best_threshold, decide, fit_temperature, log_loss
+from sentiment_lora.metrics import expected_calibration_error as ece
+
+cfg = load_config("configs/smollm2-cpu.yaml", ["data.dataset=../shared/imdb"])
+data = prepare_data(cfg.data, cfg.prompt.label_words)
+clf = SentimentClassifier.load(sys.argv[1] if len(sys.argv) > 1 else "runs/demo-final", device="cpu")
+clf.temperature = 1.0
+val, test = clf.predict_proba(data.val.texts), clf.predict_proba(data.test.texts)
+yv, yt = np.array(data.val.labels), np.array(data.test.labels)
+t = fit_temperature(val, yv)
+out = {}
+for name, T, thr in (("none", 1.0, 0.5), ("threshold", 1.0, best_threshold(val, yv)),
+                     ("temperature", t, 0.5), ("both", t, best_threshold(apply_temperature(val, t), yv))):
+    p = apply_temperature(test, T)
+    out[name] = {"temperature": round(T, 4), "threshold": round(float(thr), 4),
+                 "accuracy": float((decide(p, thr) == yt).mean()), "log_loss": round(log_loss(p, yt), 4),
+                 "ece": round(ece(yt, p), 4)}
+print(json.dumps({"n_val": len(yv), "n_test": len(yt), **out}, indent=1))
