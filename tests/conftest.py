@@ -177,3 +177,28 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def interrupted_run(monkeypatch):
+    """``interrupted_run(cfg, out)``: train, and raise KeyboardInterrupt in the fourth optimizer
+    step, as Ctrl-C would; the run's label scoring is restored afterwards."""
+    import sentiment_lora.train as train_mod
+
+    def interrupt(cfg, out, steps: int = 3) -> None:
+        real, calls = train_mod.label_logits, {"n": 0}
+
+        def stop_after_steps(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > steps * cfg.train.grad_accum:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train_mod, "label_logits", stop_after_steps)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train_mod.run(cfg, out)
+        finally:
+            monkeypatch.setattr(train_mod, "label_logits", real)
+
+    return interrupt

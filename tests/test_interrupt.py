@@ -113,7 +113,7 @@ def test_interrupts_leave_a_usable_folder(tiny_model_dir, tiny_data_dir, tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["last", "both"])
-def test_a_damaged_checkpoint(damage, tiny_config, tmp_path, monkeypatch):
+def test_a_damaged_checkpoint(damage, tiny_config, tmp_path, interrupted_run):
     """A torn last checkpoint falls back to the one before it; with both torn, one line says
     how to start over, and doing so works."""
     import sentiment_lora.train as train_mod
@@ -121,18 +121,7 @@ def test_a_damaged_checkpoint(damage, tiny_config, tmp_path, monkeypatch):
 
     cfg = tiny_config("train.save_steps=1", "train.epochs=1", "eval.verify_samples=0")
     out = tmp_path / "run"
-    real, calls = train_mod.label_logits, {"n": 0}
-
-    def stop_after_three_steps(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 3 * cfg.train.grad_accum:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "label_logits", stop_after_three_steps)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.run(cfg, out)
-    monkeypatch.setattr(train_mod, "label_logits", real)
+    interrupted_run(cfg, out)
     ckpt = out / "checkpoints"
     assert (ckpt / "last.pt").is_file() and (ckpt / "previous.pt").is_file()
     for name in (["last.pt"] if damage == "last" else ["last.pt", "previous.pt"]):

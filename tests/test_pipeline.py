@@ -135,27 +135,13 @@ def test_cli_predict_reads_stdin(trained, monkeypatch, capsys):
     assert len(lines) == 2 and all(line.split("\t")[0] in ("Positive", "Negative") for line in lines)
 
 
-def test_resume_continues_an_interrupted_run(tiny_config, tmp_path, monkeypatch):
-    import sentiment_lora.train as train_mod
-
+def test_resume_continues_an_interrupted_run(tiny_config, tmp_path, interrupted_run):
     cfg = tiny_config("train.save_steps=2", "train.epochs=1", "eval.verify_samples=0")
     out = tmp_path / "run"
-    calls = {"n": 0}
-    real = train_mod.label_logits
-
-    def crash_after_three_steps(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 3 * cfg.train.grad_accum:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "label_logits", crash_after_three_steps)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, out)
+    interrupted_run(cfg, out)
     assert (out / "checkpoints" / "last.pt").is_file() and not (out / "classifier.json").exists()
     with pytest.raises(UserError, match="holds an unfinished training run"):
         SentimentClassifier.load(out)
-    monkeypatch.setattr(train_mod, "label_logits", real)
     with pytest.raises(UserError, match="holds an interrupted run with a checkpoint; continue it with"):
         run(cfg, out)
     metrics = run(cfg, out, resume=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, brief
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit; also the cap of any whole-number field
 
@@ -321,40 +321,36 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):  # --set lora.target_modules=q_proj,v_proj
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise UserError(f"config: {key} must be a list, got {_short(value)}")
+            raise UserError(f"config: {key} must be a list, got {brief(value)}")
         return [_coerce(v, inner, key) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"config: {key} must be true or false, got {_short(value)}")
+        raise UserError(f"config: {key} must be true or false, got {brief(value)}")
     if tp in (int, float):
         # PyYAML reads 2e-4 as a string; accept any number-looking value.
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UserError(f"config: {key} must be a number, got {_short(value)}")
+            raise UserError(f"config: {key} must be a number, got {brief(value)}")
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
-            raise UserError(f"config: {key} must be a number, got {_short(value)}") from None
+            raise UserError(f"config: {key} must be a number, got {brief(value)}") from None
         if not math.isfinite(number):
-            raise UserError(f"config: {key} must be a finite number, got {_short(value)}")
+            raise UserError(f"config: {key} must be a finite number, got {brief(value)}")
         if tp is int:
             whole = value if isinstance(value, int) else int(number)
             if number != whole:
-                raise UserError(f"config: {key} must be a whole number, got {_short(value)}")
+                raise UserError(f"config: {key} must be a whole number, got {brief(value)}")
             if abs(whole) > SEED_MAX:
                 raise UserError(f"config: {key} is {whole}; that is out of range (at most {SEED_MAX})")
             return whole
         return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise UserError(f"config: {key} must be a string, got {_short(value)}")
+            raise UserError(f"config: {key} must be a string, got {brief(value)}")
         return str(value)
     raise AssertionError(f"unsupported field type {tp} for {key}")
 
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _section(cls: type, data: Any, name: str):

@@ -18,3 +18,9 @@ def printable(text: str) -> str:
     text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
     text = _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], text)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def brief(value) -> str:
+    """A value as it reads in a message: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

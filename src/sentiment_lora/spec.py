@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PromptConfig
-from .errors import UserError
+from .errors import UserError, brief
 from .storage import path_problem, read_json, write_json
 
 FILE = "classifier.json"
@@ -106,7 +106,7 @@ class ClassifierSpec:
         if not isinstance(d, dict):
             raise bad("not a JSON object")
         if d.get("format") not in READABLE:
-            raise UserError(f"{where} is not a sentiment-lora classifier spec (format {_short(d.get('format'))}, "
+            raise UserError(f"{where} is not a sentiment-lora classifier spec (format {brief(d.get('format'))}, "
                             f"expected {FORMAT}); upgrade sentiment-lora or train again")
         if "checksum" in d and d["checksum"] != checksum({k: v for k, v in d.items() if k != "checksum"}):
             raise UserError(f"{where} was changed after it was saved (its checksum does not match); restore it, "
@@ -122,7 +122,7 @@ class ClassifierSpec:
             if value is None and optional:
                 return default
             if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
-                raise bad(f"field {name!r} is {_short(value)}")
+                raise bad(f"field {name!r} is {brief(value)}")
             return value
 
         b = get(d, "base_model", dict)
@@ -134,7 +134,7 @@ class ClassifierSpec:
         p = get(d, "prompt", dict)
         words = get(p, "label_words", list, "prompt")
         if not all(isinstance(w, str) for w in words):
-            raise bad(f"field 'prompt.label_words' is {_short(words)}")
+            raise bad(f"field 'prompt.label_words' is {brief(words)}")
         try:
             prompt = PromptConfig(template=get(p, "template", str, "prompt"),
                                   label_words=list(get(p, "label_words", list, "prompt")),
@@ -145,16 +145,16 @@ class ClassifierSpec:
         ids = get(p, "label_token_ids", list, "prompt")
         if len(ids) != len(prompt.label_words) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                            for i in ids):
-            raise bad(f"prompt.label_token_ids {_short(ids)} must be one token id per label word")
+            raise bad(f"prompt.label_token_ids {brief(ids)} must be one token id per label word")
         threshold = get(d, "threshold", (int, float), optional=True, default=0.5)
         if not (math.isfinite(threshold) and 0 < threshold < 1):
-            raise bad(f"threshold {_short(threshold)} must be a number between 0 and 1")
+            raise bad(f"threshold {brief(threshold)} must be a number between 0 and 1")
         temperature = get(d, "temperature", (int, float), optional=True, default=1.0)
         if not (math.isfinite(temperature) and 0.01 <= temperature <= 100):
-            raise bad(f"temperature {_short(temperature)} must be a number from 0.01 to 100")
+            raise bad(f"temperature {brief(temperature)} must be a number from 0.01 to 100")
         method = get(d, "method", str, optional=True, default="logits")
         if method not in ("logits", "generate"):
-            raise bad(f"method {_short(method)} must be logits or generate")
+            raise bad(f"method {brief(method)} must be logits or generate")
         legacy = d["format"] != FORMAT
         adapter = get(d, "adapter", str, optional=not legacy, default=None)
         if adapter is None and not base.bundled:
@@ -252,10 +252,6 @@ def _inside(name: str) -> bool:
     p = Path(name)
     return bool(name) and not p.is_absolute() and ".." not in p.parts
 
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_tuple(types) -> tuple:
