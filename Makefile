@@ -8,7 +8,7 @@ OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
 .PHONY: install demo test test-fast lint clean bench-speed bench-quality bench-startup bench-predict-file \
-        bench-scoring serve bench-serve
+        bench-scoring serve bench-serve bench-sst5
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ bench-speed: install
 # Fixed-protocol accuracy: fine-tuned recipes vs zero-shot and TF-IDF, see benchmarks/bench_quality.py.
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py $(if $(DATA),--dataset $(DATA),)
+
+# Five classes (SST-5): calibrated zero-shot, TF-IDF + LR and configs/smollm2-sst5.yaml on the
+# test split; DATA defaults to ../shared/sst5 (benchmarks/bench_sst5.py).
+bench-sst5: install
+	$(BIN)/python benchmarks/bench_sst5.py $(if $(DATA),--dataset $(DATA),)
 
 # Start-up, streaming and scoring-speed trials on a trained classifier (RUN, default the demo's).
 RUN ?= runs/demo-final

@@ -74,3 +74,41 @@ def test_colliding_label_words_get_single_token_suggestions(tiny_tokenizer):
     assert len(suggested) >= 2
     prompt = Prompt(tiny_tokenizer, PromptConfig(label_words=suggested))  # they work as label words together
     assert len(set(prompt.label_token_ids)) == len(suggested)
+
+
+def test_the_label_word_studys_phrase_scores_match_one_sequence_at_a_time(tiny_model_dir):
+    """benchmarks/sst5_label_words.py --multiword (what the README's first-token choice rests
+    on) scores a phrase by the sum of its tokens' log-probabilities, batched with left padding;
+    it must equal scoring each (text, phrase) alone with no padding."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sentiment_lora.config import ModelConfig
+    from sentiment_lora.model import load_tokenizer
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sst5_label_words.py"
+    spec = importlib.util.spec_from_file_location("sst5_label_words", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    tok = load_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir)))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt = Prompt(tok, PromptConfig(max_length=64))
+    texts = ["good", "a long and rather dull film with a bad ending", "fine acting"]
+    phrases = ["very good", "bad", "not bad at all"]
+    conts = [tok(" " + p, add_special_tokens=False).input_ids for p in phrases]
+    assert len({len(c) for c in conts}) > 1  # phrases of different token lengths
+    got = study.phrase_probs(model, prompt, tok, texts, phrases, batch_size=4, max_tokens=None)
+
+    want = np.zeros((len(texts), len(phrases)))
+    with torch.no_grad():
+        for i, ids in enumerate(prompt.encode(texts).input_ids):
+            for k, c in enumerate(conts):
+                logp = torch.log_softmax(model(torch.tensor([ids + c])).logits[0].float(), dim=-1)
+                want[i, k] = sum(float(logp[len(ids) - 1 + t, token]) for t, token in enumerate(c))
+    want = np.exp(want - want.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)

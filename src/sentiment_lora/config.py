@@ -232,12 +232,14 @@ class EvalConfig:
     """Binary tasks: predict the second label when its probability reaches this."""
     calibrate: bool = False
     """Fit eval.calibration on the validation sample (needs data.val_size > 0 or data.val_split)."""
-    calibration: str = "threshold"
-    """What calibrate fits: threshold (two classes: the decision threshold that maximises
-    validation accuracy), temperature (any number of classes: one scalar T, probabilities
-    softmax(log p / T), the validation log-loss minimised; decisions unchanged) or both
-    (temperature first, then the threshold on the scaled probabilities). With more than two
-    classes, threshold means temperature."""
+    calibration: str = "temperature"
+    """What calibrate fits: temperature (any number of classes: one scalar T, probabilities
+    softmax(log p / T), the validation log-loss minimised; decisions unchanged), threshold (two
+    classes: the decision threshold that maximises validation accuracy) or both (temperature
+    first, then the threshold on the scaled probabilities). With more than two classes,
+    threshold means temperature. Temperature is the default because on the IMDB demo protocol
+    it kept the accuracy (0.884) and lowered the test ECE from 0.057 to 0.033, while the
+    threshold fitted on 128 reviews lost a point (0.874); see benchmarks/calibration_imdb.py."""
     max_new_tokens: int = 5
     """Tokens generated per review by the generate method."""
     verify_samples: int = 16

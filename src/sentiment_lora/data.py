@@ -166,6 +166,13 @@ def prepare_split(raw: dict[str, list], split: str, cfg: DataConfig, to_class) -
     return sample
 
 
+def unseen(sample: Sample, seen: Sample) -> Sample:
+    """The rows of ``sample`` whose text is not in ``seen``: a test review also in train measures
+    memory, not classification, so every method scores only the others."""
+    known = set(seen.texts)
+    return sample.take([i for i, t in enumerate(sample.texts) if t not in known])
+
+
 def load_full(dataset: str, label_words: list[str], splits=("train", "test")) -> dict[str, Sample]:
     """Every row of the given splits, cleaned and mapped to class indices (no sampling)."""
     cfg = DataConfig(dataset=dataset, train_size=None, test_size=None)

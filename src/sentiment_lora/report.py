@@ -58,8 +58,11 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str 
     _save(fig, Path(path))
 
 
-def plot_calibration(table: list[dict], path: str | Path, title: str = "") -> None:
-    """Reliability diagram: observed frequency per probability bin; the diagonal is perfect."""
+def plot_calibration(table: list[dict], path: str | Path, title: str = "",
+                     xlabel: str = "predicted probability") -> None:
+    """Reliability diagram: observed frequency per probability bin; the diagonal is perfect.
+    The bins are ``metrics.reliability``'s: p(second class) for two classes, else the top
+    label's confidence, which ``xlabel`` should name."""
     used = [b for b in table if b["n"]]
     fig, ax = plt.subplots(figsize=(4.4, 4.2))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
@@ -69,7 +72,7 @@ def plot_calibration(table: list[dict], path: str | Path, title: str = "") -> No
             label="bin mean")
     for b in used:
         ax.text((b["low"] + b["high"]) / 2, 0.02, str(b["n"]), ha="center", fontsize=7, rotation=90)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed frequency",
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=xlabel, ylabel="observed frequency",
            title=title or "calibration")
     ax.legend(loc="upper left", fontsize=8)
     _save(fig, Path(path))

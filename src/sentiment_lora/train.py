@@ -282,9 +282,12 @@ def calibrate(model, tok, prompt: Prompt, cfg: Config, val_ids: list[list[int]],
     threshold = best_threshold(scaled, val_labels) if binary and kind != "temperature" else cfg.eval.threshold
     say(f"calibrated on {len(val_labels)} validation examples: temperature {temperature:.3f}, "
         f"threshold {threshold:.4f}")
+    report = calibration_change(val_probs, scaled, val_labels)
+    # Validation accuracy is what presets are chosen on (never test), so it is kept here too.
+    keep = ~np.isnan(val_probs).any(axis=1)
+    report["accuracy"] = float((decide(scaled[keep], threshold) == np.asarray(val_labels)[keep]).mean())
     return threshold, temperature, {"method": kind if binary else "temperature", "temperature": temperature,
-                                    "threshold": threshold, "validation": calibration_change(val_probs, scaled,
-                                                                                            val_labels)}
+                                    "threshold": threshold, "validation": report}
 
 
 def calibration_change(before: np.ndarray, after: np.ndarray, labels: list[int]) -> dict:
@@ -329,9 +332,10 @@ def save_outputs(run_dir: Path, data: DataBundle, log: list[dict], metrics: dict
     write_jsonl(run_dir / "predictions.jsonl", prediction_rows(data.test, preds, probs, label_words))
     plot_training_curves(log, run_dir / "training_curves.png")
     plot_confusion_matrix(metrics["confusion_matrix"], label_words, run_dir / "confusion_matrix.png",
-                          f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} test reviews")
+                          f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} test examples")
     plot_calibration(metrics["reliability"], run_dir / "calibration.png",
-                     f"ECE {metrics['ece']:.3f} on {metrics['n']} test reviews")
+                     f"ECE {metrics['ece']:.3f} on {metrics['n']} test examples",
+                     f"p({label_words[1]})" if len(label_words) == 2 else "confidence of the top label")
 
 
 def remove_checkpoints(run_dir: Path) -> None:
