@@ -202,7 +202,9 @@ def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | N
                   f"prompt = {spec.prompt.template!r}.format(text=\"A wonderful, moving film.\")",
                   f"batch = tok(prompt, return_tensors=\"pt\", add_special_tokens={adds_bos})",
                   "with torch.no_grad():", "    logits = model(**batch).logits[0, -1]",
-                  "probs = torch.softmax(logits[ids], dim=-1)", f"label = {rule}", "```", "",
+                  # The temperature fitted on validation is part of the classifier's probabilities.
+                  f"probs = torch.softmax(logits[ids] / {float(spec.temperature)!r}, dim=-1)", f"label = {rule}",
+                  "```", "",
                   "sentiment-lora also replaces `<br />` with spaces, and cuts texts longer than the max length "
                   "inside the text only; the snippet does neither."]
     return "\n".join(lines) + "\n"
