@@ -28,8 +28,16 @@ def _command(model: Path, data: Path, out: Path) -> list[str]:
             "--output-dir", str(out)]
 
 
+def _terminal_sigint():
+    # A shell without job control starts background jobs with SIGINT ignored, and a child
+    # inherits that (CI runners, `make test &`); Python then installs no Ctrl-C handler, rightly.
+    # The run is started as a terminal would start it, so Ctrl-C means what it means there.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cmd):
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_terminal_sigint)
 
 
 def _wait_for(path: Path, proc, timeout: float = 120) -> bool:
