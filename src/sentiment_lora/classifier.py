@@ -45,6 +45,35 @@ def check_base_model(spec: ClassifierSpec, model_cfg: ModelConfig) -> None:
                         f"this classifier was trained on ({want[:19]}...); restore that model or train again")
 
 
+# The only type outside skops's defaults that a stack's file may hold; a file asking to build
+# anything else is refused before any of it is built.
+STACK_TYPES = frozenset({"sentiment_lora.baseline.NBScaler"})
+
+
+def save_stack_model(model, path: str | Path) -> Path:
+    """A stack's scikit-learn model as a skops file (arrays and a declared tree of types, no pickle)."""
+    import skops.io as sio
+
+    from .storage import write_with
+
+    return write_with(path, lambda tmp: sio.dump(model, tmp))
+
+
+def load_stack_model(path: str | Path):
+    """The skops file ``save_stack_model`` wrote; one that would build other types is an error."""
+    import skops.io as sio
+
+    try:
+        found = set(sio.get_untrusted_types(file=path))
+    except Exception as exc:  # skops says "bad zip", "missing schema", ...: the file is not one of ours
+        raise UserError(f"{path} is not a readable skops file ({type(exc).__name__}); run sentiment-lora stack "
+                        f"again") from None
+    if found - STACK_TYPES:
+        raise UserError(f"{path} would build types sentiment-lora does not trust ({', '.join(sorted(found))}); "
+                        f"it was not written by sentiment-lora stack: run that again")
+    return sio.load(path, trusted=sorted(found))
+
+
 class SentimentClassifier:
     """Base model + LoRA adapter (or merged weights) + prompt + threshold: text in, label out."""
 
@@ -65,6 +94,8 @@ class SentimentClassifier:
         self.spec = spec
         self.folder: Path | None = None
         """The folder it was loaded from, if any."""
+        self.stack_model = None
+        """The TF-IDF model of ``spec.stack``, once loaded (``from_spec`` does it)."""
 
     @property
     def label_words(self) -> list[str]:
@@ -115,6 +146,8 @@ class SentimentClassifier:
                   clean_html=spec.data.get("clean_html", True), spec=spec,
                   max_batch_tokens=None if batch_size else spec.max_batch_tokens)
         clf.folder = folder
+        if spec.stack is not None:
+            clf.stack_model = load_stack_model(folder / spec.stack.model_file)
         return clf
 
     def compile(self) -> SentimentClassifier:
@@ -169,10 +202,24 @@ class SentimentClassifier:
 
         With the generate method a row is one-hot, or NaN when the answer named no label.
         """
-        return self.proba_of_prompts(self.encode(texts))
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.combine(texts, self.proba_of_prompts(self.encode(texts)))
+
+    def combine(self, texts, llm_probs: np.ndarray) -> np.ndarray:
+        """The final probabilities from the LLM's (``proba_of_prompts``) for these texts: with a
+        stack, the combiner over the LLM's and the TF-IDF model's; else the LLM's unchanged."""
+        stack = self.spec.stack if self.spec else None
+        if stack is None or len(texts) == 0:
+            return llm_probs
+        from .decision import stack_features, stack_proba
+
+        base = self.stack_model.predict_proba([clean_text(t, self.clean_html) for t in texts])
+        return stack_proba(stack_features(llm_probs, base), stack.coef, stack.intercept)
 
     def proba_of_prompts(self, ids: list[list[int]], batch_size: int | None = None) -> np.ndarray:
-        """``predict_proba`` of prompts already encoded by ``encode`` (the server batches those)."""
+        """The LLM's probabilities of prompts already encoded by ``encode`` (the server batches
+        those, then calls ``combine``)."""
         probs = self._raw_proba(ids, batch_size)
         if self.temperature != 1.0 and self.method != "generate":  # generate's rows are one-hot
             from .decision import apply_temperature

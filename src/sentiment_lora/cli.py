@@ -202,6 +202,32 @@ def _serve(args) -> int:
     return 0
 
 
+def _stack(args) -> int:
+    from .spec import ClassifierSpec
+
+    ClassifierSpec.load(args.run_dir)
+    if args.remove:
+        if args.pool:
+            raise _usage("--remove takes no --pool")
+        from .stack import unstack
+
+        unstack(args.run_dir)
+        print(f"removed the stack of {args.run_dir}; it classifies with the LLM alone again")
+        return 0
+    from .stack import stack
+
+    s = stack(args.run_dir, baseline=args.baseline, pool=args.pool, device=args.device)
+    print(f"stacked with {args.baseline} trained on {s['baseline_train_rows']} rows; combiner fitted on "
+          f"{s['val_n']} validation rows")
+    for name, label in (("stack", "stack"), ("llm", "LLM alone"), ("baseline", args.baseline)):
+        m = s["test"][name]
+        lo, hi = m["accuracy_ci95"]
+        print(f"  {label:<9} accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), ECE {_num(m.get('ece'))} on "
+              f"{m['n']} test rows")
+    print(f"written to {args.run_dir} (classifier.json, stack/, metrics.json[\"stack\"])")
+    return 0
+
+
 def _check_port(host: str, port: int) -> None:
     import socket
 
@@ -384,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "confident mistakes) for a run")
     p.add_argument("run_dir")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("stack", parents=[common],
+                       help="combine a trained classifier with a TF-IDF model, fitted on its validation sample")
+    p.add_argument("run_dir")
+    p.add_argument("--baseline", choices=["tfidf", "tfidf-nb"], default="tfidf",
+                   help="the bag-of-words model to stack (tfidf-nb: NB-weighted, two classes)")
+    p.add_argument("--pool", metavar="DATASET", help="train the TF-IDF model on this dataset's train split, or with "
+                   "'all' on the run's whole train split (either less the run's validation and test rows), instead "
+                   "of the run's training sample")
+    p.add_argument("--remove", action="store_true", help="remove the stack: back to the LLM alone")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_stack)
 
     p = sub.add_parser("baseline", parents=[common],
                        help="score a baseline: tfidf (logistic regression) or zero-shot (no adapter)")

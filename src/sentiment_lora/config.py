@@ -259,6 +259,22 @@ class EvalConfig:
 
 
 @dataclass
+class StackConfig:
+    baseline: str | None = None
+    """After training, stack the classifier with this bag-of-words model (tfidf, or tfidf-nb for
+    two classes), as ``sentiment-lora stack`` does; null: the LLM alone."""
+    pool: str | None = None
+    """Train that model on more labelled rows than the run's: all (every row of the run's own
+    train split) or a dataset (its train split); either way less the run's validation and test
+    rows. null: on the run's training sample."""
+
+    def __post_init__(self):
+        _check(self.baseline in (None, "tfidf", "tfidf-nb"), "stack.baseline",
+               f"is {self.baseline!r}; use tfidf, tfidf-nb or null")
+        _check(self.pool is None or self.baseline is not None, "stack.pool", "needs stack.baseline")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -266,10 +282,16 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
 
     def __post_init__(self):
         _check(not (self.eval.calibrate and self.data.val_size == 0 and self.data.val_split is None),
                "eval.calibrate", "needs a validation sample; set data.val_size above 0 or data.val_split")
+        _check(not (self.stack.baseline and self.data.val_size == 0 and self.data.val_split is None),
+               "stack.baseline", "fits its combiner on the validation sample; set data.val_size above 0 or "
+               "data.val_split")
+        _check(not (self.stack.baseline == "tfidf-nb" and len(self.prompt.label_words) != 2), "stack.baseline",
+               "tfidf-nb handles two classes only; use tfidf")
         values, words = self.data.label_values, self.prompt.label_words
         _check(values is None or len(values) == len(words), "data.label_values",
                f"has {len(values or [])} values but prompt.label_words has {len(words)}; give one value per label word")
@@ -375,7 +397,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
-        raise UserError("config: the file must be a YAML mapping with sections model, data, prompt, lora, train, eval")
+        raise UserError(f"config: the file must be a YAML mapping with sections {', '.join(SECTIONS)}")
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise UserError(f"config: unknown section '{unknown[0]}'; valid sections: {', '.join(SECTIONS)}")

@@ -110,3 +110,22 @@ def fit_bias(probs, labels) -> np.ndarray:
     res = minimize(lambda b: log_loss(apply_bias(probs, np.concatenate([[0.0], b])), y), np.zeros(k - 1),
                    method="L-BFGS-B")
     return np.concatenate([[0.0], res.x])
+
+
+def stack_features(*parts) -> np.ndarray:
+    """What a stack's combiner reads of each model's probabilities (n, k): the log-odds for two
+    classes, the centred log-probabilities beyond. Centring removes each row's normalising
+    constant, which otherwise leaks into every class's score through the combiner's weights."""
+    cols = []
+    for probs in parts:
+        logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-7, 1.0))
+        cols.append(logp[:, 1:] - logp[:, :1] if logp.shape[1] == 2 else logp - logp.mean(axis=1, keepdims=True))
+    return np.concatenate(cols, axis=1)
+
+
+def stack_proba(features, coef, intercept) -> np.ndarray:
+    """The combiner's probabilities: softmax(features @ coef.T + intercept), one row of coef per class."""
+    logits = np.asarray(features, dtype=float) @ np.asarray(coef, dtype=float).T + np.asarray(intercept, dtype=float)
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)

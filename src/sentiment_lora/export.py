@@ -60,6 +60,9 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
             if spec.adapter is not None:
                 shutil.copytree(run_dir / spec.adapter, tmp / "adapter")
                 relocatable_adapter(tmp / "adapter", new)
+        if spec.stack is not None:
+            (tmp / spec.stack.model_file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / spec.stack.model_file, tmp / spec.stack.model_file)
         for name in copied:
             shutil.copy2(run_dir / name, tmp / name)
         (tmp / "README.md").write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
@@ -166,6 +169,9 @@ def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | N
               f"| max length | {spec.prompt.max_length} tokens, longer texts cut ({spec.prompt.truncation}) |",
               "| decision | " + (f"p({words[1]}) >= {spec.threshold:.4f} |" if len(words) == 2
                                  else "the most probable class |"),
+              *([f"| stack | combined with a {spec.stack.baseline} model (`{spec.stack.model_file}`, skops) by a "
+                 f"logistic regression: `SentimentClassifier` applies it; the plain-transformers snippet below "
+                 f"gives the LLM's part alone |"] if spec.stack else []),
               "", "## Labels and prompt", "", "| class | label word | token id |", "|---|---|---|"]
     lines += [f"| {i} | {w} | {t} |" for i, (w, t) in enumerate(zip(words, spec.label_token_ids))]
     lines += ["", "Template (`{text}` is the input):", "", "```", spec.prompt.template, "```", ""]

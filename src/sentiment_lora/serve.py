@@ -348,7 +348,7 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
         clf = state["clf"]
         prompts = clf.encode(texts)  # cleaning and the prompt's truncation rule, as in training
         started = time.perf_counter()
-        probs = await state["batcher"].submit(prompts)
+        probs = clf.combine(texts, await state["batcher"].submit(prompts))  # a stack's TF-IDF part, if any
         return probs, single, params, (time.perf_counter() - started) * 1000
 
     @app.post("/predict")

@@ -20,8 +20,11 @@ from .storage import path_problem, read_json, write_json
 
 FILE = "classifier.json"
 FORMAT = "sentiment-lora-classifier/2"
+# A stacked classifier is /3, so a version that would silently ignore its stack refuses it.
+STACKED = "sentiment-lora-classifier/3"
 # /1 had no fingerprint, no bundled base and always an adapter; it reads as /2 with those unset.
-READABLE = (FORMAT, "sentiment-lora-classifier/1")
+READABLE = (FORMAT, STACKED, "sentiment-lora-classifier/1")
+BASELINES = ("tfidf", "tfidf-nb")
 # Written beside the model files of a classifier folder, but not deciding its predictions.
 _NOT_MODEL = {FILE, "README.md", "metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png",
               "calibration.png", "predictions.jsonl", "train_log.jsonl", "report.html"}
@@ -43,6 +46,58 @@ class BaseModelRef:
     """The base model travels inside the classifier folder (``sentiment-lora export``)."""
     origin: str | None = None
     """Bundled: the base model the classifier was trained from, as given then (for the record)."""
+
+
+@dataclass
+class StackSpec:
+    """A stack: the LLM's probabilities combined with a TF-IDF model's by a logistic regression
+    fitted on the run's validation sample (``sentiment-lora stack``)."""
+
+    baseline: str
+    """tfidf or tfidf-nb: the bag-of-words model stacked with the LLM."""
+    model_file: str
+    """Its skops file, relative to the classifier folder (never a pickle)."""
+    coef: list[list[float]]
+    """Combiner weights, one row per class, over ``decision.stack_features(llm, baseline)``."""
+    intercept: list[float]
+    """Combiner bias, one per class."""
+    pool: str | None = None
+    """Dataset the baseline was trained on (its train split less the run's validation and test
+    rows); None: the run's own training sample."""
+    train_rows: int = 0
+    """Rows the baseline was trained on."""
+    llm_threshold: float = 0.5
+    """The LLM's own decision threshold, before stacking (the stack decides at 0.5)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, classes: int, bad) -> StackSpec:
+        if not isinstance(d, dict):
+            raise bad(f"field 'stack' is {brief(d)}")
+        width = 2 * (1 if classes == 2 else classes)
+
+        def numbers(xs) -> bool:
+            return isinstance(xs, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                and math.isfinite(x) for x in xs)
+
+        if d.get("baseline") not in BASELINES:
+            raise bad(f"stack.baseline {brief(d.get('baseline'))} must be one of {', '.join(BASELINES)}")
+        if not isinstance(d.get("model_file"), str) or not _inside(d["model_file"]):
+            raise bad(f"stack.model_file {brief(d.get('model_file'))} must be a path inside the folder")
+        coef, intercept = d.get("coef"), d.get("intercept")
+        if not (isinstance(coef, list) and len(coef) == classes and all(numbers(r) and len(r) == width for r in coef)
+                and numbers(intercept) and len(intercept) == classes):
+            raise bad(f"stack.coef and stack.intercept must be {classes} x {width} and {classes} finite numbers")
+        pool, rows, threshold = d.get("pool"), d.get("train_rows", 0), d.get("llm_threshold", 0.5)
+        if pool is not None and not isinstance(pool, str) or not isinstance(rows, int) or isinstance(rows, bool):
+            raise bad("stack.pool must be a dataset name or null, and stack.train_rows a whole number")
+        if not numbers([threshold]) or not 0 < threshold < 1:
+            raise bad(f"stack.llm_threshold {brief(threshold)} must be a number between 0 and 1")
+        return cls(baseline=d["baseline"], model_file=d["model_file"], coef=[list(map(float, r)) for r in d["coef"]],
+                   intercept=list(map(float, d["intercept"])), pool=pool, train_rows=rows,
+                   llm_threshold=float(threshold))
 
 
 @dataclass
@@ -71,8 +126,10 @@ class ClassifierSpec:
     """How the training data was read (dataset, columns, label values, cleaning, test split),
     so ``evaluate`` reads a dataset the same way."""
     files: dict[str, str] = field(default_factory=dict)
-    """``sha256:...`` of each model file (adapter, bundled base), relative to the folder; set
-    by ``save`` and checked by ``load``."""
+    """``sha256:...`` of each model file (adapter, bundled base, stack), relative to the folder;
+    set by ``save`` and checked by ``load``."""
+    stack: StackSpec | None = None
+    """A TF-IDF model stacked with the LLM; None: the LLM's probabilities are the answer."""
 
     @property
     def label_words(self) -> list[str]:
@@ -93,6 +150,8 @@ class ClassifierSpec:
             "data": {k: self.data[k] for k in DATA_KEYS if k in self.data},
             "files": dict(self.files),
         }
+        if self.stack is not None:
+            d.update(format=STACKED, stack=self.stack.to_dict())
         return {**d, "checksum": checksum(d)}
 
     @classmethod
@@ -169,10 +228,15 @@ class ClassifierSpec:
         if not all(isinstance(k, str) and isinstance(v, str) and v.startswith("sha256:") and _inside(k)
                    for k, v in files.items()):
             raise bad("field 'files' must map relative paths inside the folder to sha256: hashes")
+        stack = d.get("stack") if d["format"] == STACKED else None
+        if d["format"] == STACKED:
+            stack = StackSpec.from_dict(stack, len(prompt.label_words), bad)
+            if stack.model_file not in files:
+                raise bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), threshold=float(threshold),
                    temperature=float(temperature), method=method, adapter=adapter, batch_size=batch_size,
                    max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens,
-                   data={k: data[k] for k in DATA_KEYS if k in data}, files=dict(files))
+                   data={k: data[k] for k in DATA_KEYS if k in data}, files=dict(files), stack=stack)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/classifier.json`` atomically, with the sha256 of each model file in
@@ -217,6 +281,8 @@ class ClassifierSpec:
         if self.base_model.bundled and (folder / self.base_model.name_or_path).is_dir():
             base = folder / self.base_model.name_or_path
             names += [p for p in base.iterdir() if p.is_file() and p.name not in _NOT_MODEL]
+        if self.stack is not None:
+            names.append(folder / self.stack.model_file)
         return sorted({p.relative_to(folder).as_posix() for p in names})
 
     def verify_files(self, folder: str | Path) -> None:

@@ -438,5 +438,10 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     write_report(run_dir, spec)
     spec.save(run_dir)  # last: classifier.json marks a complete, verified run folder
     remove_checkpoints(run_dir)
+    if cfg.stack.baseline:  # a complete LLM classifier first; the stack is a step on top of it
+        from .stack import stack
+
+        say(f"stacking with {cfg.stack.baseline}")
+        metrics["stack"] = stack(run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device)
     metrics["run_dir"] = str(run_dir)  # returned, not saved: the folder may move
     return metrics

@@ -1,0 +1,173 @@
+"""``sentiment-lora stack``: combine a trained LLM classifier with a TF-IDF model.
+
+A bag-of-words model and a label-token LLM make different mistakes: one counts words, the
+other reads. A small logistic regression over both models' log-probabilities, fitted on the
+run's validation sample only, takes the better of each. Its parts are written into the run
+folder (the TF-IDF model as a skops file, the combiner's weights in ``classifier.json``), so
+``SentimentClassifier``, ``evaluate``, ``predict`` and ``serve`` use the stack with no change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .baseline import fit_tfidf
+from .classifier import SentimentClassifier, save_stack_model
+from .config import DataConfig, load_config
+from .data import Sample, label_mapper, load_splits, prepare_data, prepare_split
+from .decision import decide, log_loss, stack_features, stack_proba
+from .errors import UserError
+from .metrics import compute_metrics
+from .spec import BASELINES, ClassifierSpec, StackSpec
+from .storage import read_json, write_json
+
+FOLDER = "stack"
+# A range wide enough for two to ten features and a few hundred validation rows.
+COMBINER_CS = tuple(float(c) for c in np.logspace(-3, 3, 13))
+
+
+def fit_combiner(features: np.ndarray, labels, classes: int, seed: int = 42) -> tuple[list, list, dict]:
+    """Logistic regression over ``stack_features``, its C chosen by cross-validated log-loss on
+    the rows given (the validation sample). Returns one coefficient row and intercept per class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    y = np.asarray(labels, dtype=int)
+    if len(set(y.tolist())) < classes:
+        raise UserError(f"the validation sample lacks some of the {classes} classes, so the combiner cannot "
+                        f"learn them; train with a larger data.val_size")
+    folds = int(min(5, np.bincount(y, minlength=classes).min()))
+    scores = {}
+    if folds >= 2:
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        scores = {c: float(cross_val_score(LogisticRegression(C=c, max_iter=5000), features, y, cv=split,
+                                           scoring="neg_log_loss").mean()) for c in COMBINER_CS}
+    # Too few rows of some class to cross-validate: the default strength.
+    c = max(COMBINER_CS, key=lambda k: (scores[k], -abs(np.log(k)))) if scores else 1.0
+    lr = LogisticRegression(C=c, max_iter=5000).fit(features, y)
+    coef, intercept = lr.coef_, lr.intercept_
+    if classes == 2:  # sklearn's one row scores the second class against the first
+        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
+        intercept = np.array([0.0, intercept[0]])
+    return coef.tolist(), intercept.tolist(), {"C": c, "cv_folds": folds}
+
+
+def pool_sample(pool: str, data_cfg: DataConfig, label_words: list[str], held: set[str]) -> tuple[Sample, int]:
+    """The train split of ``pool``, read like the run's data, less any text in ``held`` (the
+    run's validation and test samples: the combiner must see the baseline's honest errors)."""
+    cfg = dataclasses.replace(data_cfg, dataset=pool, val_split=None)
+    raw = load_splits(cfg, [cfg.train_split])
+    rows = prepare_split(raw[cfg.train_split], cfg.train_split, cfg, label_mapper(cfg, label_words))
+    keep = [i for i, t in enumerate(rows.texts) if t not in held]
+    return rows.take(keep), len(rows) - len(keep)
+
+
+def _summary(m: dict) -> dict:
+    keys = ("n", "accuracy", "accuracy_ci95", "macro_f1", "roc_auc", "ece", "log_loss")
+    return {k: m[k] for k in keys if k in m}
+
+
+def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None, device: str = "auto") -> dict:
+    """Fit a stack for the classifier in ``run_dir`` and write it there; returns its metrics
+    section (the stack and each part on the run's test sample).
+
+    ``pool``: None trains the TF-IDF model on the run's training sample; ``"all"`` on the whole
+    train split of the run's dataset; anything else names a dataset whose train split to use.
+    Either way the run's validation and test rows are left out."""
+    run_dir = Path(run_dir)
+    spec = ClassifierSpec.load(run_dir)
+    if baseline not in BASELINES:
+        raise UserError(f"--baseline {baseline!r} is not known; use {' or '.join(BASELINES)}")
+    if spec.method == "generate":
+        raise UserError("stacking needs the LLM's label probabilities; this classifier uses eval.method generate, "
+                        "whose answers are one-hot: train it with eval.method logits")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{str(run_dir)!r} has no config.yaml, so its validation sample cannot be drawn again; "
+                        f"stack a training run folder, then export it")
+    cfg = load_config(run_dir / "config.yaml")
+    words = spec.label_words
+    if not cfg.data.val_size and not cfg.data.val_split:
+        raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
+                        "data.val_size above 0 (or data.val_split)")
+    if baseline == "tfidf-nb" and len(words) != 2:
+        raise UserError("--baseline tfidf-nb handles two classes only; use --baseline tfidf")
+    started = time.perf_counter()
+    data = prepare_data(cfg.data, words)  # the run's own seeded samples
+    if pool is None:
+        train, dropped = data.train, 0
+    else:
+        source = cfg.data.dataset if pool == "all" else pool
+        train, dropped = pool_sample(source, cfg.data, words, set(data.val.texts) | set(data.test.texts))
+    text_model, chosen = fit_tfidf(train, baseline == "tfidf-nb", seed=cfg.data.seed, classes=len(words))
+
+    clf = SentimentClassifier.load(run_dir, device=device)
+    llm_threshold = spec.stack.llm_threshold if spec.stack else spec.threshold
+    # The LLM's own probabilities (proba_of_prompts never applies a stack), as serving gives them.
+    llm_val, llm_test = (clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test))
+    base_val, base_test = (text_model.predict_proba(s.texts) for s in (data.val, data.test))
+    coef, intercept, combiner = fit_combiner(stack_features(llm_val, base_val), data.val.labels, len(words),
+                                             cfg.data.seed)
+    stacked_val = stack_proba(stack_features(llm_val, base_val), coef, intercept)
+    stacked = stack_proba(stack_features(llm_test, base_test), coef, intercept)
+
+    parts = {"stack": (stacked, 0.5), "llm": (llm_test, llm_threshold), "baseline": (base_test, 0.5)}
+    test = {name: _summary(compute_metrics(data.test.labels, decide(p, t), p, words, cfg.data.ordinal))
+            for name, (p, t) in parts.items()}
+    for name, (p, _) in parts.items():
+        test[name]["log_loss"] = round(log_loss(p, data.test.labels), 4)
+    val = {name: {"accuracy": float((decide(p, t) == np.asarray(data.val.labels)).mean()),
+                  "log_loss": round(log_loss(p, data.val.labels), 4)}
+           for name, (p, t) in {"stack": (stacked_val, 0.5), "llm": (llm_val, llm_threshold),
+                                "baseline": (base_val, 0.5)}.items()}
+
+    # The new skops file gets a fresh name, so the folder's current classifier.json stays whole
+    # until the new one replaces it; older stack files go after that.
+    name = f"{FOLDER}/{baseline}-{secrets.token_hex(4)}.skops"
+    save_stack_model(text_model, run_dir / name)
+    new = dataclasses.replace(spec, threshold=0.5, stack=StackSpec(
+        baseline=baseline, model_file=name, coef=coef, intercept=intercept, pool=pool, train_rows=len(train),
+        llm_threshold=llm_threshold))
+    new.save(run_dir)
+    _remove_stale(run_dir, keep=name)
+    section = {"baseline": baseline, "pool": pool, "baseline_train_rows": len(train),
+               "pool_rows_dropped_as_val_or_test": dropped, "baseline_C": chosen["C"], "combiner": combiner,
+               "val_n": len(data.val), "val": val, "test": test,
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    _write_metrics(run_dir, section)
+    return section
+
+
+def unstack(run_dir: str | Path) -> None:
+    """Back to the LLM alone: its own threshold again, the stack's files and metrics removed."""
+    run_dir = Path(run_dir)
+    spec = ClassifierSpec.load(run_dir)
+    if spec.stack is None:
+        raise UserError(f"{str(run_dir)!r} has no stack to remove")
+    dataclasses.replace(spec, threshold=spec.stack.llm_threshold, stack=None).save(run_dir)
+    _remove_stale(run_dir, keep=None)
+    _write_metrics(run_dir, None)
+
+
+def _remove_stale(run_dir: Path, keep: str | None) -> None:
+    folder = run_dir / FOLDER
+    for path in folder.glob("*.skops") if folder.is_dir() else ():
+        if path.relative_to(run_dir).as_posix() != keep:
+            path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _write_metrics(run_dir: Path, section: dict | None) -> None:
+    path = run_dir / "metrics.json"
+    if not path.is_file():  # an export without metrics: classifier.json holds the stack
+        return
+    metrics = read_json(path)
+    metrics.pop("stack", None)
+    if section is not None:
+        metrics["stack"] = section
+    write_json(path, metrics)

@@ -1,0 +1,180 @@
+"""``sentiment-lora stack``: the combiner sees validation rows only, the stack survives a save
+and load, nothing in the folder is a pickle, and every way of classifying applies it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from sentiment_lora.classifier import SentimentClassifier
+from sentiment_lora.cli import main
+from sentiment_lora.config import load_config
+from sentiment_lora.data import prepare_data
+from sentiment_lora.decision import stack_features, stack_proba
+from sentiment_lora.errors import UserError
+from sentiment_lora.spec import ClassifierSpec
+
+TEXTS = ["a great and moving film", "boring awful mess, a waste", "the plot was superb and the cast brilliant"]
+
+
+class Untrusted:
+    """Any type outside skops's defaults and sentiment-lora's list."""
+
+    def __init__(self):
+        self.weights = [1.0, 2.0]
+
+
+@pytest.fixture(scope="module")
+def stacked(tiny_run, tmp_path_factory):
+    """A copy of the tiny run, stacked with TF-IDF, and what the combiner was fitted on."""
+    import sentiment_lora.stack as stack_mod
+
+    out = tmp_path_factory.mktemp("stacked") / "run"
+    shutil.copytree(tiny_run, out)
+    seen = {}
+    real = stack_mod.fit_combiner
+
+    def spy(features, labels, classes, seed=42):
+        seen["features"], seen["labels"] = np.array(features), list(labels)
+        return real(features, labels, classes, seed)
+
+    stack_mod.fit_combiner = spy
+    try:
+        section = stack_mod.stack(out, "tfidf", device="cpu")
+    finally:
+        stack_mod.fit_combiner = real
+    return out, section, seen
+
+
+def test_the_combiner_is_fitted_on_validation_rows_only(stacked):
+    out, section, seen = stacked
+    cfg = load_config(out / "config.yaml")
+    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    clf = SentimentClassifier.load(out, device="cpu")
+    # The features of exactly the validation rows, in order: a test row mixed in changes both.
+    llm = clf.proba_of_prompts(clf.encode(data.val.texts))
+    base = clf.stack_model.predict_proba(data.val.texts)
+    assert seen["labels"] == data.val.labels
+    np.testing.assert_allclose(seen["features"], stack_features(llm, base), atol=1e-5)
+    assert not set(data.test.texts) & set(data.val.texts)
+    assert section["val_n"] == len(data.val) and section["test"]["stack"]["n"] == len(data.test)
+
+
+def test_a_stack_round_trips_and_every_path_applies_it(stacked, tmp_path):
+    out, section, _ = stacked
+    spec = ClassifierSpec.load(out)
+    assert spec.stack is not None and spec.stack.baseline == "tfidf" and spec.threshold == 0.5
+    assert spec.stack.model_file in spec.files
+    clf = SentimentClassifier.load(out, device="cpu")
+    got = clf.predict_proba(TEXTS)
+    llm = clf.proba_of_prompts(clf.encode(TEXTS))
+    want = stack_proba(stack_features(llm, clf.stack_model.predict_proba(TEXTS)), spec.stack.coef,
+                       spec.stack.intercept)
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert not np.allclose(got, llm, atol=1e-4)  # the stack changes the answer, it is not a pass-through
+    # The metrics sit beside each part, on the same test rows.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"stack", "llm", "baseline"} <= set(metrics["stack"]["test"])
+    assert len({m["n"] for m in metrics["stack"]["test"].values()}) == 1
+    # predict from the command line gives the stacked probabilities too.
+    rc = main(["predict", str(out), "--json", "--device", "cpu", *TEXTS])
+    assert rc == 0
+    # An export carries the stack along.
+    exported = tmp_path / "export"
+    assert main(["export", str(out), str(exported)]) == 0
+    again = SentimentClassifier.load(exported, device="cpu")
+    np.testing.assert_allclose(again.predict_proba(TEXTS), got, atol=1e-6)
+
+
+def test_nothing_in_a_stacked_folder_is_a_pickle(stacked):
+    out, _, _ = stacked
+    for path in out.rglob("*"):
+        if path.is_file():
+            head = path.read_bytes()[:2]
+            # Pickle protocols 2-5 start with PROTO (0x80) and the protocol number.
+            assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), path
+            assert path.suffix not in (".pkl", ".pickle", ".joblib"), path
+    assert any(p.suffix == ".skops" for p in (out / "stack").iterdir())
+
+
+def test_the_stacked_server_answers_with_the_stack(stacked):
+    from test_serve import live, post
+
+    out, _, _ = stacked
+    want = SentimentClassifier.load(out, device="cpu").predict_proba(TEXTS)
+    with live(out, max_wait_ms=5) as s:
+        rows = post(s.url + "/classify", {"inputs": TEXTS}).json()["results"]
+    words = list(rows[0]["probs"])
+    np.testing.assert_allclose([[r["probs"][w] for w in words] for r in rows], want, atol=1e-6)
+
+
+def test_restack_and_remove(stacked, tmp_path):
+    from sentiment_lora.stack import stack, unstack
+
+    out = tmp_path / "run"
+    shutil.copytree(stacked[0], out)
+    first = ClassifierSpec.load(out).stack.model_file
+    stack(out, "tfidf-nb", device="cpu")  # a second stack replaces the first, file and all
+    spec = ClassifierSpec.load(out)
+    assert spec.stack.baseline == "tfidf-nb" and not (out / first).exists()
+    assert [p.name for p in (out / "stack").iterdir()] == [spec.stack.model_file.split("/")[1]]
+    llm_threshold = spec.stack.llm_threshold
+    unstack(out)
+    spec = ClassifierSpec.load(out)
+    assert spec.stack is None and spec.threshold == llm_threshold and not (out / "stack").exists()
+    assert "stack" not in json.loads((out / "metrics.json").read_text())
+    with pytest.raises(UserError, match="no stack"):
+        unstack(out)
+
+
+def test_a_pool_leaves_out_the_runs_validation_and_test_rows(tiny_run):
+    from sentiment_lora.stack import pool_sample
+
+    cfg = load_config(tiny_run / "config.yaml")
+    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    held = set(data.val.texts) | set(data.test.texts)
+    pool, dropped = pool_sample(cfg.data.dataset, cfg.data, cfg.prompt.label_words, held)
+    assert dropped >= len(data.val) and not held & set(pool.texts)
+    assert set(data.train.texts) <= set(pool.texts)
+
+
+def test_bad_stacks_are_one_line_errors(stacked, tiny_config, tmp_path, capsys):
+    from sentiment_lora.classifier import load_stack_model, save_stack_model
+    from sentiment_lora.stack import stack
+    from sentiment_lora.train import run
+
+    # A tampered skops file: the sha256 in classifier.json catches it.
+    out = tmp_path / "tampered"
+    shutil.copytree(stacked[0], out)
+    model_file = out / ClassifierSpec.load(out).stack.model_file
+    model_file.write_bytes(model_file.read_bytes()[:-10])
+    assert main(["predict", str(out), "--device", "cpu", "fine"]) == 2
+    assert "is damaged" in capsys.readouterr().err
+    # A skops file that would build a type we do not trust is refused before it is built.
+    save_stack_model(Untrusted(), tmp_path / "odd.skops")
+    with pytest.raises(UserError, match="does not trust"):
+        load_stack_model(tmp_path / "odd.skops")
+    (tmp_path / "junk.skops").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a readable skops file"):
+        load_stack_model(tmp_path / "junk.skops")
+    # A run without a validation sample has nothing to fit the combiner on.
+    plain = tmp_path / "no-val"
+    run(tiny_config("data.val_size=0", "train.epochs=1", "eval.verify_samples=0"), plain)
+    with pytest.raises(UserError, match="validation sample"):
+        stack(plain, "tfidf", device="cpu")
+    assert main(["stack", str(plain), "--baseline", "tfidf", "--device", "cpu"]) == 2
+    assert "validation sample" in capsys.readouterr().err
+    assert not (plain / "stack").exists()
+    with pytest.raises(UserError, match="stack.baseline"):
+        tiny_config("data.val_size=0", "stack.baseline=tfidf")
+
+
+def test_a_stack_recipe_in_the_config_stacks_after_training(tiny_config, tmp_path):
+    from sentiment_lora.train import run
+
+    metrics = run(tiny_config("train.epochs=1", "stack.baseline=tfidf"), tmp_path / "run")
+    assert ClassifierSpec.load(tmp_path / "run").stack.baseline == "tfidf"
+    assert metrics["stack"]["test"]["stack"]["n"] == metrics["n"]
