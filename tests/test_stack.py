@@ -79,6 +79,7 @@ def test_a_stack_round_trips_and_every_path_applies_it(stacked, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"stack", "llm", "baseline"} <= set(metrics["stack"]["test"])
     assert len({m["n"] for m in metrics["stack"]["test"].values()}) == 1
+    assert "Stacked with tfidf" in (out / "report.html").read_text()  # the page says what decides
     # predict from the command line gives the stacked probabilities too.
     rc = main(["predict", str(out), "--json", "--device", "cpu", *TEXTS])
     assert rc == 0

@@ -202,8 +202,7 @@ class SentimentClassifier:
 
         With the generate method a row is one-hot, or NaN when the answer named no label.
         """
-        if isinstance(texts, str):
-            texts = [texts]
+        texts = [texts] if isinstance(texts, str) else list(texts)  # read twice with a stack
         return self.combine(texts, self.proba_of_prompts(self.encode(texts)))
 
     def combine(self, texts, llm_probs: np.ndarray) -> np.ndarray:

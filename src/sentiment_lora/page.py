@@ -91,7 +91,8 @@ def facts(run_dir: str | Path, spec=None) -> dict:
             "truncation": spec.prompt.truncation, "threshold": spec.threshold, "method": spec.method,
             "dataset": spec.data.get("dataset"), "lora": dict(cfg.lora.__dict__) if cfg else None,
             "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8") if cfg else None,
-            "metrics": metrics, "data": metrics.get("data") if isinstance(metrics.get("data"), dict) else {}}
+            "metrics": metrics, "data": metrics.get("data") if isinstance(metrics.get("data"), dict) else {},
+            "stack": spec.stack.baseline if spec.stack else None}
 
 
 def card_html(f: dict, run_dir: str | Path) -> str:
@@ -113,6 +114,18 @@ def card_html(f: dict, run_dir: str | Path) -> str:
              ("Decision", escape(f"p({f['labels'][1]}) ≥ {f['threshold']:.4f}" if len(f["labels"]) == 2
                                  else "most probable label")),
              ("Max length", escape(f"{f['max_length']} tokens, cut {f['truncation']}"))]
+    if f.get("stack"):
+        st = m.get("stack") if isinstance(m.get("stack"), dict) else {}
+        parts = st.get("test") if isinstance(st.get("test"), dict) else {}
+
+        def acc_of(name):
+            part = parts.get(name)
+            return _num(part.get("accuracy")) if isinstance(part, dict) else "n/a"
+
+        # The test figures above are the LLM's own; the stack decides now, so it comes first.
+        items.insert(3, ("Stacked with " + escape(f["stack"]),
+                         escape(f"test accuracy {acc_of('stack')} (LLM alone {acc_of('llm')}, "
+                                f"{f['stack']} alone {acc_of('baseline')})")))
     out = ['<div class=facts>'] + [f'<div class=fact><span class=muted>{k}</span><b>{v}</b></div>' for k, v in items]
     out.append("</div>")
     out.append(f"<p class=muted>Template: <code>{escape(f['template'])}</code></p>")

@@ -23,6 +23,7 @@ from .data import Sample, label_mapper, load_splits, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
 from .metrics import compute_metrics
+from .page import write_report
 from .spec import BASELINES, ClassifierSpec, StackSpec
 from .storage import read_json, write_json
 
@@ -139,6 +140,7 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
                "val_n": len(data.val), "val": val, "test": test,
                "wall_seconds": round(time.perf_counter() - started, 1)}
     _write_metrics(run_dir, section)
+    write_report(run_dir, new)
     return section
 
 
@@ -148,9 +150,11 @@ def unstack(run_dir: str | Path) -> None:
     spec = ClassifierSpec.load(run_dir)
     if spec.stack is None:
         raise UserError(f"{str(run_dir)!r} has no stack to remove")
-    dataclasses.replace(spec, threshold=spec.stack.llm_threshold, stack=None).save(run_dir)
+    new = dataclasses.replace(spec, threshold=spec.stack.llm_threshold, stack=None)
+    new.save(run_dir)
     _remove_stale(run_dir, keep=None)
     _write_metrics(run_dir, None)
+    write_report(run_dir, new)
 
 
 def _remove_stale(run_dir: Path, keep: str | None) -> None:
