@@ -122,7 +122,7 @@ def test_set_any_value_for_any_key_gives_a_config_or_a_one_line_error(key, value
 
 
 def test_config_keys_cover_every_section():
-    assert {k.split(".")[0] for k in CONFIG_KEYS} == {"model", "data", "prompt", "lora", "train", "eval"}
+    assert {k.split(".")[0] for k in CONFIG_KEYS} == {"model", "data", "prompt", "lora", "train", "eval", "stack"}
     assert {"train.lr", "train.seed", "data.seed", "data.label_values", "eval.calibrate"} <= set(CONFIG_KEYS)
 
 
