@@ -22,7 +22,8 @@ The protocol (change it only together with the results file):
 
 Each part writes its run folder under ``--work-dir`` and is skipped on a rerun when its
 ``metrics.json`` is there (``--force`` reruns), so the benchmark can be run in pieces
-(``--only``). The summary is rebuilt from what exists: ``benchmarks/results/quality-cpu.json``.
+(``--only``). The summary is rebuilt from what exists in ``--work-dir``; a part with no run
+folder there keeps its figures from the results file, ``benchmarks/results/quality-cpu.json``.
 
     make bench-quality DATA=../shared/imdb
 """
@@ -185,9 +186,12 @@ def main(argv=None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
         print(f"{part}: running", file=sys.stderr)
         run_part(part, args.dataset, work)
-    result = summary(work)
-    print(markdown(result))
     out = Path(args.output)
+    result = summary(work)
+    # Parts measured in another work folder (or session) keep their figures from the results file.
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    result.update({k: v for k, v in previous.items() if result.get(k) is None and v is not None})
+    print(markdown(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
