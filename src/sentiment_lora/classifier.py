@@ -120,7 +120,7 @@ class SentimentClassifier:
     @classmethod
     def from_spec(cls, spec: ClassifierSpec, folder: str | Path, device: str = "auto", dtype: str = "auto",
                   batch_size: int | None = None, merge: bool = True) -> SentimentClassifier:
-        from .model import load_adapter, load_base_model, load_tokenizer, pick_device, pick_dtype
+        from .model import load_adapter, load_base_model, load_label_head, load_tokenizer, pick_device, pick_dtype
 
         folder = Path(folder)
         if spec.adapter is not None and not (folder / spec.adapter / "adapter_config.json").is_file():
@@ -140,6 +140,8 @@ class SentimentClassifier:
             model = load_adapter(model, folder / spec.adapter)
             if merge:
                 model = model.merge_and_unload()
+        if spec.head is not None:  # after merging: peft merges its own layers, not this one
+            load_label_head(model, folder / spec.head, spec.label_token_ids)
         model.eval()
         clf = cls(model, tok, prompt, threshold=spec.threshold, method=spec.method, temperature=spec.temperature,
                   batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
@@ -162,11 +164,15 @@ class SentimentClassifier:
         return self
 
     def save_adapter(self, folder: str | Path) -> None:
-        """The LoRA weights into ``folder/adapter`` (atomically, as a whole folder)."""
+        """The LoRA weights, and the label head if any, into ``folder/adapter`` (atomically, as a
+        whole folder)."""
+        from .model import label_head, save_label_head
         from .storage import write_dir
 
         def save(tmp: Path) -> None:
             self.model.save_pretrained(tmp, save_embedding_layers=False)
+            if label_head(self.model) is not None:
+                save_label_head(self.model, tmp)
             relocatable_adapter(tmp, self.spec)
 
         write_dir(Path(folder) / "adapter", save)
@@ -184,8 +190,8 @@ class SentimentClassifier:
 
             shutil.copytree(self.folder / base.name_or_path, Path(folder) / base.name_or_path, dirs_exist_ok=True)
         self.save_adapter(folder)
-        dataclasses.replace(self.spec, adapter="adapter", threshold=self.threshold, temperature=self.temperature,
-                            batch_size=self.batch_size,
+        dataclasses.replace(self.spec, adapter="adapter", head=head_path(self.model), threshold=self.threshold,
+                            temperature=self.temperature, batch_size=self.batch_size,
                             max_batch_tokens=self.max_batch_tokens).save(folder)
 
     # --- classifying --------------------------------------------------------------------
@@ -275,9 +281,16 @@ def relocatable_adapter(adapter_dir: Path, spec: ClassifierSpec | None) -> None:
     (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's template card repeats the local path
 
 
+def head_path(model) -> str | None:
+    """Where ``save_adapter`` puts the model's label head, relative to the folder; None without one."""
+    from .model import HEAD_FILE, label_head
+
+    return f"adapter/{HEAD_FILE}" if label_head(model) is not None else None
+
+
 def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, method: str, batch_size: int,
                  max_new_tokens: int, data: dict, max_batch_tokens: int | None = None,
-                 temperature: float = 1.0) -> ClassifierSpec:
+                 temperature: float = 1.0, head: str | None = None) -> ClassifierSpec:
     """The spec of a freshly trained classifier; the base model is recorded as given, with its fingerprint."""
     from .model import fingerprint
 
@@ -285,7 +298,8 @@ def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, metho
         base_model=BaseModelRef(model_cfg.name_or_path, model_cfg.gguf_file, fingerprint(model_cfg)),
         prompt=prompt.cfg, label_token_ids=list(prompt.label_token_ids), threshold=threshold,
         temperature=temperature, method=method,
-        batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens, data=data)
+        batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens, data=data,
+        head=head)
 
 
 # --- the seed notebook's names, kept working -------------------------------------------

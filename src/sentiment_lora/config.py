@@ -156,6 +156,9 @@ class LoraConfig:
     """Dropout on the LoRA input."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Module names that get an adapter; [all-linear] targets every linear layer."""
+    head: bool = False
+    """Also train the label words' rows of the LM head: a linear classification head over the
+    last position's hidden state, initialised from those rows and saved with the adapter."""
 
     def __post_init__(self):
         _check(self.r > 0, "lora.r", f"is {self.r}; use a positive rank")

@@ -33,7 +33,7 @@ def _origin(spec: ClassifierSpec) -> str:
 def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype: str = "float32") -> Path:
     """Write a standalone copy of the classifier in ``run_dir`` to ``out_dir`` (which must not exist
     or be empty). The folder appears whole or not at all."""
-    from .model import load_base_model, pick_dtype
+    from .model import bake_label_head, load_base_model, pick_dtype
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -46,9 +46,11 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
 
     def fill(tmp: Path) -> None:
         if merge:
+            bake_label_head(clf.model)  # a trained head becomes the saved LM head's label rows
             clf.model.save_pretrained(tmp)  # load() merged the LoRA weights into the base (merge_and_unload)
             clf.tokenizer.save_pretrained(tmp)
-            new = dataclasses.replace(spec, adapter=None, base_model=BaseModelRef(".", bundled=True, origin=origin))
+            new = dataclasses.replace(spec, adapter=None, head=None,
+                                      base_model=BaseModelRef(".", bundled=True, origin=origin))
         else:
             model_cfg = base_model_config(spec, run_dir, device="cpu", dtype=dtype)
             torch_dtype = pick_dtype(dtype, clf.model.device)
@@ -169,6 +171,9 @@ def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | N
               f"| max length | {spec.prompt.max_length} tokens, longer texts cut ({spec.prompt.truncation}) |",
               "| decision | " + (f"p({words[1]}) >= {spec.threshold:.4f} |" if len(words) == 2
                                  else "the most probable class |"),
+              *(["| label head | the label words' rows of the LM head were trained with the adapter"
+                 + (" and are written into the LM head here (untied from the input embeddings) |" if merged
+                    else f" (`{spec.head}`) |")] if spec.head or (merged and lora and lora.get("head")) else []),
               *([f"| stack | combined with a {spec.stack.baseline} model (`{spec.stack.model_file}`, skops) by a "
                  f"logistic regression: `SentimentClassifier` applies it; the plain-transformers snippet below "
                  f"gives the LLM's part alone |"] if spec.stack else []),

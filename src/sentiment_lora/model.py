@@ -205,6 +205,106 @@ def add_lora(model, cfg: LoraConfig):
         raise UserError(f"config: lora.target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
 
 
+HEAD_FILE = "label_head.safetensors"
+"""The trained label rows of the LM head (``lora.head``), saved inside the adapter folder."""
+
+
+class LabelRows(torch.nn.Module):
+    """The LM head with the label words' rows made trainable: a linear classification head over
+    the last position's hidden state, initialised from those rows (``lora.head``).
+
+    It keeps the full vocabulary output, so scoring, training and generation read it as they
+    read the LM head. It has no bias on purpose: without one it is the LM head with some rows
+    changed, which a merged export writes as a plain untied LM head (``bake_label_head``).
+    """
+
+    def __init__(self, lm_head: torch.nn.Module, token_ids: list[int], weight: torch.Tensor | None = None):
+        super().__init__()
+        self.lm_head = lm_head
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long, device=lm_head.weight.device),
+                             persistent=False)
+        rows = lm_head.weight.detach()[self.token_ids] if weight is None else weight
+        self.weight = torch.nn.Parameter(rows.to(lm_head.weight.device, lm_head.weight.dtype).clone())
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
+        rows = torch.nn.functional.linear(hidden, self.weight)
+        return logits.index_copy(-1, self.token_ids, rows.to(logits.dtype))
+
+
+def _transformer(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def label_head(model) -> LabelRows | None:
+    """The model's trainable label rows, if it has them."""
+    head = _transformer(model).get_output_embeddings()
+    return head if isinstance(head, LabelRows) else None
+
+
+def add_label_head(model, token_ids: list[int], weight: torch.Tensor | None = None) -> LabelRows:
+    """Put ``LabelRows`` in place of the LM head: trainable (after peft froze the base) unless
+    the caller freezes it; ``weight`` restores saved rows."""
+    base = _transformer(model)
+    if label_head(model) is not None:
+        raise ValueError("the model already has a label head")
+    head = LabelRows(base.get_output_embeddings(), token_ids, weight)
+    base.set_output_embeddings(head)
+    return head
+
+
+def save_label_head(model, folder: str | Path) -> None:
+    """The label rows and their token ids as ``folder/label_head.safetensors`` (tensors only)."""
+    from safetensors.torch import save_file
+
+    head = label_head(model)
+    save_file({"weight": head.weight.detach().float().cpu().contiguous(), "token_ids": head.token_ids.cpu()},
+              str(Path(folder) / HEAD_FILE))
+
+
+def load_label_head(model, path: str | Path, token_ids: list[int]) -> LabelRows:
+    """The rows ``save_label_head`` wrote, in place of the model's LM head (frozen, for inference)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    base = _transformer(model)
+    try:
+        saved = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"the label head {str(path)!r} cannot be read ({str(exc).splitlines()[0][:120]}); "
+                        f"train again") from None
+    lm_head = base.get_output_embeddings()
+    weight, ids = saved.get("weight"), saved.get("token_ids")
+    if (weight is None or ids is None or ids.tolist() != list(token_ids)
+            or tuple(weight.shape) != (len(token_ids), lm_head.weight.shape[1])):
+        raise UserError(f"the label head {str(path)!r} does not fit this classifier's label words and base model; "
+                        f"train again")
+    head = add_label_head(model, token_ids, weight)
+    head.weight.requires_grad_(False)
+    return head
+
+
+def bake_label_head(model) -> None:
+    """Write a label head into a plain, untied LM head, so a merged model folder holds it and
+    loads with ``AutoModelForCausalLM`` alone (the input embeddings stay as they were)."""
+    head = label_head(model)
+    if head is None:
+        return
+    base = _transformer(model)
+    old = head.lm_head
+    plain = torch.nn.Linear(old.weight.shape[1], old.weight.shape[0], bias=old.bias is not None,
+                            device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(old.weight)
+        plain.weight[head.token_ids] = head.weight.to(plain.weight.dtype)
+        if old.bias is not None:
+            plain.bias.copy_(old.bias)
+    base.set_output_embeddings(plain)
+    for cfg in {id(c): c for c in (base.config, base.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = False
+
+
 def load_adapter(model, adapter_dir: str | Path):
     """The LoRA adapter in ``adapter_dir`` on ``model``; a damaged adapter is one UserError naming it."""
     from peft import PeftModel

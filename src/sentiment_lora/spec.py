@@ -20,10 +20,11 @@ from .storage import path_problem, read_json, write_json
 
 FILE = "classifier.json"
 FORMAT = "sentiment-lora-classifier/2"
-# A stacked classifier is /3, so a version that would silently ignore its stack refuses it.
-STACKED = "sentiment-lora-classifier/3"
+# A classifier with a stack or a label head is /3, so a version that would silently ignore
+# either refuses it.
+EXTENDED = "sentiment-lora-classifier/3"
 # /1 had no fingerprint, no bundled base and always an adapter; it reads as /2 with those unset.
-READABLE = (FORMAT, STACKED, "sentiment-lora-classifier/1")
+READABLE = (FORMAT, EXTENDED, "sentiment-lora-classifier/1")
 BASELINES = ("tfidf", "tfidf-nb")
 # Written beside the model files of a classifier folder, but not deciding its predictions.
 _NOT_MODEL = {FILE, "README.md", "metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png",
@@ -130,6 +131,9 @@ class ClassifierSpec:
     set by ``save`` and checked by ``load``."""
     stack: StackSpec | None = None
     """A TF-IDF model stacked with the LLM; None: the LLM's probabilities are the answer."""
+    head: str | None = None
+    """The trained label rows of the LM head (``lora.head``), a safetensors file relative to the
+    folder; None: the base model's own LM head."""
 
     @property
     def label_words(self) -> list[str]:
@@ -151,7 +155,9 @@ class ClassifierSpec:
             "files": dict(self.files),
         }
         if self.stack is not None:
-            d.update(format=STACKED, stack=self.stack.to_dict())
+            d.update(format=EXTENDED, stack=self.stack.to_dict())
+        if self.head is not None:
+            d.update(format=EXTENDED, head=self.head)
         return {**d, "checksum": checksum(d)}
 
     @classmethod
@@ -228,15 +234,22 @@ class ClassifierSpec:
         if not all(isinstance(k, str) and isinstance(v, str) and v.startswith("sha256:") and _inside(k)
                    for k, v in files.items()):
             raise bad("field 'files' must map relative paths inside the folder to sha256: hashes")
-        stack = d.get("stack") if d["format"] == STACKED else None
-        if d["format"] == STACKED:
-            stack = StackSpec.from_dict(stack, len(prompt.label_words), bad)
-            if stack.model_file not in files:
-                raise bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
+        stack = head = None
+        if d["format"] == EXTENDED:
+            if d.get("stack") is not None:
+                stack = StackSpec.from_dict(d["stack"], len(prompt.label_words), bad)
+                if stack.model_file not in files:
+                    raise bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
+            head = get(d, "head", str, optional=True)
+            if head is not None and (not _inside(head) or head not in files):
+                raise bad(f"head {head!r} must be a file inside the folder with a sha256 in field 'files'")
+            if stack is None and head is None:
+                raise bad(f"format {EXTENDED} but neither a stack nor a head")
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), threshold=float(threshold),
                    temperature=float(temperature), method=method, adapter=adapter, batch_size=batch_size,
                    max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens,
-                   data={k: data[k] for k in DATA_KEYS if k in data}, files=dict(files), stack=stack)
+                   data={k: data[k] for k in DATA_KEYS if k in data}, files=dict(files), stack=stack,
+                   head=head)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/classifier.json`` atomically, with the sha256 of each model file in
@@ -273,7 +286,7 @@ class ClassifierSpec:
         return spec
 
     def model_files(self, folder: str | Path) -> list[str]:
-        """The files that decide the predictions (adapter, bundled base), relative to ``folder``."""
+        """The files that decide the predictions (adapter, head, bundled base, stack), relative to ``folder``."""
         folder = Path(folder)
         names = []
         if self.adapter is not None and (folder / self.adapter).is_dir():
@@ -283,6 +296,8 @@ class ClassifierSpec:
             names += [p for p in base.iterdir() if p.is_file() and p.name not in _NOT_MODEL]
         if self.stack is not None:
             names.append(folder / self.stack.model_file)
+        if self.head is not None:
+            names.append(folder / self.head)
         return sorted({p.relative_to(folder).as_posix() for p in names})
 
     def verify_files(self, folder: str | Path) -> None:

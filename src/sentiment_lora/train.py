@@ -21,14 +21,24 @@ from tqdm.auto import tqdm
 
 from .checkpoint import FOLDER as CHECKPOINTS
 from .checkpoint import checkpoints, clear_run, damaged, load_checkpoint, plan_run, save_checkpoint
-from .classifier import SentimentClassifier, spec_for_run
+from .classifier import SentimentClassifier, head_path, spec_for_run
 from .config import Config
 from .data import DataBundle, prepare_data
 from .decision import UNDECIDED, apply_temperature, best_threshold, decide, decision_margin, fit_temperature, log_loss
 from .errors import UserError
 from .evaluate import prediction_rows
 from .metrics import compute_metrics, expected_calibration_error
-from .model import add_lora, collate, label_logits, load_base_model, load_tokenizer, pick_device, pick_dtype
+from .model import (
+    add_label_head,
+    add_lora,
+    collate,
+    label_head,
+    label_logits,
+    load_base_model,
+    load_tokenizer,
+    pick_device,
+    pick_dtype,
+)
 from .page import write_report
 from .perf import peak_memory_mb, reset_peak_memory
 from .prompt import Prompt
@@ -195,9 +205,12 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
             if t.save_steps and step % t.save_steps == 0 and step < total_steps:
                 check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
                 if accelerator.is_main_process:
-                    save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
+                    plain = accelerator.unwrap_model(model)
+                    head = label_head(plain)
+                    save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
                                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                              "step": step, "log": log, "rng": torch.get_rng_state()})
+                                              "step": step, "log": log, "rng": torch.get_rng_state(),
+                                              **({"head": head.weight.detach().clone()} if head else {})})
     finally:  # an interrupted bar would redraw itself after the message saying how to continue
         bar.close()
     check_finite(params, step, t)
@@ -222,8 +235,14 @@ def restore(model, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict]
     have = state["adapter"]
     if set(have) != set(want) or any(have[k].shape != want[k].shape for k in want):
         raise damaged(path, run_dir, "its adapter weights do not match lora.r or lora.target_modules")
+    head = label_head(model)
+    if (head is None) != ("head" not in state) or head is not None and state["head"].shape != head.weight.shape:
+        raise damaged(path, run_dir, "its label head does not match lora.head and the label words")
     try:
         set_peft_model_state_dict(model, have)
+        if head is not None:
+            with torch.no_grad():
+                head.weight.copy_(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -379,6 +398,8 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
 
     model = load_base_model(cfg.model, device, dtype, tok.pad_token_id)
     model = add_lora(model, cfg.lora)
+    if cfg.lora.head:
+        add_label_head(model, prompt.label_token_ids)
     trainable, total = model.get_nb_trainable_parameters()
     say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
 
@@ -420,7 +441,8 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         "train": train_stats, "data": stats,
     })
     spec = spec_for_run(cfg.model, prompt, threshold, cfg.eval.method, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                        {k: getattr(cfg.data, k) for k in DATA_KEYS}, cfg.eval.max_batch_tokens, temperature)
+                        {k: getattr(cfg.data, k) for k in DATA_KEYS}, cfg.eval.max_batch_tokens, temperature,
+                        head_path(model))
     clf = SentimentClassifier(model, tok, prompt, threshold=threshold, method=cfg.eval.method, spec=spec,
                               temperature=temperature)
     clf.save_adapter(run_dir)
