@@ -30,6 +30,14 @@ def test_presets_exist():
     assert {"smollm2-cpu.yaml", "smollm2-best.yaml", "tinyllama-imdb.yaml"} <= names
 
 
+def test_hybrid_preset_is_the_best_recipe_plus_a_stack():
+    # The quality benchmark trains the best recipe's row from the hybrid preset: they must not drift apart.
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    best, hybrid = load_config(folder / "smollm2-best.yaml"), load_config(folder / "smollm2-hybrid.yaml")
+    assert hybrid.stack.baseline and not best.stack.baseline
+    assert {**hybrid.to_dict(), "stack": None} == {**best.to_dict(), "stack": None}
+
+
 def test_tinyllama_preset_reproduces_the_seed():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tinyllama-imdb.yaml")
     assert cfg.model.name_or_path == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"

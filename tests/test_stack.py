@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+import sentiment_lora.stack as stack_mod
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.cli import main
 from sentiment_lora.config import load_config
@@ -174,8 +175,26 @@ def test_bad_stacks_are_one_line_errors(stacked, tiny_config, tmp_path, capsys):
 
 
 def test_a_stack_recipe_in_the_config_stacks_after_training(tiny_config, tmp_path):
+    import sentiment_lora.classifier as classifier_mod
     from sentiment_lora.train import run
 
-    metrics = run(tiny_config("train.epochs=1", "stack.baseline=tfidf"), tmp_path / "run")
-    assert ClassifierSpec.load(tmp_path / "run").stack.baseline == "tfidf"
+    real, calls = classifier_mod.SentimentClassifier.proba_of_prompts, []
+
+    def counted(self, ids, *args, **kwargs):
+        calls.append(len(ids))
+        return real(self, ids, *args, **kwargs)
+
+    classifier_mod.SentimentClassifier.proba_of_prompts = counted
+    try:
+        metrics = run(tiny_config("train.epochs=1", "stack.baseline=tfidf"), tmp_path / "run")
+    finally:
+        classifier_mod.SentimentClassifier.proba_of_prompts = real
+    spec = ClassifierSpec.load(tmp_path / "run")
+    assert spec.stack.baseline == "tfidf"
     assert metrics["stack"]["test"]["stack"]["n"] == metrics["n"]
+    # The stack reused the scores training had: only the reload check scored with the saved classifier.
+    assert calls == [metrics["reload_check"]["n"]]
+    # ... and they are the saved classifier's: stacking the finished folder again fits the same combiner.
+    again = stack_mod.stack(tmp_path / "run", "tfidf", device="cpu")
+    np.testing.assert_allclose(ClassifierSpec.load(tmp_path / "run").stack.coef, spec.stack.coef, atol=1e-4)
+    assert again["test"]["stack"]["accuracy"] == metrics["stack"]["test"]["stack"]["accuracy"]

@@ -73,13 +73,18 @@ def _summary(m: dict) -> dict:
     return {k: m[k] for k in keys if k in m}
 
 
-def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None, device: str = "auto") -> dict:
+def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None, device: str = "auto",
+          llm_probs: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fit a stack for the classifier in ``run_dir`` and write it there; returns its metrics
     section (the stack and each part on the run's test sample).
 
     ``pool``: None trains the TF-IDF model on the run's training sample; ``"all"`` on the whole
     train split of the run's dataset; anything else names a dataset whose train split to use.
-    Either way the run's validation and test rows are left out."""
+    Either way the run's validation and test rows are left out.
+
+    ``llm_probs``: the classifier's probabilities on the run's validation and test samples, in
+    sample order, when the caller has them (``train`` just computed them); else they are scored
+    here."""
     run_dir = Path(run_dir)
     spec = ClassifierSpec.load(run_dir)
     if baseline not in BASELINES:
@@ -106,10 +111,15 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
         train, dropped = pool_sample(source, cfg.data, words, set(data.val.texts) | set(data.test.texts))
     text_model, chosen = fit_tfidf(train, baseline == "tfidf-nb", seed=cfg.data.seed, classes=len(words))
 
-    clf = SentimentClassifier.load(run_dir, device=device)
     llm_threshold = spec.stack.llm_threshold if spec.stack else spec.threshold
-    # The LLM's own probabilities (proba_of_prompts never applies a stack), as serving gives them.
-    llm_val, llm_test = (clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test))
+    if llm_probs is None:
+        clf = SentimentClassifier.load(run_dir, device=device)
+        # The LLM's own probabilities (proba_of_prompts never applies a stack), as serving gives them.
+        llm_probs = tuple(clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test))
+    llm_val, llm_test = llm_probs
+    if (len(llm_val), len(llm_test)) != (len(data.val), len(data.test)):
+        raise ValueError(f"llm_probs has {len(llm_val)} and {len(llm_test)} rows; the run's validation and test "
+                         f"samples have {len(data.val)} and {len(data.test)}")
     base_val, base_test = (text_model.predict_proba(s.texts) for s in (data.val, data.test))
     coef, intercept, combiner = fit_combiner(stack_features(llm_val, base_val), data.val.labels, len(words),
                                              cfg.data.seed)

@@ -464,6 +464,13 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         from .stack import stack
 
         say(f"stacking with {cfg.stack.baseline}")
-        metrics["stack"] = stack(run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device)
+        if val_probs is None:
+            val_probs = score(model, enc["val"].input_ids, prompt.label_token_ids, tok.pad_token_id,
+                              cfg.eval.batch_size, progress="validate", max_tokens=cfg.eval.max_batch_tokens)
+        # The probabilities the saved classifier gives (the reload check holds them equal): the
+        # stack need not score validation and test a second time.
+        scaled_val = apply_temperature(val_probs, temperature) if temperature != 1.0 else val_probs
+        metrics["stack"] = stack(run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device,
+                                 llm_probs=(scaled_val, probs))
     metrics["run_dir"] = str(run_dir)  # returned, not saved: the folder may move
     return metrics
