@@ -148,13 +148,13 @@ class Runner:
     def tfidf(self, n, seed, train: Sample):
         from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-        from sentiment_lora.baseline import C_GRID, tfidf_pipeline
+        from sentiment_lora.baseline import C_GRID, pick_c, tfidf_pipeline
 
         started = time.perf_counter()
         folds = StratifiedKFold(min(4, n), shuffle=True, random_state=seed)
         scores = {c: cross_val_score(tfidf_pipeline(False, c, seed), train.texts, train.labels, cv=folds).mean()
                   for c in C_GRID}
-        best = max(C_GRID, key=lambda c: (scores[c], -abs(np.log(c))))
+        best = pick_c(scores)
         model = tfidf_pipeline(False, best, seed).fit(train.texts, train.labels)
         return model.predict_proba(self.test.texts), 0.5, time.perf_counter() - started
 

@@ -94,3 +94,11 @@ def test_tfidf_for_three_unbalanced_classes(tmp_path):
                  "--nb", "--output-dir", str(tmp_path / "nb")]) == 2
     with pytest.raises(UserError, match="two classes only"):
         run_tfidf(cfg, tmp_path / "nb2", nb=True, label_words=["bad", "meh", "good"])
+
+
+def test_pick_c_prefers_the_best_score_then_the_c_nearest_one():
+    from sentiment_lora.baseline import pick_c
+
+    assert pick_c({0.01: 0.7, 1.0: 0.8, 100.0: 0.9}) == 100.0
+    assert pick_c({0.01: 0.9, 0.5: 0.9, 4.0: 0.9, 64.0: 0.8}) == 0.5
+    assert pick_c({0.25: 0.9, 4.0: 0.9}) in (0.25, 4.0)  # |log| equal: either is fine

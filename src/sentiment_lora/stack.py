@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .baseline import fit_tfidf
+from .baseline import fit_tfidf, pick_c
 from .classifier import SentimentClassifier, save_stack_model
 from .config import DataConfig, load_config
 from .data import Sample, label_mapper, load_splits, prepare_data, prepare_split
@@ -49,7 +49,7 @@ def fit_combiner(features: np.ndarray, labels, classes: int, seed: int = 42) -> 
         scores = {c: float(cross_val_score(LogisticRegression(C=c, max_iter=5000), features, y, cv=split,
                                            scoring="neg_log_loss").mean()) for c in COMBINER_CS}
     # Too few rows of some class to cross-validate: the default strength.
-    c = max(COMBINER_CS, key=lambda k: (scores[k], -abs(np.log(k)))) if scores else 1.0
+    c = pick_c(scores) if scores else 1.0
     lr = LogisticRegression(C=c, max_iter=5000).fit(features, y)
     coef, intercept = lr.coef_, lr.intercept_
     if classes == 2:  # sklearn's one row scores the second class against the first
