@@ -11,7 +11,7 @@ from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.errors import UserError
 from sentiment_lora.export import export
 from sentiment_lora.model import HEAD_FILE, label_head, load_label_head
-from sentiment_lora.spec import EXTENDED, ClassifierSpec
+from sentiment_lora.spec import HEADED, ClassifierSpec
 from sentiment_lora.train import run
 
 TEXTS = ["Great superb film, loved it", "awful boring mess", "The plot was dull and the acting terrible.",
@@ -42,7 +42,7 @@ def test_head_is_trained_saved_and_reloads_to_the_same_scores(head_run, tiny_mod
     out, metrics = head_run
     spec = ClassifierSpec.load(out)
     assert spec.head == f"adapter/{HEAD_FILE}" and spec.head in spec.files
-    assert json.loads((out / "classifier.json").read_text())["format"] == EXTENDED
+    assert json.loads((out / "classifier.json").read_text())["format"] == HEADED
     saved = load_file(out / spec.head)
     assert saved["token_ids"].tolist() == spec.label_token_ids
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -100,6 +100,17 @@ def test_exports_carry_the_head(head_run, tmp_path):
     assert emb.data_ptr() != head.data_ptr()
     assert not torch.allclose(emb[spec.label_token_ids], head[spec.label_token_ids])
     assert tok is not None
+
+
+def test_a_spec_that_would_hide_its_head_is_refused(head_run):
+    out, _ = head_run
+    d = json.loads((out / "classifier.json").read_text())
+    d.pop("checksum")
+    for fmt in ("sentiment-lora-classifier/2", "sentiment-lora-classifier/3"):  # readers that know no head
+        with pytest.raises(UserError, match="field 'head' needs format"):
+            ClassifierSpec.from_dict({**d, "format": fmt})
+    with pytest.raises(UserError, match="inside the adapter folder"):
+        ClassifierSpec.from_dict({**d, "head": "elsewhere/label_head.safetensors"})
 
 
 def test_a_head_that_does_not_fit_is_refused(head_run, tmp_path):

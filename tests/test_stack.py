@@ -89,6 +89,11 @@ def test_a_stack_round_trips_and_every_path_applies_it(stacked, tmp_path):
     assert main(["export", str(out), str(exported)]) == 0
     again = SentimentClassifier.load(exported, device="cpu")
     np.testing.assert_allclose(again.predict_proba(TEXTS), got, atol=1e-6)
+    # ... merged too: a stacked spec with no adapter left.
+    assert main(["export", str(out), str(tmp_path / "merged"), "--merge"]) == 0
+    merged = SentimentClassifier.load(tmp_path / "merged", device="cpu")
+    assert merged.spec.adapter is None and merged.spec.stack is not None
+    np.testing.assert_allclose(merged.predict_proba(TEXTS), got, atol=1e-5)
 
 
 def test_nothing_in_a_stacked_folder_is_a_pickle(stacked):

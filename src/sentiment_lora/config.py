@@ -295,6 +295,8 @@ class Config:
                "data.val_split")
         _check(not (self.stack.baseline == "tfidf-nb" and len(self.prompt.label_words) != 2), "stack.baseline",
                "tfidf-nb handles two classes only; use tfidf")
+        _check(not (self.stack.baseline and self.eval.method == "generate"), "stack.baseline",
+               "combines label probabilities, and eval.method generate gives one-hot answers; use eval.method logits")
         values, words = self.data.label_values, self.prompt.label_words
         _check(values is None or len(values) == len(words), "data.label_values",
                f"has {len(values or [])} values but prompt.label_words has {len(words)}; give one value per label word")

@@ -216,6 +216,8 @@ class LabelRows(torch.nn.Module):
     It keeps the full vocabulary output, so scoring, training and generation read it as they
     read the LM head. It has no bias on purpose: without one it is the LM head with some rows
     changed, which a merged export writes as a plain untied LM head (``bake_label_head``).
+    Its rows stay in float32 whatever the model's dtype, as peft keeps LoRA weights: a bf16
+    row would round most small updates away, and fp16 gradients break the grad scaler.
     """
 
     def __init__(self, lm_head: torch.nn.Module, token_ids: list[int], weight: torch.Tensor | None = None):
@@ -224,11 +226,11 @@ class LabelRows(torch.nn.Module):
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long, device=lm_head.weight.device),
                              persistent=False)
         rows = lm_head.weight.detach()[self.token_ids] if weight is None else weight
-        self.weight = torch.nn.Parameter(rows.to(lm_head.weight.device, lm_head.weight.dtype).clone())
+        self.weight = torch.nn.Parameter(rows.to(lm_head.weight.device, torch.float32).clone())
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden)
-        rows = torch.nn.functional.linear(hidden, self.weight)
+        rows = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight)
         return logits.index_copy(-1, self.token_ids, rows.to(logits.dtype))
 
 
@@ -293,13 +295,14 @@ def bake_label_head(model) -> None:
         return
     base = _transformer(model)
     old = head.lm_head
-    plain = torch.nn.Linear(old.weight.shape[1], old.weight.shape[0], bias=old.bias is not None,
+    bias = getattr(old, "bias", None)
+    plain = torch.nn.Linear(old.weight.shape[1], old.weight.shape[0], bias=bias is not None,
                             device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
         plain.weight.copy_(old.weight)
         plain.weight[head.token_ids] = head.weight.to(plain.weight.dtype)
-        if old.bias is not None:
-            plain.bias.copy_(old.bias)
+        if bias is not None:
+            plain.bias.copy_(bias)
     base.set_output_embeddings(plain)
     for cfg in {id(c): c for c in (base.config, base.config.get_text_config())}.values():
         cfg.tie_word_embeddings = False

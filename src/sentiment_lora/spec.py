@@ -20,11 +20,12 @@ from .storage import path_problem, read_json, write_json
 
 FILE = "classifier.json"
 FORMAT = "sentiment-lora-classifier/2"
-# A classifier with a stack or a label head is /3, so a version that would silently ignore
-# either refuses it.
-EXTENDED = "sentiment-lora-classifier/3"
+# A stacked classifier is /3 and one with a label head /4, so a version that would silently
+# ignore either refuses it (a /3 reader knows stacks only).
+STACKED = "sentiment-lora-classifier/3"
+HEADED = "sentiment-lora-classifier/4"
 # /1 had no fingerprint, no bundled base and always an adapter; it reads as /2 with those unset.
-READABLE = (FORMAT, EXTENDED, "sentiment-lora-classifier/1")
+READABLE = (FORMAT, STACKED, HEADED, "sentiment-lora-classifier/1")
 BASELINES = ("tfidf", "tfidf-nb")
 # Written beside the model files of a classifier folder, but not deciding its predictions.
 _NOT_MODEL = {FILE, "README.md", "metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png",
@@ -155,9 +156,9 @@ class ClassifierSpec:
             "files": dict(self.files),
         }
         if self.stack is not None:
-            d.update(format=EXTENDED, stack=self.stack.to_dict())
+            d.update(format=STACKED, stack=self.stack.to_dict())
         if self.head is not None:
-            d.update(format=EXTENDED, head=self.head)
+            d.update(format=HEADED, head=self.head)
         return {**d, "checksum": checksum(d)}
 
     @classmethod
@@ -220,7 +221,7 @@ class ClassifierSpec:
         method = get(d, "method", str, optional=True, default="logits")
         if method not in ("logits", "generate"):
             raise bad(f"method {brief(method)} must be logits or generate")
-        legacy = d["format"] != FORMAT
+        legacy = d["format"] == "sentiment-lora-classifier/1"
         adapter = get(d, "adapter", str, optional=not legacy, default=None)
         if adapter is None and not base.bundled:
             raise bad("no adapter and no bundled base model")
@@ -235,16 +236,18 @@ class ClassifierSpec:
                    for k, v in files.items()):
             raise bad("field 'files' must map relative paths inside the folder to sha256: hashes")
         stack = head = None
-        if d["format"] == EXTENDED:
-            if d.get("stack") is not None:
-                stack = StackSpec.from_dict(d["stack"], len(prompt.label_words), bad)
-                if stack.model_file not in files:
-                    raise bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
-            head = get(d, "head", str, optional=True)
-            if head is not None and (not _inside(head) or head not in files):
-                raise bad(f"head {head!r} must be a file inside the folder with a sha256 in field 'files'")
-            if stack is None and head is None:
-                raise bad(f"format {EXTENDED} but neither a stack nor a head")
+        if d["format"] in (STACKED, HEADED) and d.get("stack") is not None:
+            stack = StackSpec.from_dict(d["stack"], len(prompt.label_words), bad)
+            if stack.model_file not in files:
+                raise bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
+        if d["format"] == HEADED:
+            head = get(d, "head", str)
+            if adapter is None or not head.startswith(f"{adapter}/") or not _inside(head) or head not in files:
+                raise bad(f"head {head!r} must be a file inside the adapter folder with a sha256 in field 'files'")
+        elif "head" in d:
+            raise bad(f"field 'head' needs format {HEADED}, not {d['format']}")
+        if d["format"] == STACKED and stack is None:
+            raise bad(f"format {STACKED} but no stack")
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), threshold=float(threshold),
                    temperature=float(temperature), method=method, adapter=adapter, batch_size=batch_size,
                    max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens,

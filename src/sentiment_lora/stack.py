@@ -19,7 +19,7 @@ import numpy as np
 from .baseline import fit_tfidf, pick_c
 from .classifier import SentimentClassifier, save_stack_model
 from .config import DataConfig, load_config
-from .data import Sample, label_mapper, load_splits, prepare_data, prepare_split
+from .data import DataBundle, Sample, label_mapper, load_splits, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
 from .metrics import compute_metrics
@@ -74,7 +74,7 @@ def _summary(m: dict) -> dict:
 
 
 def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None, device: str = "auto",
-          llm_probs: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+          llm_probs: tuple[np.ndarray, np.ndarray] | None = None, data: DataBundle | None = None) -> dict:
     """Fit a stack for the classifier in ``run_dir`` and write it there; returns its metrics
     section (the stack and each part on the run's test sample).
 
@@ -84,7 +84,8 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
 
     ``llm_probs``: the classifier's probabilities on the run's validation and test samples, in
     sample order, when the caller has them (``train`` just computed them); else they are scored
-    here."""
+    here. ``data``: the run's samples as training drew them; else drawn again from its
+    config.yaml."""
     run_dir = Path(run_dir)
     spec = ClassifierSpec.load(run_dir)
     if baseline not in BASELINES:
@@ -103,7 +104,7 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     if baseline == "tfidf-nb" and len(words) != 2:
         raise UserError("--baseline tfidf-nb handles two classes only; use --baseline tfidf")
     started = time.perf_counter()
-    data = prepare_data(cfg.data, words)  # the run's own seeded samples
+    data = data or prepare_data(cfg.data, words)  # the run's own seeded samples
     if pool is None:
         train, dropped = data.train, 0
     else:

@@ -210,7 +210,8 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                     save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
                                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                               "step": step, "log": log, "rng": torch.get_rng_state(),
-                                              **({"head": head.weight.detach().clone()} if head else {})})
+                                              **({"head": head.weight.detach().clone(),
+                                                  "head_token_ids": head.token_ids.cpu()} if head else {})})
     finally:  # an interrupted bar would redraw itself after the message saying how to continue
         bar.close()
     check_finite(params, step, t)
@@ -236,7 +237,9 @@ def restore(model, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict]
     if set(have) != set(want) or any(have[k].shape != want[k].shape for k in want):
         raise damaged(path, run_dir, "its adapter weights do not match lora.r or lora.target_modules")
     head = label_head(model)
-    if (head is None) != ("head" not in state) or head is not None and state["head"].shape != head.weight.shape:
+    if (head is None) != ("head" not in state) or head is not None and (
+            state["head"].shape != head.weight.shape
+            or state.get("head_token_ids", head.token_ids.cpu()).tolist() != head.token_ids.tolist()):
         raise damaged(path, run_dir, "its label head does not match lora.head and the label words")
     try:
         set_peft_model_state_dict(model, have)
@@ -464,13 +467,15 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         from .stack import stack
 
         say(f"stacking with {cfg.stack.baseline}")
-        if val_probs is None:
-            val_probs = score(model, enc["val"].input_ids, prompt.label_token_ids, tok.pad_token_id,
-                              cfg.eval.batch_size, progress="validate", max_tokens=cfg.eval.max_batch_tokens)
-        # The probabilities the saved classifier gives (the reload check holds them equal): the
-        # stack need not score validation and test a second time.
-        scaled_val = apply_temperature(val_probs, temperature) if temperature != 1.0 else val_probs
+        # The combiner must be fitted on what the saved classifier computes. Training's own scores
+        # are reused only where the reload check found the reloaded classifier within 1e-4 of them
+        # (float32 on a CPU); a merged bf16 model on a GPU differs more, and the stack rescores.
+        check = metrics.get("reload_check")
+        reuse = check is not None and check["max_prob_diff"] <= 1e-4 and val_probs is not None
+        scores = None
+        if reuse:
+            scores = (apply_temperature(val_probs, temperature) if temperature != 1.0 else val_probs, probs)
         metrics["stack"] = stack(run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device,
-                                 llm_probs=(scaled_val, probs))
+                                 llm_probs=scores, data=data)
     metrics["run_dir"] = str(run_dir)  # returned, not saved: the folder may move
     return metrics
