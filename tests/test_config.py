@@ -94,3 +94,10 @@ def test_saved_config_reloads(tmp_path):
     cfg = load_config(None, ["train.epochs=3", "prompt.label_words=[bad, good]"])
     cfg.save(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_a_stack_needs_label_probabilities():
+    from sentiment_lora.errors import UserError
+
+    with pytest.raises(UserError, match="stack.baseline combines label probabilities"):
+        load_config(None, ["stack.baseline=tfidf", "data.val_size=10", "eval.method=generate"])
