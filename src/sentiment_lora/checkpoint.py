@@ -21,11 +21,14 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
-from .storage import write_with
+from .storage import write_json
 
 FOLDER = "checkpoints"
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
+MANIFEST = "manifest.json"
+"""Size, sha256 and step of each checkpoint as written: how a torn or changed one is told apart."""
+CHECKPOINT_FORMAT = "sentiment-lora-checkpoint/2"
 # Everything a training run writes into its folder; anything else makes the folder foreign.
 RUN_FILES = {"config.yaml", "train_log.jsonl", "metrics.json", "predictions.jsonl", "training_curves.png",
              "confusion_matrix.png", "calibration.png", "adapter", FOLDER, "classifier.json", "evaluations",
@@ -103,17 +106,118 @@ def clear_run(run_dir: str | Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+def rng_state() -> dict:
+    """Every random-number generator a training step may draw from: Python's, NumPy's, torch's
+    CPU one and each visible CUDA device's (dropout draws from the device's own)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, extra = random.getstate()
+    return {"python": [version, list(internal), extra], "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(saved: dict) -> None:
+    """Restore what ``rng_state`` returned. CUDA states are restored when as many devices are
+    visible as were saved; otherwise the CUDA generators keep their seeded state."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, internal, extra = saved["python"]
+    random.setstate((version, tuple(internal), extra))
+    kind, keys, pos, has_gauss, gauss = saved["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(saved["cuda"]):
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
 def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
-    """Write the last checkpoint atomically; the one before it becomes ``previous.pt``."""
+    """Write a new last checkpoint; the one before it becomes ``previous.pt``.
+
+    The new file is written and hashed under a temporary name first, then recorded in the
+    manifest, and only then moved in place. A failure at any point (a full disk, a kill)
+    leaves both earlier checkpoints as they were and readable; a write that fails is one
+    UserError saying so."""
+    import hashlib
+    import io
     import os
+    import tempfile
 
     import torch
 
     folder = Path(run_dir) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / LAST).is_file():
-        os.replace(folder / LAST, folder / PREVIOUS)
-    return write_with(folder / LAST, lambda tmp: torch.save(state, tmp))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{LAST}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            # Serialized in memory and written by Python: torch's own file writer turns a full
+            # disk into an opaque RuntimeError, Python into an OSError that names the cause.
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            data = buffer.getbuffer()
+            with open(tmp, "wb") as f:
+                f.write(data)
+            entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "step": int(state["step"])}
+            # Kept: the new file's entry and those of the two files it may still be beside if a
+            # crash comes before the renames (a kill between them must not orphan either).
+            earlier = _manifest(folder)
+            if earlier is None:  # a run folder of an older version: record what is there now
+                earlier = [{"sha256": _sha256(p), "size": p.stat().st_size, "step": None} for p in checkpoints(run_dir)]
+            kept = [entry] + [e for e in earlier if e["sha256"] != entry["sha256"]][:2]
+            write_json(folder / MANIFEST, {"format": CHECKPOINT_FORMAT, "checkpoints": kept})
+            if (folder / LAST).is_file():
+                os.replace(folder / LAST, folder / PREVIOUS)
+            os.replace(tmp, folder / LAST)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"could not save a checkpoint in {folder} ({exc.strerror or exc}); the checkpoints "
+                        f"already there are intact: free disk space (or raise the file-size limit) and run "
+                        f"'sentiment-lora train --resume --output-dir {run_dir}'") from None
+    return folder / LAST
+
+
+def _sha256(path: Path) -> str:
+    from .cache import hash_file  # not memoized: a damaged checkpoint may keep its size and time
+
+    return hash_file(path)
+
+
+def _manifest(folder: Path) -> list[dict] | None:
+    """The manifest's entries; None when there is none (a run of an older version) or it cannot
+    be read."""
+    import json
+
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        entries = data["checkpoints"]
+        if not all(isinstance(e["sha256"], str) and isinstance(e["size"], int) for e in entries):
+            return None
+        return entries
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_manifest(path: Path, entries: list[dict] | None) -> None:
+    """A checkpoint whose size and sha256 are not the ones recorded when it was written is
+    damaged: a wrong byte in a tensor would otherwise load as wrong weights."""
+    if entries is None:
+        return
+    size = path.stat().st_size
+    if not any(e["size"] == size for e in entries):
+        raise ValueError(f"its size, {size} bytes, is not the one recorded in {MANIFEST}: it is truncated or "
+                         f"was changed")
+    if not any(e["sha256"] == _sha256(path) for e in entries):
+        raise ValueError(f"its sha256 is not the one recorded in {MANIFEST}: it was changed after it was written")
 
 
 def _read(path: Path) -> dict:
@@ -134,6 +238,10 @@ def _read(path: Path) -> dict:
         raise ValueError("its adapter weights are malformed")
     if not isinstance(state.get("rng"), torch.Tensor) or state["rng"].dtype != torch.uint8:
         raise ValueError("its random-number state is malformed")
+    rngs = state.get("rng_states")
+    if rngs is not None and not (isinstance(rngs, list) and all(
+            isinstance(r, dict) and {"python", "numpy", "torch", "cuda"} <= set(r) for r in rngs)):
+        raise ValueError("its random-number states are malformed")
     return state
 
 
@@ -141,9 +249,14 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> tuple[dict, Path]:
     """The newest readable checkpoint and its path; a damaged last one falls back to the
     previous one with a warning. Raises UserError when none can be read."""
     found = checkpoints(run_dir)
+    folder = Path(run_dir) / FOLDER
+    entries = _manifest(folder)
+    if entries is None and (folder / MANIFEST).exists():
+        warn(f"warning: {folder / MANIFEST} cannot be read; the checkpoints are checked by their content only")
     problems = []
     for path in found:
         try:
+            _check_manifest(path, entries)
             state = _read(path)
         except (ValueError, OSError) as exc:
             problems.append(f"{path} is damaged ({exc})")

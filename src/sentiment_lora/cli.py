@@ -37,7 +37,7 @@ def _train(args) -> int:
 
     try:
         metrics = run(cfg, args.output_dir, resume=args.resume)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         state = folder_state(args.output_dir)
         if state == "resumable":
             print(f"interrupted: {args.output_dir} holds a checkpoint; continue with 'sentiment-lora train "
@@ -51,7 +51,7 @@ def _train(args) -> int:
                   file=sys.stderr)
         else:
             print("interrupted before anything was written; run the same command again", file=sys.stderr)
-        return _interrupted()
+        return _interrupted(exc)
     if metrics:
         t = metrics["train"]
         lo, hi = metrics["accuracy_ci95"]
@@ -300,8 +300,10 @@ def _usage(message: str):
 _SIGNAL = {"name": "SIGINT"}
 
 
-def _interrupted() -> int:
+def _interrupted(exc: BaseException | None = None) -> int:
     """Exit status of a run stopped by a signal: 128 + its number, as a shell reports it."""
+    if getattr(exc, "signum", None) is not None:
+        return 128 + int(exc.signum)
     return 143 if _SIGNAL["name"] == "SIGTERM" else 130
 
 

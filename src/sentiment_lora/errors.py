@@ -12,6 +12,15 @@ class UserError(Exception):
     """Reported by the CLI as one line on stderr with exit code 2, without a traceback."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM) that a long step finished before stopping; ``signum``
+    says which, so the exit status can too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def printable(text: str) -> str:
     """``text`` as one line that is safe on a terminal: newlines and tabs become spaces, other
     unsafe characters are shown escaped (``\\x1b``), lone surrogates too."""

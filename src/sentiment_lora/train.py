@@ -20,12 +20,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import FOLDER as CHECKPOINTS
-from .checkpoint import checkpoints, clear_run, damaged, load_checkpoint, plan_run, save_checkpoint
+from .checkpoint import (
+    checkpoints,
+    clear_run,
+    damaged,
+    load_checkpoint,
+    plan_run,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .classifier import SentimentClassifier, head_path, spec_for_run
 from .config import Config
 from .data import DataBundle, prepare_data
 from .decision import UNDECIDED, apply_temperature, best_threshold, decide, decision_margin, fit_temperature, log_loss
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .evaluate import prediction_rows
 from .metrics import compute_metrics, expected_calibration_error
 from .model import (
@@ -86,6 +95,47 @@ def step_batches(lengths: list[int], batch_size: int, grad_accum: int, seed: int
         epoch += 1
 
 
+class StopRequest:
+    """While training, SIGINT and SIGTERM ask for a stop instead of raising at once: the step
+    under way finishes, a checkpoint of it is saved, and then ``Interrupted`` is raised. A
+    second signal stops at once. Outside the main thread signals cannot be caught; nothing
+    changes there."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal stays ignored
+                    self._previous[sig] = signal.signal(sig, self._ask)
+        return self
+
+    def _ask(self, signum, frame) -> None:
+        from .errors import Interrupted
+
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        say(f"stopping after this step ({_signal_name(signum)}); send it again to stop at once")
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
 def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: list[int],
         val_ids: list[list[int]], val_labels: list[int], cfg: Config, accelerator, run_dir: Path,
         resume: bool) -> tuple[list[dict], dict, np.ndarray | None]:
@@ -144,74 +194,84 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     reset_peak_memory(device)
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
-    try:
-        while step < total_steps:
-            started = time.perf_counter()
-            running = 0.0
-            _, micros = next(stream)
-            n_step = sum(len(idx) for idx in micros)
-            for micro, idx in enumerate(micros):
-                batch = collate([train_ids[i] for i in idx], pad_id, device)
-                target = torch.tensor([train_labels[i] for i in idx], device=device)
-                sync = micro == len(micros) - 1
-                with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                    logits = label_logits(model, batch["input_ids"], batch["attention_mask"], label_ids)
-                    # A sum over the micro-batch divided by the step's size: the mean over the
-                    # step's reviews even when micro-batches differ in size.
-                    loss = F.cross_entropy(logits, target, reduction="sum") / n_step
-                    accelerator.backward(loss)
-                running += loss.item()
-                tokens += int(batch["attention_mask"].sum())
-                reviews += len(idx)
-            norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-            # One overflowing batch would turn every weight into NaN for good; like fp16's grad
-            # scaler, skip that update instead, and stop if it keeps happening.
-            if torch.isfinite(torch.as_tensor(norm)) and math.isfinite(running):
-                optimizer.step()
-                losses.append(running)
-                bad_in_a_row = 0
-            else:
-                skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= 10:
-                    raise UserError(f"training diverged: 10 optimizer steps in a row had a non-finite loss or "
-                                    f"gradient (last at step {step + 1}); lower train.lr or set "
-                                    f"train.mixed_precision=no")
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_seconds += time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}")
 
-            record = {}
-            if step % max(t.logging_steps, 1) == 0 or step == total_steps:
-                record.update(step=step, epoch=round(step / steps_per_epoch, 3),
-                              loss=round(sum(losses) / len(losses), 5) if losses else None,
-                              lr=scheduler.get_last_lr()[0], skipped_steps=skipped)
-                losses.clear()
-            if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
-                acc = validate()
-                if acc is not None:
-                    record.update(step=step, val_accuracy=acc)
-                    say(f"step {step}: validation accuracy {acc:.4f}")
-            if record:
-                log.append(record)
-                if accelerator.is_main_process:
-                    write_jsonl(run_dir / "train_log.jsonl", log)
-                if t.report_to:
-                    accelerator.log({f"train/{k}": v for k, v in record.items()
-                                     if k not in ("step", "epoch") and v is not None}, step=step)
-            if t.save_steps and step % t.save_steps == 0 and step < total_steps:
-                check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
-                if accelerator.is_main_process:
-                    plain = accelerator.unwrap_model(model)
-                    head = label_head(plain)
-                    save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
-                                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                              "step": step, "log": log, "rng": torch.get_rng_state(),
-                                              **({"head": head.weight.detach().clone(),
-                                                  "head_token_ids": head.token_ids.cpu()} if head else {})})
+    def checkpoint() -> None:
+        check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
+        if accelerator.is_main_process:
+            plain = accelerator.unwrap_model(model)
+            head = label_head(plain)
+            save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
+                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                      "step": step, "log": log, "rng": torch.get_rng_state(),
+                                      "rng_states": [rng_state()],
+                                      **({"head": head.weight.detach().clone(),
+                                          "head_token_ids": head.token_ids.cpu()} if head else {})})
+
+    stop = StopRequest()
+    try:
+        with stop:
+            while step < total_steps:
+                started = time.perf_counter()
+                running = 0.0
+                _, micros = next(stream)
+                n_step = sum(len(idx) for idx in micros)
+                for micro, idx in enumerate(micros):
+                    batch = collate([train_ids[i] for i in idx], pad_id, device)
+                    target = torch.tensor([train_labels[i] for i in idx], device=device)
+                    sync = micro == len(micros) - 1
+                    with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                        logits = label_logits(model, batch["input_ids"], batch["attention_mask"], label_ids)
+                        # A sum over the micro-batch divided by the step's size: the mean over the
+                        # step's reviews even when micro-batches differ in size.
+                        loss = F.cross_entropy(logits, target, reduction="sum") / n_step
+                        accelerator.backward(loss)
+                    running += loss.item()
+                    tokens += int(batch["attention_mask"].sum())
+                    reviews += len(idx)
+                norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+                # One overflowing batch would turn every weight into NaN for good; like fp16's grad
+                # scaler, skip that update instead, and stop if it keeps happening.
+                if torch.isfinite(torch.as_tensor(norm)) and math.isfinite(running):
+                    optimizer.step()
+                    losses.append(running)
+                    bad_in_a_row = 0
+                else:
+                    skipped += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= 10:
+                        raise UserError(f"training diverged: 10 optimizer steps in a row had a non-finite loss or "
+                                        f"gradient (last at step {step + 1}); lower train.lr or set "
+                                        f"train.mixed_precision=no")
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                train_seconds += time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}")
+
+                record = {}
+                if step % max(t.logging_steps, 1) == 0 or step == total_steps:
+                    record.update(step=step, epoch=round(step / steps_per_epoch, 3),
+                                  loss=round(sum(losses) / len(losses), 5) if losses else None,
+                                  lr=scheduler.get_last_lr()[0], skipped_steps=skipped)
+                    losses.clear()
+                if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
+                    acc = validate()
+                    if acc is not None:
+                        record.update(step=step, val_accuracy=acc)
+                        say(f"step {step}: validation accuracy {acc:.4f}")
+                if record:
+                    log.append(record)
+                    if accelerator.is_main_process:
+                        write_jsonl(run_dir / "train_log.jsonl", log)
+                    if t.report_to:
+                        accelerator.log({f"train/{k}": v for k, v in record.items()
+                                         if k not in ("step", "epoch") and v is not None}, step=step)
+                if stop.signum is not None and step < total_steps:
+                    checkpoint()
+                    raise Interrupted(stop.signum)
+                if t.save_steps and step % t.save_steps == 0 and step < total_steps:
+                    checkpoint()
     finally:  # an interrupted bar would redraw itself after the message saying how to continue
         bar.close()
     check_finite(params, step, t)
@@ -248,7 +308,10 @@ def restore(model, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict]
                 head.weight.copy_(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        if state.get("rng_states"):
+            set_rng_state(state["rng_states"][0])
+        else:  # written by a version that kept torch's CPU generator only
+            torch.set_rng_state(state["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise damaged(path, run_dir, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) from None
     return state["step"], state["log"]
