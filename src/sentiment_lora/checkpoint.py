@@ -138,6 +138,15 @@ def set_rng_state(saved: dict) -> None:
         torch.cuda.set_rng_state_all(saved["cuda"])
 
 
+def remove_checkpoints(run_dir: str | Path) -> None:
+    """A finished run needs no checkpoints: remove them, their manifest and the folder."""
+    folder = Path(run_dir) / FOLDER
+    for path in [*checkpoints(run_dir), folder / MANIFEST]:
+        path.unlink(missing_ok=True)
+    if folder.exists() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
     """Write a new last checkpoint; the one before it becomes ``previous.pt``.
 

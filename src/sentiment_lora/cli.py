@@ -38,6 +38,8 @@ def _train(args) -> int:
     try:
         metrics = run(cfg, args.output_dir, resume=args.resume)
     except KeyboardInterrupt as exc:
+        if int(os.environ.get("RANK", "0")) != 0:  # one process of several: the main one says it
+            return _interrupted(exc)
         state = folder_state(args.output_dir)
         if state == "resumable":
             print(f"interrupted: {args.output_dir} holds a checkpoint; continue with 'sentiment-lora train "

@@ -19,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import FOLDER as CHECKPOINTS
 from .checkpoint import (
-    checkpoints,
     clear_run,
     damaged,
     load_checkpoint,
     plan_run,
+    remove_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -56,9 +55,34 @@ from .scoring import score, score_generate
 from .spec import DATA_KEYS
 from .storage import write_json, write_jsonl
 
+_MAIN = {"process": True}
+"""Whether this is the main process of the run (``run`` sets it): the others say nothing."""
+
 
 def say(message: str) -> None:
-    tqdm.write(message)
+    if _MAIN["process"]:
+        tqdm.write(message)
+
+
+def shared_score(accelerator, n: int, scorer, progress: str | None = None) -> np.ndarray:
+    """``scorer(indices, progress)`` over rows 0..n-1, split across the run's processes (every
+    world-th row each) and gathered, in row order, on every process. Each row is scored
+    exactly once, whether or not n divides by the number of processes."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1:
+        return scorer(list(range(n)), progress)
+    from accelerate.utils import gather_object
+
+    mine = list(range(rank, n, world))
+    parts = gather_object([(mine, scorer(mine, progress if accelerator.is_main_process else None))])
+    rows = [i for idx, _ in parts for i in idx]
+    if sorted(rows) != list(range(n)):
+        raise RuntimeError(f"gathered {len(rows)} scored rows for {n}: a process scored the wrong shard")
+    out = None
+    for idx, probs in parts:
+        out = np.zeros((n, probs.shape[1]), dtype=probs.dtype) if out is None else out
+        out[idx] = probs
+    return out
 
 
 def default_output_dir() -> Path:
@@ -170,7 +194,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
 
     step, log = 0, []
     if resume:
-        step, log = restore(accelerator.unwrap_model(model), optimizer, scheduler, run_dir)
+        step, log = restore(accelerator.unwrap_model(model), optimizer, scheduler, run_dir, world, rank)
         say(f"resumed from optimizer step {step} of {total_steps}")
 
     stream = step_batches([len(x) for x in train_ids], t.batch_size, t.grad_accum, t.seed, world, rank)
@@ -183,8 +207,10 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
         nonlocal val_probs
         if not val_ids:
             return None
-        val_probs = score(accelerator.unwrap_model(model), val_ids, prompt.label_token_ids, pad_id,
-                          cfg.eval.batch_size, progress="validate", max_tokens=cfg.eval.max_batch_tokens)
+        plain = accelerator.unwrap_model(model)
+        val_probs = shared_score(accelerator, len(val_ids), lambda idx, bar: score(
+            plain, [val_ids[i] for i in idx], prompt.label_token_ids, pad_id, cfg.eval.batch_size, progress=bar,
+            max_tokens=cfg.eval.max_batch_tokens), "validate")
         return float((decide(val_probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
 
     tokens = reviews = 0
@@ -197,15 +223,26 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
 
     def checkpoint() -> None:
         check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
+        rngs = [rng_state()]
+        if world > 1:  # each process draws its own dropout masks: every one's generators are kept
+            from accelerate.utils import gather_object
+
+            rngs = gather_object(rngs)
         if accelerator.is_main_process:
             plain = accelerator.unwrap_model(model)
             head = label_head(plain)
             save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                      "step": step, "log": log, "rng": torch.get_rng_state(),
-                                      "rng_states": [rng_state()],
+                                      "step": step, "log": log, "rng": torch.get_rng_state(), "rng_states": rngs,
                                       **({"head": head.weight.detach().clone(),
                                           "head_token_ids": head.token_ids.cpu()} if head else {})})
+        accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint it could be resumed from
+
+    def agreed(value: float, how: str) -> float:
+        """The same number on every process: the mean of their losses, the max of their stop requests."""
+        if world == 1:
+            return value
+        return float(accelerator.reduce(torch.tensor(value, dtype=torch.float64, device=device), how))
 
     stop = StopRequest()
     try:
@@ -225,9 +262,10 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                         # step's reviews even when micro-batches differ in size.
                         loss = F.cross_entropy(logits, target, reduction="sum") / n_step
                         accelerator.backward(loss)
-                    running += loss.item()
+                    running += loss.item()  # this process's share of the step's mean loss
                     tokens += int(batch["attention_mask"].sum())
                     reviews += len(idx)
+                running = agreed(running, "mean")  # each process's rows are as many, so the step's mean
                 norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
                 # One overflowing batch would turn every weight into NaN for good; like fp16's grad
                 # scaler, skip that update instead, and stop if it keeps happening.
@@ -267,9 +305,11 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                     if t.report_to:
                         accelerator.log({f"train/{k}": v for k, v in record.items()
                                          if k not in ("step", "epoch") and v is not None}, step=step)
-                if stop.signum is not None and step < total_steps:
+                # A signal reaches the processes at different moments; they stop at the same step.
+                signum = int(agreed(stop.signum or 0, "max"))
+                if signum and step < total_steps:
                     checkpoint()
-                    raise Interrupted(stop.signum)
+                    raise Interrupted(signum)
                 if t.save_steps and step % t.save_steps == 0 and step < total_steps:
                     checkpoint()
     finally:  # an interrupted bar would redraw itself after the message saying how to continue
@@ -286,7 +326,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     return log, stats, val_probs
 
 
-def restore(model, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict]]:
+def restore(model, optimizer, scheduler, run_dir: Path, world: int = 1, rank: int = 0) -> tuple[int, list[dict]]:
     """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG; returns
     (step, log). A checkpoint that does not fit them is one UserError naming the file."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -309,7 +349,11 @@ def restore(model, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("rng_states"):
-            set_rng_state(state["rng_states"][0])
+            rngs = state["rng_states"]
+            if len(rngs) != world:
+                say(f"warning: {path.name} was written by {len(rngs)} processes and this run has {world}; the data "
+                    f"order and random draws after step {state['step']} differ from an uninterrupted run's")
+            set_rng_state(rngs[rank if rank < len(rngs) else 0])
         else:  # written by a version that kept torch's CPU generator only
             torch.set_rng_state(state["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -386,15 +430,20 @@ def calibration_change(before: np.ndarray, after: np.ndarray, labels: list[int])
             "ece_after": expected_calibration_error(y, after[keep])}
 
 
-def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]]) -> tuple[np.ndarray, float]:
-    """Probabilities on the test sample by the configured method, and the seconds it took."""
+def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]], accelerator) -> tuple[np.ndarray, float]:
+    """Probabilities on the test sample by the configured method, split across the run's
+    processes, and the seconds it took."""
     started = time.perf_counter()
-    if cfg.eval.method == "generate":
-        probs, _ = score_generate(model, tok, test_ids, cfg.prompt.label_words, tok.pad_token_id,
-                                  cfg.eval.batch_size, cfg.eval.max_new_tokens, "test")
-    else:
-        probs = score(model, test_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size,
-                      progress="test", max_tokens=cfg.eval.max_batch_tokens)
+
+    def scorer(idx: list[int], bar: str | None) -> np.ndarray:
+        ids = [test_ids[i] for i in idx]
+        if cfg.eval.method == "generate":
+            return score_generate(model, tok, ids, cfg.prompt.label_words, tok.pad_token_id, cfg.eval.batch_size,
+                                  cfg.eval.max_new_tokens, bar)[0]
+        return score(model, ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size, progress=bar,
+                     max_tokens=cfg.eval.max_batch_tokens)
+
+    probs = shared_score(accelerator, len(test_ids), scorer, "test")
     return probs, time.perf_counter() - started
 
 
@@ -402,7 +451,9 @@ def verify_reload(clf: SentimentClassifier, run_dir: Path, texts: list[str], pro
                   preds: np.ndarray, device: torch.device, cfg: Config) -> dict:
     """Reload the saved classifier from disk and re-score ``texts``: the saved files must predict
     what the trained model did. A text scored within float noise of the threshold may flip."""
-    reloaded = SentimentClassifier.from_spec(clf.spec, run_dir, device=str(device), dtype=cfg.model.dtype)
+    # Accelerate names a CPU process's device cpu:RANK, which is just the CPU.
+    name = "cpu" if device.type == "cpu" else str(device)
+    reloaded = SentimentClassifier.from_spec(clf.spec, run_dir, device=name, dtype=cfg.model.dtype)
     again = reloaded.predict_proba(texts)
     flipped = (decide(again, clf.threshold) != preds) & (decision_margin(probs, clf.threshold) > 1e-3)
     if flipped.any():
@@ -423,14 +474,6 @@ def save_outputs(run_dir: Path, data: DataBundle, log: list[dict], metrics: dict
                      f"p({label_words[1]})" if len(label_words) == 2 else "confidence of the top label")
 
 
-def remove_checkpoints(run_dir: Path) -> None:
-    for ckpt in checkpoints(run_dir):
-        ckpt.unlink(missing_ok=True)
-    folder = run_dir / CHECKPOINTS
-    if folder.exists() and not any(folder.iterdir()):
-        folder.rmdir()
-
-
 def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Train, calibrate, evaluate, save and verify a classifier. Returns metrics.json's content."""
     from accelerate import Accelerator
@@ -439,15 +482,26 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     wall_start = time.perf_counter()
     run_dir = Path(output_dir) if output_dir else default_output_dir()
     plan = plan_run(run_dir, resume)
-    set_seed(cfg.train.seed)
 
     requested = pick_device(cfg.model.device)
     check_trackers(cfg.train.report_to)
+    if requested.type == "cuda" and requested.index is not None:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(f"model.device is {cfg.model.device!r}, one GPU, but this run has several processes and "
+                            f"each takes its own GPU; use model.device=cuda (or auto), and CUDA_VISIBLE_DEVICES to "
+                            f"choose the GPUs")
+        torch.cuda.set_device(requested)  # Accelerate then places the model and batches on it
     accelerator = Accelerator(cpu=requested.type == "cpu",
                               mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested),
                               log_with=list(cfg.train.report_to) or None, project_dir=run_dir / "logs")
     device = accelerator.device
     dtype = pick_dtype(cfg.model.dtype, device)
+    _MAIN["process"] = accelerator.is_main_process
+    # The seed plus the process's index: each process draws its own dropout masks (the LoRA
+    # weights start as the main process's, which DDP sends to the others).
+    set_seed(cfg.train.seed, device_specific=True)
 
     tok = load_tokenizer(cfg.model)
     prompt = Prompt(tok, cfg.prompt)
@@ -489,12 +543,13 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
             f"or gradient")
     model = accelerator.unwrap_model(model)
+    # Every process takes its share of the test sample; only the main one writes.
+    raw, eval_seconds = test(model, tok, prompt, cfg, enc["test"].input_ids, accelerator)
     if not accelerator.is_main_process:
         return {}
 
     threshold, temperature, calibration = calibrate(model, tok, prompt, cfg, enc["val"].input_ids,
                                                     data.val.labels, val_probs)
-    raw, eval_seconds = test(model, tok, prompt, cfg, enc["test"].input_ids)
     probs = apply_temperature(raw, temperature) if temperature != 1.0 and cfg.eval.method == "logits" else raw
     preds = decide(probs, threshold)
     metrics = compute_metrics(data.test.labels, preds, probs, cfg.prompt.label_words, cfg.data.ordinal)
