@@ -111,6 +111,25 @@ def _print_predictions(clf, pairs, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+def _predict_ray(args) -> int:
+    from .cluster import input_paths, predict_ray
+
+    if args.texts:
+        raise _usage("--engine ray classifies a dataset: give --file or --dataset, not texts")
+    if bool(args.file) == bool(args.dataset):
+        raise _usage("--engine ray needs one of --file (a file, folder or glob) and --dataset (a dataset folder)")
+    if not args.output:
+        raise _usage("--engine ray needs --output, a new folder for the parquet shards")
+    paths = input_paths(args.file, args.dataset, args.split)
+    device = "cpu" if args.device == "auto" else args.device  # an actor takes a GPU only when asked
+    r = predict_ray(args.run_dir, paths, args.output, field=args.field, id_field=args.id_field or "id",
+                    batch_size=args.chunk_size or 64, concurrency=args.concurrency, address=args.address,
+                    device=device, model_batch_size=args.batch_size)
+    print(f"{r['rows']} predictions in {r['shards']} parquet shards in {r['output']} in {r['seconds']:.1f} s "
+          f"({args.concurrency} actors)", file=sys.stderr)
+    return 0
+
+
 def _predict(args) -> int:
     from .data import check_text
     from .predict import (
@@ -127,6 +146,10 @@ def _predict(args) -> int:
     )
     from .spec import ClassifierSpec
 
+    if args.engine == "ray":
+        return _predict_ray(args)
+    if args.dataset:
+        raise _usage("--dataset reads a dataset folder with --engine ray; for one process give --file")
     if args.output and not args.file:
         raise _usage("--output needs --file: predictions of arguments or stdin go to standard output")
     if args.file and args.texts:
@@ -376,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model: faster scoring after a "
                    "warm-up of a minute or two, for large files")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: Ray Data actors, each loading the classifier once, writing "
+                        "parquet shards to --output (pip install 'sentiment-lora[ray]')")
+    p.add_argument("--dataset", help="with --engine ray: a dataset folder whose --split files are read")
+    p.add_argument("--split", default="test", help="with --dataset: the split to classify (default test)")
+    p.add_argument("--address", help="with --engine ray: the Ray cluster to join (default: start one here)")
+    p.add_argument("--concurrency", type=_positive_int, default=2, help="with --engine ray: actors (default 2)")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=dtypes, default="auto",

@@ -1,0 +1,163 @@
+"""``predict --engine ray``: classify a large dataset across a Ray cluster with Ray Data.
+
+Ray Data reads the input (parquet, jsonl or csv; a file, a folder, a glob, local or any
+filesystem Ray reads such as ``s3://``), hands batches to a pool of actors that each load
+the classifier once, and writes the results as parquet shards, each row with the input's
+id. Without ``--address`` a Ray instance is started on this machine for the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data library is an extra of ray itself)
+    except ImportError:
+        raise UserError("--engine ray needs Ray Data: pip install 'sentiment-lora[ray]'") from None
+    return ray
+
+
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
+def input_paths(file: str | None, dataset: str | None, split: str) -> list[str]:
+    """The files or URIs to read: ``file`` as given (a file, folder or glob), or the files of
+    ``split`` in a dataset folder laid out as on the Hub (``test-00000-of-00001.parquet``)."""
+    if file is not None:
+        if not _remote(file) and not glob.glob(file):
+            raise UserError(f"--file {file!r} not found; give a file, a folder or a glob of .parquet, .jsonl or .csv")
+        return [file]
+    root = Path(dataset)
+    if not root.is_dir():
+        raise UserError(f"--dataset {dataset!r} is not a folder; give a dataset folder (with files such as "
+                        f"{split}-00000-of-00001.parquet) or --file")
+    found = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix in FORMATS
+                   and (p.name.startswith(f"{split}-") or p.stem == split or p.parent.name == split))
+    if not found:
+        raise UserError(f"--dataset {dataset!r} has no .parquet, .jsonl or .csv file of split {split!r}; name "
+                        f"another with --split")
+    return found
+
+
+def input_format(paths: list[str]) -> str:
+    """parquet, json or csv, from the files' suffixes (a folder: from the files inside it)."""
+    suffixes = set()
+    for path in paths:
+        if not _remote(path) and Path(path).is_dir():
+            suffixes |= {p.suffix for p in Path(path).rglob("*") if p.is_file() and p.suffix in FORMATS}
+        else:
+            suffixes.add(Path(path.split("?")[0].rstrip("*")).suffix)
+    kinds = {FORMATS.get(s) for s in suffixes}
+    if len(kinds) != 1 or None in kinds:
+        raise UserError(f"cannot tell the input's format from {sorted(suffixes) or 'no file'}; --engine ray reads "
+                        f".parquet, .jsonl or .csv files, one format at a time")
+    return kinds.pop()
+
+
+class Scorer:
+    """A Ray actor: loads the classifier once, then classifies the batches it is handed."""
+
+    def __init__(self, run_dir: str, device: str, field: str, id_field: str, batch_size: int | None):
+        import ray
+        import torch
+
+        from .classifier import SentimentClassifier
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus:  # as many threads as CPUs reserved, so actors on one machine do not fight
+            torch.set_num_threads(max(1, int(cpus)))
+        self.clf = SentimentClassifier.load(run_dir, device=device, batch_size=batch_size)
+        self.field, self.id_field = field, id_field
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        texts = batch[self.field].tolist()
+        usable = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        labels: list[str | None] = [None] * len(texts)
+        prob = np.full(len(texts), np.nan)
+        probs: list[list[float] | None] = [None] * len(texts)
+        if usable:
+            p = self.clf.predict_proba([texts[i] for i in usable])
+            for j, (i, label) in enumerate(zip(usable, self.clf.labels_of(p))):
+                labels[i] = label
+                probs[i] = [float(x) for x in p[j]]
+                if label is not None:
+                    prob[i] = float(p[j][self.clf.label_words.index(label)])
+        have = set(usable)
+        error = [None if i in have else "no text" for i in range(len(texts))]
+        return pd.DataFrame({self.id_field: batch[self.id_field].tolist(), "label": labels, "prob": prob,
+                             "probs": probs, "error": error})
+
+
+def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str = "text", id_field: str = "id",
+                batch_size: int = 64, concurrency: int = 2, address: str | None = None, device: str = "cpu",
+                cpus_per_actor: float = 1.0, model_batch_size: int | None = None) -> dict:
+    """Classify every row of ``paths`` into parquet shards under ``output``; returns counts and
+    seconds. A local ``output`` appears whole or not at all."""
+    from .spec import ClassifierSpec
+
+    ClassifierSpec.load(run_dir)  # a bad folder is an error now, not in every actor
+    kind = input_format(paths)
+    local = not _remote(output)
+    if local and Path(output).exists() and (not Path(output).is_dir() or any(Path(output).iterdir())):
+        raise UserError(f"--output {output!r} exists and is not empty; choose a new folder for the parquet shards")
+    ray = require_ray()
+    started = time.perf_counter()
+    # A local instance gets one logical CPU more than the actors reserve: Ray Data's read and
+    # write tasks need one too, and would wait for ever behind actors holding every core.
+    cpus = None if address else max(os.cpu_count() or 1, int(np.ceil(concurrency * cpus_per_actor)) + 1)
+    ray.init(address=address, num_cpus=cpus, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    import ray.data
+
+    read = {"parquet": ray.data.read_parquet, "json": ray.data.read_json, "csv": ray.data.read_csv}[kind]
+    try:
+        ds = read(paths)
+        columns = ds.columns()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {', '.join(paths)} as {kind}: {str(exc).splitlines()[0][:160]}") from None
+    for option, name in (("--field", field), ("--id-field", id_field)):
+        if name not in columns:
+            raise UserError(f"the input has no column {name!r} (it has {', '.join(columns)}); name it with {option}")
+    scored = ds.map_batches(Scorer, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()), "device": device,
+                                                           "field": field, "id_field": id_field,
+                                                           "batch_size": model_batch_size},
+                            batch_size=batch_size, concurrency=concurrency, num_cpus=cpus_per_actor,
+                            batch_format="pandas")
+    target = output
+    if local:
+        parent = Path(output).resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        target = str(parent / f".{Path(output).name}.tmp")
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        scored.write_parquet(target)
+        if local:
+            if Path(output).is_dir():
+                Path(output).rmdir()  # empty, checked above
+            os.replace(target, output)
+    finally:
+        if local:
+            shutil.rmtree(target, ignore_errors=True)
+    rows = shards = 0
+    if local:
+        import pyarrow.parquet as pq
+
+        files = sorted(Path(output).glob("*.parquet"))
+        shards, rows = len(files), sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "output": output}

@@ -1,0 +1,103 @@
+"""``predict --engine ray``: Ray Data actors on a local Ray instance give what one process gives."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("ray.data")
+
+from conftest import make_review  # noqa: E402
+from sentiment_lora.classifier import SentimentClassifier  # noqa: E402
+from sentiment_lora.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    import random
+
+    rng = random.Random(3)
+    texts = [make_review(rng, i % 2, 10 + i % 7) for i in range(37)]
+    texts[5] = "   "  # no text: a null label, not a failure
+    return pd.DataFrame({"review_id": [f"r{i:03d}" for i in range(len(texts))], "text": texts})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def _read(folder):
+    import pyarrow.parquet as pq
+
+    files = sorted(folder.glob("*.parquet"))
+    assert files, "no shard written"
+    return pd.concat([pq.read_table(f).to_pandas() for f in files]).sort_values("review_id").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "csv"])
+def test_ray_engine_equals_one_process(kind, reviews, tiny_run, tmp_path, capsys):
+    source = tmp_path / f"in.{kind}"
+    if kind == "parquet":
+        reviews.to_parquet(source)
+    elif kind == "jsonl":
+        source.write_text("".join(json.dumps(r) + "\n" for r in reviews.to_dict("records")))
+    else:
+        reviews.to_csv(source, index=False)
+    out = tmp_path / "out"
+    rc = main(["predict", str(tiny_run), "--engine", "ray", "--file", str(source), "--output", str(out),
+               "--id-field", "review_id", "--concurrency", "2", "--chunk-size", "8", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert f"{len(reviews)} predictions in" in capsys.readouterr().err
+    got = _read(out)
+    assert got["review_id"].tolist() == reviews["review_id"].tolist()  # every id once
+    clf = SentimentClassifier.load(tiny_run)
+    keep = [i for i, t in enumerate(reviews["text"]) if isinstance(t, str) and t.strip()]
+    want = clf.predict_proba([reviews["text"][i] for i in keep])
+    have = np.array([got["probs"][i] for i in keep])
+    assert np.abs(have - want).max() <= 1e-5
+    assert got["label"][keep].tolist() == clf.labels_of(want)
+    blank = [i for i in range(len(reviews)) if i not in keep]
+    assert got["label"][blank].isna().all() and (got["error"][blank] == "no text").all()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_ray_engine_reads_a_dataset_folder(tiny_run, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["predict", str(tiny_run), "--engine", "ray", "--dataset", str(tiny_data_dir), "--split", "test",
+               "--id-field", "label", "--output", str(out), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(_read_any(out)) == 60
+
+
+def _read_any(folder):
+    import pyarrow.parquet as pq
+
+    return pd.concat([pq.read_table(f).to_pandas() for f in folder.glob("*.parquet")])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--file", "{src}", "--output", "{tmp}/o", "--id-field", "nope"], "has no column 'nope'"),
+    (["--file", "{src}", "--output", "{tmp}/full", "--id-field", "review_id"], "exists and is not empty"),
+    (["--file", "{tmp}/missing.parquet", "--output", "{tmp}/o"], "not found"),
+    (["--file", "{src}"], "needs --output"),
+    (["--output", "{tmp}/o"], "needs one of --file"),
+    (["--file", "{tmp}/x.txt", "--output", "{tmp}/o"], "cannot tell the input's format"),
+    (["--dataset", "{tmp}", "--output", "{tmp}/o"], "has no .parquet, .jsonl or .csv file of split 'test'"),
+])
+def test_ray_engine_bad_input_is_one_line(args, fragment, reviews, tiny_run, tmp_path, capsys):
+    src = tmp_path / "in.parquet"
+    reviews.to_parquet(src)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "x.txt").write_text("a review\n")
+    argv = [a.format(src=src, tmp=tmp_path) for a in args]
+    rc = main(["predict", str(tiny_run), "--engine", "ray", "--device", "cpu", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and fragment in err[0], err
