@@ -60,7 +60,7 @@ def test_ray_engine_equals_one_process(kind, reviews, tiny_run, tmp_path, capsys
     clf = SentimentClassifier.load(tiny_run)
     keep = [i for i, t in enumerate(reviews["text"]) if isinstance(t, str) and t.strip()]
     want = clf.predict_proba([reviews["text"][i] for i in keep])
-    have = np.array([got["probs"][i] for i in keep])
+    have = np.array([[got["probs"][i][w] for w in clf.label_words] for i in keep])
     assert np.abs(have - want).max() <= 1e-5
     assert got["label"][keep].tolist() == clf.labels_of(want)
     blank = [i for i in range(len(reviews)) if i not in keep]

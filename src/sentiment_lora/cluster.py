@@ -90,12 +90,12 @@ class Scorer:
         usable = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
         labels: list[str | None] = [None] * len(texts)
         prob = np.full(len(texts), np.nan)
-        probs: list[list[float] | None] = [None] * len(texts)
+        probs: list[dict[str, float] | None] = [None] * len(texts)
         if usable:
             p = self.clf.predict_proba([texts[i] for i in usable])
             for j, (i, label) in enumerate(zip(usable, self.clf.labels_of(p))):
                 labels[i] = label
-                probs[i] = [float(x) for x in p[j]]
+                probs[i] = {w: float(x) for w, x in zip(self.clf.label_words, p[j])}  # as predict --output
                 if label is not None:
                     prob[i] = float(p[j][self.clf.label_words.index(label)])
         have = set(usable)
