@@ -61,6 +61,7 @@ def test_ray_engine_equals_one_process(kind, reviews, tiny_run, tmp_path, capsys
     keep = [i for i, t in enumerate(reviews["text"]) if isinstance(t, str) and t.strip()]
     want = clf.predict_proba([reviews["text"][i] for i in keep])
     have = np.array([[got["probs"][i][w] for w in clf.label_words] for i in keep])
+    assert list(got.columns) == ["review_id", "label", "prob", "probs", "error"]
     assert np.abs(have - want).max() <= 1e-5
     assert got["label"][keep].tolist() == clf.labels_of(want)
     blank = [i for i in range(len(reviews)) if i not in keep]
@@ -68,22 +69,27 @@ def test_ray_engine_equals_one_process(kind, reviews, tiny_run, tmp_path, capsys
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-def test_ray_engine_reads_a_dataset_folder(tiny_run, tiny_data_dir, tmp_path, capsys):
-    out = tmp_path / "out"
-    rc = main(["predict", str(tiny_run), "--engine", "ray", "--dataset", str(tiny_data_dir), "--split", "test",
-               "--id-field", "label", "--output", str(out), "--device", "cpu"])
+def test_ray_engine_reads_a_dataset_split_and_globs(reviews, tiny_run, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    reviews[:20].to_parquet(data / "test-00000-of-00002.parquet")
+    reviews[20:].to_parquet(data / "test-00001-of-00002.parquet")
+    reviews[:3].to_parquet(data / "train-00000-of-00001.parquet")
+    rc = main(["predict", str(tiny_run), "--engine", "ray", "--dataset", str(data), "--split", "test",
+               "--id-field", "review_id", "--output", str(tmp_path / "a"), "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
-    assert len(_read_any(out)) == 60
-
-
-def _read_any(folder):
-    import pyarrow.parquet as pq
-
-    return pd.concat([pq.read_table(f).to_pandas() for f in folder.glob("*.parquet")])
+    # The output folder reads as one dataset: every shard has the same schema.
+    got = pd.read_parquet(tmp_path / "a").sort_values("review_id")
+    assert got["review_id"].tolist() == reviews["review_id"].tolist()
+    rc = main(["predict", str(tiny_run), "--engine", "ray", "--file", str(data / "test-*.parquet"),
+               "--id-field", "review_id", "--output", str(tmp_path / "b"), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(pd.read_parquet(tmp_path / "b")) == len(reviews)
 
 
 @pytest.mark.parametrize("args, fragment", [
     (["--file", "{src}", "--output", "{tmp}/o", "--id-field", "nope"], "has no column 'nope'"),
+    (["--file", "{src}", "--output", "{tmp}/o", "--id-field", "label"], "would be overwritten"),
     (["--file", "{src}", "--output", "{tmp}/full", "--id-field", "review_id"], "exists and is not empty"),
     (["--file", "{tmp}/missing.parquet", "--output", "{tmp}/o"], "not found"),
     (["--file", "{src}"], "needs --output"),

@@ -146,12 +146,11 @@ def test_resume_under_two_processes_after_kill_9(tiny_model_dir, tiny_data_dir, 
     _run(torchrun(sets, tmp_path / "whole"))
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(torchrun(sets, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(torchrun(sets, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = out / "checkpoints" / "last.pt"
     end = time.monotonic() + 300
     while True:
-        assert proc.poll() is None and time.monotonic() < end, proc.stderr.read()[-2000:] if proc.stderr else ""
+        assert proc.poll() is None and time.monotonic() < end, "the run ended or stalled before step 4"
         try:
             if last.is_file() and torch.load(last, weights_only=True)["step"] >= 4:
                 break
@@ -166,7 +165,9 @@ def test_resume_under_two_processes_after_kill_9(tiny_model_dir, tiny_data_dir, 
             pass
     proc.wait(timeout=60)
     assert not (out / "classifier.json").exists(), "the run finished before it was killed"
-    state = torch.load(last, weights_only=True)
+    from sentiment_lora.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(out, warn=lambda m: None)  # last.pt may be mid-rename: as --resume reads it
     assert len(state["rng_states"]) == 2  # each process's generators
     assert not torch.equal(state["rng_states"][0]["torch"], state["rng_states"][1]["torch"])
     _run(torchrun(sets, out, resume=True))

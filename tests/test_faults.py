@@ -159,7 +159,8 @@ def test_a_wrong_byte_in_a_checkpoint_is_caught_and_the_previous_one_used(tiny_c
     assert not torch.equal(next(iter(_read(last)["adapter"].values())), adapter)
     capsys.readouterr()
     metrics = train_mod.run(cfg, out, resume=True)
-    err = capsys.readouterr().out + capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.out + said.err
     assert "last.pt is damaged (its sha256 is not the one recorded in manifest.json" in err
     assert "resuming from the checkpoint before it, previous.pt" in err
     assert metrics["train"]["optimizer_steps"] == 6

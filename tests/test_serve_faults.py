@@ -39,12 +39,13 @@ bodies = st.one_of(
     st.binary(max_size=2000),  # not JSON, not UTF-8
     st.integers(0, 1_200_000).map(lambda n: b'{"inputs": "' + b"a" * n + b'"}'),  # up to past the body limit
 )
-header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+# Values a client can send at all: h11 refuses leading or trailing blanks before they leave.
+header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip)
 headers = st.dictionaries(
     st.sampled_from(["content-type", "accept", "x-request-id", "authorization", "content-encoding", "x-whatever"]),
     header_values, max_size=4)
 paths = st.sampled_from(["/predict", "/classify", "/", "/health", "/info", "/metrics", "/nope", "/predict/",
-                         "/classify?x=1", "//predict", "/%00"])
+                         "/classify?x=1", "/a/../predict", "/%00"])
 methods = st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE"])
 
 
@@ -116,7 +117,8 @@ def test_a_sigkill_under_load_then_a_restart_serves_again(tiny_run):
     results: list = []
     loader = threading.Thread(target=_load, args=(url, 64, results))
     loader.start()
-    while len(results) < 4:  # well into the load
+    deadline = time.monotonic() + 60
+    while len(results) < 4 and time.monotonic() < deadline:  # well into the load
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
@@ -136,15 +138,33 @@ def test_sigterm_under_load_finishes_the_requests_in_flight(tiny_run):
     url = f"http://127.0.0.1:{port}"
     proc = _serve(tiny_run, port)
     results: list = []
-    threads = [threading.Thread(target=lambda i=i: results.append(httpx.post(
-        url + "/predict", json={"inputs": [f"review {i} " + "a long and winding film " * 60] * 32},
-        timeout=120).status_code)) for i in range(12)]
+    stop = threading.Event()
+
+    def client(i):
+        while not stop.is_set():
+            try:  # a connection per request: none sits idle in keep-alive when the server stops
+                r = httpx.post(url + "/predict", json={"inputs": [f"review {i} " + "a long film " * 60] * 32},
+                               timeout=120)
+                results.append(r.status_code)
+            except httpx.ConnectError:
+                results.append("refused")  # sent after the server stopped accepting: never in flight
+                return
+            except httpx.HTTPError as exc:
+                results.append(type(exc).__name__)  # a request dropped mid-way: the failure sought
+                return
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # all twelve accepted and waiting on the model
+    deadline = time.monotonic() + 60
+    while results.count(200) < 8 and time.monotonic() < deadline:  # a steady load, every client served
+        time.sleep(0.01)
+    stop.set()  # no new requests: those under way when the signal lands are the ones in flight
     proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(120)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert results == [200] * 12, results
+    print("statuses under SIGTERM:", dict(Counter(results)))
+    # Every request the server had accepted was answered in full; later ones were refused.
+    assert set(results) <= {200, "refused"} and results.count(200) >= 8, Counter(results)

@@ -141,7 +141,8 @@ def set_rng_state(saved: dict) -> None:
 def remove_checkpoints(run_dir: str | Path) -> None:
     """A finished run needs no checkpoints: remove them, their manifest and the folder."""
     folder = Path(run_dir) / FOLDER
-    for path in [*checkpoints(run_dir), folder / MANIFEST]:
+    leftovers = list(folder.glob(f".{LAST}.*.tmp")) if folder.is_dir() else []  # saves killed midway
+    for path in [*checkpoints(run_dir), folder / MANIFEST, *leftovers]:
         path.unlink(missing_ok=True)
     if folder.exists() and not any(folder.iterdir()):
         folder.rmdir()
@@ -184,7 +185,11 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
             kept = [entry] + [e for e in earlier if e["sha256"] != entry["sha256"]][:2]
             write_json(folder / MANIFEST, {"format": CHECKPOINT_FORMAT, "checkpoints": kept})
             if (folder / LAST).is_file():
-                os.replace(folder / LAST, folder / PREVIOUS)
+                try:
+                    _check_manifest(folder / LAST, earlier)
+                    os.replace(folder / LAST, folder / PREVIOUS)
+                except ValueError:  # the damaged last one a resume fell back from: keep the good previous
+                    (folder / LAST).unlink()
             os.replace(tmp, folder / LAST)
         finally:
             tmp.unlink(missing_ok=True)

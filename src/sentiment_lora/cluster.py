@@ -19,6 +19,7 @@ import numpy as np
 from .errors import UserError
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+OUTPUT_COLUMNS = ("label", "prob", "probs", "error")
 
 
 def require_ray():
@@ -38,9 +39,12 @@ def input_paths(file: str | None, dataset: str | None, split: str) -> list[str]:
     """The files or URIs to read: ``file`` as given (a file, folder or glob), or the files of
     ``split`` in a dataset folder laid out as on the Hub (``test-00000-of-00001.parquet``)."""
     if file is not None:
-        if not _remote(file) and not glob.glob(file):
+        if _remote(file):
+            return [file]
+        found = sorted(glob.glob(file))  # Ray Data takes files and folders, not patterns
+        if not found:
             raise UserError(f"--file {file!r} not found; give a file, a folder or a glob of .parquet, .jsonl or .csv")
-        return [file]
+        return found
     root = Path(dataset)
     if not root.is_dir():
         raise UserError(f"--dataset {dataset!r} is not a folder; give a dataset folder (with files such as "
@@ -84,7 +88,7 @@ class Scorer:
         self.field, self.id_field = field, id_field
 
     def __call__(self, batch):
-        import pandas as pd
+        import pyarrow as pa
 
         texts = batch[self.field].tolist()
         usable = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
@@ -100,8 +104,13 @@ class Scorer:
                     prob[i] = float(p[j][self.clf.label_words.index(label)])
         have = set(usable)
         error = [None if i in have else "no text" for i in range(len(texts))]
-        return pd.DataFrame({self.id_field: batch[self.id_field].tolist(), "label": labels, "prob": prob,
-                             "probs": probs, "error": error})
+        # One schema for every batch: a batch whose column is all null must not make a shard
+        # whose type differs from the others'.
+        words = self.clf.label_words
+        return pa.table({self.id_field: pa.array(batch[self.id_field].tolist()),
+                         "label": pa.array(labels, pa.string()), "prob": pa.array(prob, pa.float64()),
+                         "probs": pa.array(probs, pa.struct([(w, pa.float64()) for w in words])),
+                         "error": pa.array(error, pa.string())})
 
 
 def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str = "text", id_field: str = "id",
@@ -131,6 +140,9 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
         columns = ds.columns()
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {', '.join(paths)} as {kind}: {str(exc).splitlines()[0][:160]}") from None
+    if id_field in OUTPUT_COLUMNS:
+        raise UserError(f"--id-field {id_field!r} would be overwritten by an output column of that name "
+                        f"({', '.join(OUTPUT_COLUMNS)}); give the input's own id column")
     for option, name in (("--field", field), ("--id-field", id_field)):
         if name not in columns:
             raise UserError(f"the input has no column {name!r} (it has {', '.join(columns)}); name it with {option}")
@@ -138,7 +150,7 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
                                                            "field": field, "id_field": id_field,
                                                            "batch_size": model_batch_size},
                             batch_size=batch_size, concurrency=concurrency, num_cpus=cpus_per_actor,
-                            batch_format="pandas")
+                            num_gpus=1 if device.startswith("cuda") else 0, batch_format="pandas")
     target = output
     if local:
         parent = Path(output).resolve().parent

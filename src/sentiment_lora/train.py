@@ -127,6 +127,7 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self.told = False
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
@@ -144,14 +145,14 @@ class StopRequest:
 
         if self.signum is not None:
             raise Interrupted(signum)
-        self.signum = signum
-        say(f"stopping after this step ({_signal_name(signum)}); send it again to stop at once")
+        self.signum = signum  # printed by the loop: writing from a handler can hit a write in progress
 
     def __exit__(self, *exc) -> None:
         import signal
 
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: a handler installed from C, which Python cannot reinstall
+                signal.signal(sig, handler)
 
 
 def _signal_name(signum: int) -> str:
@@ -192,9 +193,9 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     label_ids = torch.tensor(prompt.label_token_ids, device=device)
     pad_id = tok.pad_token_id
 
-    step, log = 0, []
+    step, log, skipped = 0, [], 0
     if resume:
-        step, log = restore(accelerator.unwrap_model(model), optimizer, scheduler, run_dir, world, rank)
+        step, log, skipped = restore(accelerator.unwrap_model(model), optimizer, scheduler, run_dir, world, rank)
         say(f"resumed from optimizer step {step} of {total_steps}")
 
     stream = step_batches([len(x) for x in train_ids], t.batch_size, t.grad_accum, t.seed, world, rank)
@@ -216,7 +217,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     tokens = reviews = 0
     train_seconds = 0.0
     losses: list[float] = []  # since the last log line
-    skipped = bad_in_a_row = 0
+    bad_in_a_row = 0
     reset_peak_memory(device)
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
@@ -228,21 +229,32 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
             from accelerate.utils import gather_object
 
             rngs = gather_object(rngs)
+        failed = None
         if accelerator.is_main_process:
             plain = accelerator.unwrap_model(model)
             head = label_head(plain)
-            save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
-                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                      "step": step, "log": log, "rng": torch.get_rng_state(), "rng_states": rngs,
-                                      **({"head": head.weight.detach().clone(),
-                                          "head_token_ids": head.token_ids.cpu()} if head else {})})
-        accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint it could be resumed from
+            try:
+                save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
+                                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                          "step": step, "log": log, "rng": torch.get_rng_state(),
+                                          "rng_states": rngs, "skipped": skipped,
+                                          **({"head": head.weight.detach().clone(),
+                                              "head_token_ids": head.token_ids.cpu()} if head else {})})
+            except UserError as exc:  # a full disk: every process must stop, not wait for the main one
+                failed = exc
+        # Also the barrier: no process runs ahead of a checkpoint it could be resumed from.
+        if agreed(1.0 if failed else 0.0, "max"):
+            raise failed or UserError("the main process could not save a checkpoint; its message says why")
 
     def agreed(value: float, how: str) -> float:
         """The same number on every process: the mean of their losses, the max of their stop requests."""
         if world == 1:
             return value
-        return float(accelerator.reduce(torch.tensor(value, dtype=torch.float64, device=device), how))
+        import torch.distributed as dist
+
+        x = torch.tensor(value, dtype=torch.float64, device=device)
+        dist.all_reduce(x, op=dist.ReduceOp.MAX if how == "max" else dist.ReduceOp.SUM)
+        return float(x) / (world if how == "mean" else 1)
 
     stop = StopRequest()
     try:
@@ -305,6 +317,9 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                     if t.report_to:
                         accelerator.log({f"train/{k}": v for k, v in record.items()
                                          if k not in ("step", "epoch") and v is not None}, step=step)
+                if stop.signum is not None and not stop.told:
+                    stop.told = True
+                    say(f"stopping after this step ({_signal_name(stop.signum)}); send it again to stop at once")
                 # A signal reaches the processes at different moments; they stop at the same step.
                 signum = int(agreed(stop.signum or 0, "max"))
                 if signum and step < total_steps:
@@ -312,6 +327,12 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                     raise Interrupted(signum)
                 if t.save_steps and step % t.save_steps == 0 and step < total_steps:
                     checkpoint()
+            # Asked to stop during the last step: training is done, but the user wants out now,
+            # before test scoring and saving; the checkpoint lets --resume do the rest.
+            signum = int(agreed(stop.signum or 0, "max"))
+            if signum:
+                checkpoint()
+                raise Interrupted(signum)
     finally:  # an interrupted bar would redraw itself after the message saying how to continue
         bar.close()
     check_finite(params, step, t)
@@ -326,9 +347,10 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
     return log, stats, val_probs
 
 
-def restore(model, optimizer, scheduler, run_dir: Path, world: int = 1, rank: int = 0) -> tuple[int, list[dict]]:
+def restore(model, optimizer, scheduler, run_dir: Path, world: int = 1,
+            rank: int = 0) -> tuple[int, list[dict], int]:
     """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG; returns
-    (step, log). A checkpoint that does not fit them is one UserError naming the file."""
+    (step, log, skipped steps). A checkpoint that does not fit them is one UserError naming the file."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     state, path = load_checkpoint(run_dir, warn=say)
@@ -358,7 +380,7 @@ def restore(model, optimizer, scheduler, run_dir: Path, world: int = 1, rank: in
             torch.set_rng_state(state["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise damaged(path, run_dir, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) from None
-    return state["step"], state["log"]
+    return state["step"], state["log"], int(state.get("skipped", 0))
 
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
