@@ -146,10 +146,14 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
     for option, name in (("--field", field), ("--id-field", id_field)):
         if name not in columns:
             raise UserError(f"the input has no column {name!r} (it has {', '.join(columns)}); name it with {option}")
+    # Ray Data hands an actor a whole block per task, and a small file reads as one block: cut
+    # the input into blocks of one batch each, or a single actor would score everything.
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
     scored = ds.map_batches(Scorer, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()), "device": device,
                                                            "field": field, "id_field": id_field,
                                                            "batch_size": model_batch_size},
-                            batch_size=batch_size, concurrency=concurrency, num_cpus=cpus_per_actor,
+                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                            num_cpus=cpus_per_actor,
                             num_gpus=1 if device.startswith("cuda") else 0, batch_format="pandas")
     target = output
     if local:
@@ -159,6 +163,12 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
         shutil.rmtree(target, ignore_errors=True)
     try:
         scored.write_parquet(target)
+        if local and not Path(target).is_dir():
+            # Ray's workers write a local path on their own nodes: on a remote cluster the
+            # shards are on its disks, not here.
+            raise UserError(f"the shards for --output {output!r} were not written on this machine (a remote "
+                            f"cluster's nodes write local paths to their own disks); with --address give "
+                            f"--output a folder every node shares or a remote URI such as s3://bucket/predictions")
         if local:
             if Path(output).is_dir():
                 Path(output).rmdir()  # empty, checked above
