@@ -55,6 +55,8 @@ def test_ray_engine_equals_one_process(kind, reviews, tiny_run, tmp_path, capsys
                "--id-field", "review_id", "--concurrency", "2", "--chunk-size", "8", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     assert f"{len(reviews)} predictions in" in capsys.readouterr().err
+    # 37 rows in one small file are one block as read; unsplit, one actor would score them all.
+    assert len(list(out.glob("*.parquet"))) >= 2
     got = _read(out)
     assert got["review_id"].tolist() == reviews["review_id"].tolist()  # every id once
     clf = SentimentClassifier.load(tiny_run)
@@ -107,3 +109,18 @@ def test_ray_engine_bad_input_is_one_line(args, fragment, reviews, tiny_run, tmp
     rc = main(["predict", str(tiny_run), "--engine", "ray", "--device", "cpu", *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and fragment in err[0], err
+
+
+def test_shards_written_on_other_nodes_are_one_line_not_a_crash(reviews, tiny_run, tmp_path, capsys, monkeypatch):
+    """On a remote cluster (--address) a local --output is written on the nodes' own disks;
+    here that is simulated by a write that leaves nothing on this machine."""
+    import ray.data
+
+    src = tmp_path / "in.parquet"
+    reviews.to_parquet(src)
+    monkeypatch.setattr(ray.data.Dataset, "write_parquet", lambda self, path, **kw: None)
+    rc = main(["predict", str(tiny_run), "--engine", "ray", "--device", "cpu", "--file", str(src),
+               "--id-field", "review_id", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "every node shares" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
