@@ -45,6 +45,8 @@ def check_base_model(spec: ClassifierSpec, model_cfg: ModelConfig) -> None:
                         f"this classifier was trained on ({want[:19]}...); restore that model or train again")
 
 
+# The folder inside a classifier that save_adapter writes: the LoRA weights and the label head.
+ADAPTER_DIR = "adapter"
 # The only type outside skops's defaults that a stack's file may hold; a file asking to build
 # anything else is refused before any of it is built.
 STACK_TYPES = frozenset({"sentiment_lora.baseline.NBScaler"})
@@ -175,7 +177,7 @@ class SentimentClassifier:
                 save_label_head(self.model, tmp)
             relocatable_adapter(tmp, self.spec)
 
-        write_dir(Path(folder) / "adapter", save)
+        write_dir(Path(folder) / ADAPTER_DIR, save)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Adapter, then ``classifier.json`` last: its presence marks a complete folder."""
@@ -190,7 +192,7 @@ class SentimentClassifier:
 
             shutil.copytree(self.folder / base.name_or_path, Path(folder) / base.name_or_path, dirs_exist_ok=True)
         self.save_adapter(folder)
-        dataclasses.replace(self.spec, adapter="adapter", head=head_path(self.model), threshold=self.threshold,
+        dataclasses.replace(self.spec, adapter=ADAPTER_DIR, head=head_path(self.model), threshold=self.threshold,
                             temperature=self.temperature, batch_size=self.batch_size,
                             max_batch_tokens=self.max_batch_tokens).save(folder)
 
@@ -285,7 +287,7 @@ def head_path(model) -> str | None:
     """Where ``save_adapter`` puts the model's label head, relative to the folder; None without one."""
     from .model import HEAD_FILE, label_head
 
-    return f"adapter/{HEAD_FILE}" if label_head(model) is not None else None
+    return f"{ADAPTER_DIR}/{HEAD_FILE}" if label_head(model) is not None else None
 
 
 def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, method: str, batch_size: int,

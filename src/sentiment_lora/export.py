@@ -14,7 +14,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .classifier import SentimentClassifier, base_model_config, relocatable_adapter
+from .classifier import ADAPTER_DIR, SentimentClassifier, base_model_config, relocatable_adapter
 from .errors import UserError
 from .page import write_report
 from .spec import BaseModelRef, ClassifierSpec
@@ -57,11 +57,11 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
             base = load_base_model(model_cfg, clf.model.device, torch_dtype, clf.tokenizer.pad_token_id)
             base.save_pretrained(tmp / "base")
             clf.tokenizer.save_pretrained(tmp / "base")
-            new = dataclasses.replace(spec, adapter="adapter" if spec.adapter is not None else None,
+            new = dataclasses.replace(spec, adapter=ADAPTER_DIR if spec.adapter is not None else None,
                                       base_model=BaseModelRef("base", bundled=True, origin=origin))
             if spec.adapter is not None:
-                shutil.copytree(run_dir / spec.adapter, tmp / "adapter")
-                relocatable_adapter(tmp / "adapter", new)
+                shutil.copytree(run_dir / spec.adapter, tmp / ADAPTER_DIR)
+                relocatable_adapter(tmp / ADAPTER_DIR, new)
         if spec.stack is not None:
             (tmp / spec.stack.model_file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run_dir / spec.stack.model_file, tmp / spec.stack.model_file)
