@@ -115,9 +115,11 @@ class Scorer:
 
 def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str = "text", id_field: str = "id",
                 batch_size: int = 64, concurrency: int = 2, address: str | None = None, device: str = "cpu",
-                cpus_per_actor: float = 1.0, model_batch_size: int | None = None) -> dict:
-    """Classify every row of ``paths`` into parquet shards under ``output``; returns counts and
-    seconds. A local ``output`` appears whole or not at all."""
+                cpus_per_actor: float = 1.0, model_batch_size: int | None = None,
+                rows_per_shard: int = 100_000) -> dict:
+    """Classify every row of ``paths`` into parquet shards under ``output``, of about
+    ``rows_per_shard`` rows each; returns counts and seconds. A local ``output`` appears whole or
+    not at all."""
     from .spec import ClassifierSpec
 
     ClassifierSpec.load(run_dir)  # a bad folder is an error now, not in every actor
@@ -162,7 +164,9 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
         target = str(parent / f".{Path(output).name}.tmp")
         shutil.rmtree(target, ignore_errors=True)
     try:
-        scored.write_parquet(target)
+        # The blocks are one batch each (above); written as they come, millions of rows would
+        # make tens of thousands of tiny files.
+        scored.write_parquet(target, min_rows_per_file=rows_per_shard)
         if local and not Path(target).is_dir():
             # Ray's workers write a local path on their own nodes: on a remote cluster the
             # shards are on its disks, not here.
