@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .spec import ADAPTER_DIR
 from .storage import write_json
 
 FOLDER = "checkpoints"
@@ -31,7 +32,7 @@ MANIFEST = "manifest.json"
 CHECKPOINT_FORMAT = "sentiment-lora-checkpoint/2"
 # Everything a training run writes into its folder; anything else makes the folder foreign.
 RUN_FILES = {"config.yaml", "train_log.jsonl", "metrics.json", "predictions.jsonl", "training_curves.png",
-             "confusion_matrix.png", "calibration.png", "adapter", FOLDER, "classifier.json", "evaluations",
+             "confusion_matrix.png", "calibration.png", ADAPTER_DIR, FOLDER, "classifier.json", "evaluations",
              "report.html", "logs"}
 _KEYS = {"adapter": dict, "optimizer": dict, "scheduler": dict, "step": int, "log": list}
 

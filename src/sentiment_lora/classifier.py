@@ -17,7 +17,7 @@ from .data import check_text, clean_text
 from .decision import UNDECIDED, decide
 from .errors import UserError
 from .prompt import Prompt
-from .spec import BaseModelRef, ClassifierSpec
+from .spec import ADAPTER_DIR, BaseModelRef, ClassifierSpec
 
 
 def base_model_config(spec: ClassifierSpec, folder: str | Path, device: str = "auto",
@@ -45,8 +45,6 @@ def check_base_model(spec: ClassifierSpec, model_cfg: ModelConfig) -> None:
                         f"this classifier was trained on ({want[:19]}...); restore that model or train again")
 
 
-# The folder inside a classifier that save_adapter writes: the LoRA weights and the label head.
-ADAPTER_DIR = "adapter"
 # The only type outside skops's defaults that a stack's file may hold; a file asking to build
 # anything else is refused before any of it is built.
 STACK_TYPES = frozenset({"sentiment_lora.baseline.NBScaler"})

@@ -113,6 +113,12 @@ class Scorer:
                          "error": pa.array(error, pa.string())})
 
 
+def _parquet_rows(folder: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet")) if folder.is_dir() else 0
+
+
 def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str = "text", id_field: str = "id",
                 batch_size: int = 64, concurrency: int = 2, address: str | None = None, device: str = "cpu",
                 cpus_per_actor: float = 1.0, model_batch_size: int | None = None,
@@ -167,13 +173,19 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
         # The blocks are one batch each (above); written as they come, millions of rows would
         # make tens of thousands of tiny files.
         scored.write_parquet(target, min_rows_per_file=rows_per_shard)
-        if local and not Path(target).is_dir():
-            # Ray's workers write a local path on their own nodes: on a remote cluster the
-            # shards are on its disks, not here.
-            raise UserError(f"the shards for --output {output!r} were not written on this machine (a remote "
-                            f"cluster's nodes write local paths to their own disks); with --address give "
-                            f"--output a folder every node shares or a remote URI such as s3://bucket/predictions")
         if local:
+            here = _parquet_rows(Path(target))
+            # Ray's workers write a local path on their own nodes, so on a remote cluster the
+            # shards may be there and not here (the driver may even have made the folder, empty).
+            # Counting the input again costs a read, paid only with --address or when nothing is here.
+            expected = ds.count() if address or not here else here
+            if expected == 0:
+                raise UserError(f"{', '.join(paths)} has no rows: nothing to classify")
+            if here != expected:
+                raise UserError(f"only {here} of the {expected} rows' predictions for --output {output!r} are on "
+                                f"this machine (a remote cluster's nodes write local paths to their own disks); "
+                                f"with --address give --output a folder every node shares or a remote URI such "
+                                f"as s3://bucket/predictions")
             if Path(output).is_dir():
                 Path(output).rmdir()  # empty, checked above
             os.replace(target, output)
@@ -182,8 +194,5 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
             shutil.rmtree(target, ignore_errors=True)
     rows = shards = 0
     if local:
-        import pyarrow.parquet as pq
-
-        files = sorted(Path(output).glob("*.parquet"))
-        shards, rows = len(files), sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        shards, rows = len(list(Path(output).glob("*.parquet"))), _parquet_rows(Path(output))
     return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "output": output}

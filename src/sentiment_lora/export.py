@@ -14,10 +14,10 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .classifier import ADAPTER_DIR, SentimentClassifier, base_model_config, relocatable_adapter
+from .classifier import SentimentClassifier, base_model_config, relocatable_adapter
 from .errors import UserError
 from .page import write_report
-from .spec import BaseModelRef, ClassifierSpec
+from .spec import ADAPTER_DIR, BaseModelRef, ClassifierSpec
 from .storage import read_json, write_dir
 
 COPIED = ("metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png", "calibration.png")
@@ -162,7 +162,7 @@ def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | N
              "| | |", "|---|---|",
              f"| base model | `{origin}` |",
              "| weights here | " + ("LoRA merged into the base (plain transformers folder) |" if merged
-                                   else "LoRA adapter (`adapter/`) + base model copy (`base/`) |")]
+                                   else f"LoRA adapter (`{ADAPTER_DIR}/`) + base model copy (`base/`) |")]
     if lora:
         lines.append(f"| LoRA | r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, "
                      f"targets {', '.join(lora['target_modules'])} |")

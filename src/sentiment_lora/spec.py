@@ -33,6 +33,9 @@ _NOT_MODEL = {FILE, "README.md", "metrics.json", "config.yaml", "training_curves
 DATA_KEYS = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "test_split",
              "ordinal")
 
+# The folder inside a classifier that holds the LoRA weights and the label head.
+ADAPTER_DIR = "adapter"
+
 
 @dataclass
 class BaseModelRef:
@@ -116,7 +119,7 @@ class ClassifierSpec:
     """Scoring method: logits (label-token probabilities) or generate (the seed's fallback)."""
     temperature: float = 1.0
     """Temperature scaling fitted on validation: probabilities are softmax(log p / T)."""
-    adapter: str | None = "adapter"
+    adapter: str | None = ADAPTER_DIR
     """LoRA adapter folder inside the classifier folder; None once merged into the base."""
     batch_size: int = 16
     """Most texts per scoring forward pass, unless the caller chooses."""
