@@ -10,9 +10,12 @@ A run folder is in one of these states, and each tells the user what to run next
 - ``new``: missing or empty; a fresh run starts there.
 - ``finished``: ``classifier.json`` is there (it is written last).
 - ``resumable``: a checkpoint is there; ``train --resume`` continues from it.
-- ``restartable``: only files of a run that stopped before its first checkpoint
-  (``config.yaml``, a log, ...); a fresh run, or ``--resume``, starts it over.
-- ``foreign``: it holds files a run does not write; nothing touches it.
+- ``restartable``: a run that stopped before its first checkpoint, and provably one of
+  ``train``'s: its ``config.yaml`` as ``Config.save`` wrote it (header and sha256 line),
+  results only beside the training log, and nothing else; a fresh run, or ``--resume``,
+  starts it over.
+- ``foreign``: anything else that is not empty (another verb's output, a user's files);
+  nothing touches it.
 """
 
 from __future__ import annotations
@@ -34,12 +37,41 @@ CHECKPOINT_FORMAT = "sentiment-lora-checkpoint/2"
 RUN_FILES = {"config.yaml", "train_log.jsonl", "metrics.json", "predictions.jsonl", "training_curves.png",
              "confusion_matrix.png", "calibration.png", ADAPTER_DIR, FOLDER, "classifier.json", "evaluations",
              "report.html", "logs"}
+# Written only after training, which has always written the training log by then: results
+# without it are another verb's (evaluate, baseline), not a run that stopped early.
+RESULT_FILES = RUN_FILES - {"config.yaml", "train_log.jsonl", "logs", FOLDER}
 _KEYS = {"adapter": dict, "optimizer": dict, "scheduler": dict, "step": int, "log": list}
 
 
 def _ours(name: str) -> bool:
-    # Leftovers of atomic writes killed midway: .NAME.XXXX.tmp and write_dir's .NAME.old.
-    return name in RUN_FILES or (name.startswith(".") and name.endswith((".tmp", ".old")))
+    """A run's own file, or the leftover of one of its atomic writes killed midway
+    (``.NAME.XXXX.tmp``, write_dir's ``.NAME.old``), NAME being a run file."""
+    if name in RUN_FILES:
+        return True
+    if name.startswith(".") and name.endswith(".old"):
+        return name[1:-4] in RUN_FILES
+    return name.startswith(".") and name.endswith(".tmp") and name[1:].split(".")[0] in _STEMS
+
+
+_STEMS = {n.split(".")[0] for n in RUN_FILES}
+
+
+def foreign_reason(run_dir: Path, names: list[str]) -> str | None:
+    """Why a folder without a checkpoint or classifier is not provably a run ``train`` made; None
+    when it is one (see the module docstring)."""
+    from .config import is_saved_config
+
+    extra = sorted(n for n in names if not _ours(n))
+    if extra:
+        return f"holds files that are not a training run's (e.g. {extra[0]!r})"
+    if "config.yaml" not in names:
+        return "holds no config.yaml of a training run, so it is not one train made"
+    if not is_saved_config(run_dir / "config.yaml"):
+        return "holds a config.yaml that train did not write or that was changed since"
+    results = sorted(RESULT_FILES & set(names))
+    if results and "train_log.jsonl" not in names:
+        return f"holds results ({results[0]!r}) but no training log, so another command wrote them"
+    return None
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
@@ -63,7 +95,9 @@ def folder_state(run_dir: str | Path) -> str:
         return "finished"
     if not all(_ours(n) for n in names):
         return "foreign"
-    return "resumable" if checkpoints(run_dir) else "restartable"
+    if checkpoints(run_dir):
+        return "resumable"
+    return "foreign" if foreign_reason(run_dir, names) else "restartable"
 
 
 def plan_run(run_dir: str | Path, resume: bool) -> str:
@@ -80,9 +114,8 @@ def plan_run(run_dir: str | Path, resume: bool) -> str:
         raise UserError(f"{where!r} holds a finished classifier{'; there is nothing to resume' if resume else ''}; "
                         f"choose another --output-dir")
     if state == "foreign":
-        extra = sorted(p.name for p in run_dir.iterdir() if not _ours(p.name))
-        raise UserError(f"--output-dir {where!r} holds files that are not a training run's (e.g. {extra[0]!r}); "
-                        f"choose another --output-dir")
+        why = foreign_reason(run_dir, [p.name for p in run_dir.iterdir()])
+        raise UserError(f"--output-dir {where!r} {why}; nothing there was touched: choose another --output-dir")
     if resume:
         if state == "new":
             raise UserError(f"--resume: {where!r} holds no interrupted run; start one with "

@@ -175,7 +175,7 @@ class SentimentClassifier:
                 save_label_head(self.model, tmp)
             relocatable_adapter(tmp, self.spec)
 
-        write_dir(Path(folder) / ADAPTER_DIR, save)
+        write_dir(Path(folder) / ADAPTER_DIR, save, replace=True)  # the classifier's own part of its folder
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Adapter, then ``classifier.json`` last: its presence marks a complete folder."""

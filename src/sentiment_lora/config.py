@@ -320,15 +320,31 @@ _HEADER = "# sentiment-lora run config (to edit it, delete this line and the sha
 _SUM = "# sha256: "
 
 
-def _check_saved(path: Path, text: str) -> None:
-    """A config written by ``Config.save`` must still match its checksum line."""
+def _matches_sum(text: str) -> bool:
+    """Whether ``text`` is a header, a body and the sha256 line of that body, as ``Config.save`` writes."""
     import hashlib
 
-    if not text.startswith(_HEADER + "\n"):
-        return
     body, _, last = text[len(_HEADER) + 1:].rstrip("\n").rpartition("\n")
     body += "\n" if body else ""
-    if not last.startswith(_SUM) or hashlib.sha256(body.encode("utf-8")).hexdigest() != last[len(_SUM):]:
+    return last.startswith(_SUM) and hashlib.sha256(body.encode("utf-8")).hexdigest() == last[len(_SUM):]
+
+
+def is_saved_config(path: str | Path) -> bool:
+    """Whether ``path`` is a config file ``Config.save`` wrote, unchanged since: the evidence that a
+    folder holding it is a training run's (a hand-written YAML has no checksum line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)  # a run config is a few KB; a larger file is not one
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text.startswith(_HEADER + "\n") and _matches_sum(text)
+
+
+def _check_saved(path: Path, text: str) -> None:
+    """A config written by ``Config.save`` must still match its checksum line."""
+    if not text.startswith(_HEADER + "\n"):
+        return
+    if not _matches_sum(text):
         raise UserError(f"config file {str(path)!r} is damaged (it does not match its sha256 line); restore it, or "
                         f"if you edited it on purpose, delete its first and last comment lines")
 

@@ -44,7 +44,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
                     "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),
                     "seconds": round(seconds, 2),
                     "reviews_per_s": round(len(sample) / seconds, 2) if seconds > 0 else None})
-    out = Path(output_dir) if output_dir else run_dir / "evaluations" / f"{split}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(output_dir) if output_dir else new_evaluation_dir(run_dir, split)
 
     def fill(tmp: Path) -> None:
         write_jsonl(tmp / "predictions.jsonl", prediction_rows(sample, preds, probs, clf.label_words))
@@ -53,6 +53,17 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     write_dir(out, fill)  # the folder appears whole, or not at all
     metrics["output_dir"] = str(out)
     return metrics
+
+
+def new_evaluation_dir(run_dir: Path, split: str) -> Path:
+    """``RUN/evaluations/SPLIT-TIMESTAMP``, with a counter when one of that second exists:
+    a second evaluation never lands in the first one's folder."""
+    stem = run_dir / "evaluations" / f"{split}-{datetime.now():%Y%m%d-%H%M%S}"
+    out, n = stem, 1
+    while out.exists():
+        n += 1
+        out = stem.with_name(f"{stem.name}-{n}")
+    return out
 
 
 def _excerpt(text: str, n: int = 300) -> str:

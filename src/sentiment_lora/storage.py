@@ -65,8 +65,12 @@ def write_with(path: str | Path, save: Callable[[Path], None]) -> Path:
     return _atomic(path, save)
 
 
-def write_dir(path: str | Path, save: Callable[[Path], None]) -> Path:
-    """Let ``save(tmp_dir)`` fill a folder, then swap it in place of ``path``."""
+def write_dir(path: str | Path, save: Callable[[Path], None], replace: bool = False) -> Path:
+    """Let ``save(tmp_dir)`` fill a folder, then swap it in place of ``path``.
+
+    ``path`` may exist only as an empty folder, unless ``replace`` says the caller made the
+    folder there and may replace it: files can appear while ``save`` works, and a folder
+    this process did not write is never deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -76,7 +80,9 @@ def write_dir(path: str | Path, save: Callable[[Path], None]) -> Path:
         for f in tmp.rglob("*"):  # some writers (safetensors) make 0600 files; a folder is meant to be shared
             if f.is_file():
                 os.chmod(f, 0o666 & ~_umask())
-        if path.exists():
+        if not replace:
+            _move_into(tmp, path)
+        elif path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -88,6 +94,21 @@ def write_dir(path: str | Path, save: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _move_into(tmp: Path, path: Path) -> None:
+    """Rename the folder ``tmp`` to ``path``, which must be missing or an empty folder: the
+    rename itself refuses anything else, so there is no moment to lose a file in."""
+    import errno
+
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise UserError(f"{str(path)!r} is no longer an empty folder (something was put there while this command "
+                        f"ran); nothing there was touched and the output was not written: choose another path") \
+            from None
 
 
 def read_json(path: str | Path) -> Any:
