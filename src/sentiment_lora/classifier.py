@@ -219,7 +219,7 @@ class SentimentClassifier:
             return llm_probs
         from .decision import stack_features, stack_proba
 
-        base = self.stack_model.predict_proba([clean_text(t, self.clean_html) for t in texts])
+        base = self.stack_model.predict_proba([self.prompt.clip(clean_text(t, self.clean_html)) for t in texts])
         return stack_proba(stack_features(llm_probs, base), stack.coef, stack.intercept)
 
     def proba_of_prompts(self, ids: list[list[int]], batch_size: int | None = None) -> np.ndarray:

@@ -105,7 +105,7 @@ def _print_predictions(clf, pairs, as_json: bool) -> None:
             print(json_text({"text": text, **row}))
         else:
             prob = "" if label is None else f"{float(probs[clf.label_words.index(label)]):.4f}"
-            preview = printable(" ".join((text or "").split()))
+            preview = printable(" ".join((text or "")[:300].split()))  # a preview costs no copy of a long text
             preview = preview if len(preview) <= 70 else preview[:67] + "..."
             print(f"{label or '-'}\t{prob}\t{preview}", flush=False)
     sys.stdout.flush()
@@ -156,7 +156,7 @@ def _predict(args) -> int:
         raise _usage("give texts as arguments or with --file, not both")
     # Everything a user can get wrong is checked before the model loads (seconds to minutes).
     if args.file:
-        check_input(args.file, args.field, args.id_field)
+        check_input(args.file, args.field, args.id_field, args.max_line_bytes)
         if args.output:
             prepare_output(args.file, args.output, args.field, args.id_field)
         records = None
@@ -164,7 +164,7 @@ def _predict(args) -> int:
         records = [Record(i, check_text(t, f"text {i + 1}")) for i, t in enumerate(args.texts)]
     elif not sys.stdin.isatty():
         stdin = getattr(sys.stdin, "buffer", None) or (line.encode() for line in sys.stdin)  # a test's StringIO
-        records = check_records(iter_text_lines(stdin, "standard input"), "standard input")
+        records = check_records(iter_text_lines(stdin, "standard input", args.max_line_bytes), "standard input")
     else:
         raise _usage("no texts given; pass texts as arguments, --file reviews.txt, or lines on stdin")
     ClassifierSpec.load(args.run_dir)
@@ -177,7 +177,8 @@ def _predict(args) -> int:
     chunk_size = args.chunk_size or 1024
     if args.output:
         try:
-            r = predict_file(clf, args.file, args.output, args.field, args.id_field, chunk_size)
+            r = predict_file(clf, args.file, args.output, args.field, args.id_field, chunk_size,
+                             max_line_bytes=args.max_line_bytes)
         except KeyboardInterrupt:
             print(f"interrupted: {complete_lines(args.output)} predictions are in {args.output}; run the same "
                   f"command again to continue", file=sys.stderr)
@@ -189,7 +190,7 @@ def _predict(args) -> int:
               file=sys.stderr)
         return 0
     if records is None:
-        records = iter_records(args.file, args.field, args.id_field)
+        records = iter_records(args.file, args.field, args.id_field, args.max_line_bytes)
     for chunk in chunked(records, chunk_size):
         _print_predictions(clf, zip([r.text for r in chunk], classify_chunk(clf, chunk)), args.json)
     return 0

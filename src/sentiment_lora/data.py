@@ -39,11 +39,21 @@ class DataBundle:
     stats: dict
 
 
+# Line-break markup, white space and control characters (NUL among them): a text of nothing
+# else says nothing, and is empty by the one rule every reader and the server apply.
+_BLANK = re.compile(r"(?:<br\s*/?>|[\s\x00-\x1f\x7f-\x9f])*", flags=re.IGNORECASE)
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` is empty once markup, white space and control characters are removed."""
+    return _BLANK.fullmatch(text) is not None
+
+
 def text_problem(text) -> str | None:
     """Why ``text`` cannot be classified, in words; None when it can."""
     if not isinstance(text, str):
         return f"is {type(text).__name__}, not text"
-    if not text.strip():
+    if is_blank(text):
         return "is empty"
     try:
         text.encode("utf-8")
@@ -155,7 +165,7 @@ def prepare_split(raw: dict[str, list], split: str, cfg: DataConfig, to_class) -
     """Clean one split's rows and map their labels; an empty text or a missing label is an error."""
     sample = Sample()
     for row, (text, label) in enumerate(zip(raw["text"], raw["label"])):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise UserError(f"dataset {cfg.dataset!r} split {split!r} row {row} has an empty or missing "
                             f"text; remove such rows or pick another data.text_column")
         if label is None:

@@ -21,12 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from .data import text_problem
+from .data import is_blank, text_problem
 from .errors import UserError
 from .storage import json_text, path_problem, read_json, write_json, write_problem
 
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 PARTIAL = ".partial"
+MAX_LINE_BYTES = 10_000_000
+"""A longer line (or parquet text) is a row with an error: it is never held in memory whole,
+and the prompt would keep only a few hundred tokens of it anyway."""
 
 
 @dataclass
@@ -39,12 +42,36 @@ class Record:
     """The record's own id, from ``id_field``, when one was asked for."""
     error: str | None = None
     """Why the record could not be read (a malformed line); it gets a null label, not a crash."""
+    too_long: bool = False
+    """The error is a line over the length limit: a fact of the data, not a sign of a wrong file."""
 
 
-def _lines(stream, name: str) -> Iterator[tuple[int, str | None, str | None]]:
+def raw_lines(stream, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary stream, ``None`` for each line longer than ``limit`` bytes: such a
+    line is skipped in blocks, so memory stays within ``limit`` whatever the input holds."""
+    if not hasattr(stream, "readline"):  # an iterable of lines (a test's stand-in for stdin)
+        yield from (line if len(line) <= limit + 1 else None for line in stream)
+        return
+    while line := stream.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
+def _too_long(where: str, limit: int) -> str:
+    return f"{where} is longer than {limit:,} bytes; split it, or raise the limit with --max-line-bytes"
+
+
+def _lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | None, str | None]]:
     """(line number, decoded line or None, error) of non-blank lines. Binary mode splits on \\n
     only, so a carriage return or U+2028 inside a line never splits one text into two."""
-    for number, raw in enumerate(stream, 1):
+    for number, raw in enumerate(raw_lines(stream, limit), 1):
+        if raw is None:
+            yield number, None, _too_long(f"{name}:{number}", limit)
+            continue
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
@@ -55,9 +82,13 @@ def _lines(stream, name: str) -> Iterator[tuple[int, str | None, str | None]]:
             yield number, line, None
 
 
+def _error(row: int, error: str) -> Record:
+    return Record(row, None, error=error, too_long=error.endswith("--max-line-bytes"))
+
+
 def _record(row: int, value, rid=None, where: str = "") -> Record:
     """A record of ``value``: None text when it is empty; an error when it is not usable text."""
-    if value is None or isinstance(value, str) and not value.strip():
+    if value is None or isinstance(value, str) and is_blank(value):
         return Record(row, None, rid)
     problem = text_problem(value)
     if problem is not None:
@@ -65,16 +96,16 @@ def _record(row: int, value, rid=None, where: str = "") -> Record:
     return Record(row, value, rid)
 
 
-def iter_text_lines(stream, name: str) -> Iterator[Record]:
+def iter_text_lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[Record]:
     """Records of a binary stream holding one text per line (a .txt file, standard input)."""
-    for row, (number, line, error) in enumerate(_lines(stream, name)):
-        yield Record(row, None, error=error) if error else _record(row, line, where=f"{name}:{number}")
+    for row, (number, line, error) in enumerate(_lines(stream, name, limit)):
+        yield _error(row, error) if error else _record(row, line, where=f"{name}:{number}")
 
 
-def _iter_jsonl(stream, name: str, field: str, id_field: str | None) -> Iterator[Record]:
-    for row, (number, line, error) in enumerate(_lines(stream, name)):
+def _iter_jsonl(stream, name: str, field: str, id_field: str | None, limit: int) -> Iterator[Record]:
+    for row, (number, line, error) in enumerate(_lines(stream, name, limit)):
         if error:
-            yield Record(row, None, error=error)
+            yield _error(row, error)
             continue
         try:
             obj = json.loads(line)
@@ -93,35 +124,67 @@ def _names(names) -> str:
     return shown if len(shown) <= 300 else shown[:297] + "..."
 
 
-def _iter_csv(path: Path, field: str, id_field: str | None) -> Iterator[Record]:
-    # Reviews can be long: lift the csv module's 128 KiB field limit (to what a C long holds).
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
+class _CsvLines:
+    """The decoded physical lines of a CSV file for ``csv.reader``, each over the length limit
+    replaced by an empty line and counted, so the record it was part of becomes an error row."""
+
+    def __init__(self, stream, limit: int):
+        self.lines = raw_lines(stream, limit)
+        self.number = 0
+        self.cut = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self.lines)
+        self.number += 1
+        if raw is None:
+            self.cut += 1
+            return "\n"
+        return raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
+
+
+def _iter_csv(path: Path, field: str, id_field: str | None, limit: int) -> Iterator[Record]:
+    csv.field_size_limit(min(limit, 2**31 - 1))  # a field spread over many lines is bounded too
+    with open(path, "rb") as f:
+        lines = _CsvLines(f, limit)
+        reader = csv.reader(lines)
         try:
-            try:
-                header = reader.fieldnames
-            except UnicodeDecodeError as exc:
-                raise UserError(f"input file {str(path)!r} is not UTF-8 (byte {exc.start}); "
-                                f"re-save it as UTF-8") from None
+            header = next(reader, None)
             if header is None:
                 return
             for name in (field, id_field):
                 if name and name not in header:
                     raise UserError(f"{path} has no column {name!r} (columns: {_names(header)}); add a header "
                                     f"row with a {name!r} column, or choose it with --field / --id-field")
-            for row, rec in enumerate(reader):
-                yield _record(row, rec.get(field), rec.get(id_field) if id_field else None,
-                              f"{path}:{reader.line_num}")
+            yield from _csv_records(path, reader, lines, header, field, id_field, limit)
         except UnicodeDecodeError as exc:
-            raise UserError(f"input file {str(path)!r} is not UTF-8 near line {reader.line_num} (byte {exc.start}); "
+            raise UserError(f"input file {str(path)!r} is not UTF-8 near line {lines.number} (byte {exc.start}); "
                             f"re-save it as UTF-8") from None
         except csv.Error as exc:
-            raise UserError(f"{path}:{reader.line_num} is not valid CSV ({exc}); fix the file") from None
+            raise UserError(f"{path}:{lines.number} is not valid CSV ({exc}); fix the file") from None
 
 
-def _iter_parquet(path: Path, field: str, id_field: str | None, batch: int = 4096) -> Iterator[Record]:
+def _csv_records(path: Path, reader, lines: _CsvLines, header: list[str], field: str, id_field: str | None,
+                 limit: int) -> Iterator[Record]:
+    """Rows as records; a blank line is no record, unless it stands for a line cut for length."""
+    row, seen_cut = 0, 0
+    for values in reader:
+        if lines.cut > seen_cut:
+            seen_cut = lines.cut
+            yield _error(row, _too_long(f"{path}:{lines.number}", limit))
+        elif values:
+            cell = dict(zip(header, values))  # as csv.DictReader: a repeated column name, the last wins
+            yield _record(row, cell.get(field), cell.get(id_field) if id_field else None, f"{path}:{lines.number}")
+        else:
+            continue
+        row += 1
+
+
+def _iter_parquet(path: Path, field: str, id_field: str | None, limit: int, batch: int = 1024) -> Iterator[Record]:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -139,32 +202,39 @@ def _iter_parquet(path: Path, field: str, id_field: str | None, batch: int = 409
     row = 0
     columns = [field] + ([id_field] if id_field and id_field != field else [])
     for chunk in pf.iter_batches(batch_size=batch, columns=columns):
-        texts = chunk.column(field).to_pylist()
+        column = chunk.column(field)
+        # Over-long texts are dropped before they become Python strings (a second copy).
+        long = pc.fill_null(pc.greater(pc.binary_length(column), limit), False)
+        texts = pc.if_else(long, pa.scalar(None, column.type), column).to_pylist()
         ids = chunk.column(id_field).to_pylist() if id_field else [None] * len(texts)
-        for text, rid in zip(texts, ids):
-            yield _record(row, text, rid, f"{path} row {row + 1}")
+        for text, rid, cut in zip(texts, ids, long.to_pylist()):
+            where = f"{path} row {row + 1}"
+            yield _error(row, _too_long(where, limit)) if cut else _record(row, text, rid, where)
             row += 1
 
 
-def iter_records(path: str | Path, field: str = "text", id_field: str | None = None) -> Iterator[Record]:
-    """Records of a .txt, .jsonl, .csv or .parquet file, read as they are needed."""
+def iter_records(path: str | Path, field: str = "text", id_field: str | None = None,
+                 max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Record]:
+    """Records of a .txt, .jsonl, .csv or .parquet file, read as they are needed; a line or text
+    longer than ``max_line_bytes`` is a record with an error."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".txt", ""):
         with open(path, "rb") as f:
-            yield from iter_text_lines(f, str(path))
+            yield from iter_text_lines(f, str(path), max_line_bytes)
     elif suffix == ".jsonl":
         with open(path, "rb") as f:
-            yield from _iter_jsonl(f, str(path), field, id_field)
+            yield from _iter_jsonl(f, str(path), field, id_field, max_line_bytes)
     elif suffix == ".csv":
-        yield from _iter_csv(path, field, id_field)
+        yield from _iter_csv(path, field, id_field, max_line_bytes)
     elif suffix == ".parquet":
-        yield from _iter_parquet(path, field, id_field)
+        yield from _iter_parquet(path, field, id_field, max_line_bytes)
     else:
         raise UserError(f"input file {str(path)!r}: unknown type {suffix!r}; use {', '.join(SUFFIXES)}")
 
 
-def check_input(path: str | Path, field: str = "text", id_field: str | None = None) -> None:
+def check_input(path: str | Path, field: str = "text", id_field: str | None = None,
+                max_line_bytes: int = MAX_LINE_BYTES) -> None:
     """Before any model loads: the file exists, has a known type, and its first records parse."""
     path = Path(path)
     problem = path_problem(path)
@@ -174,7 +244,7 @@ def check_input(path: str | Path, field: str = "text", id_field: str | None = No
     if path.suffix.lower() not in (*SUFFIXES, ""):
         raise UserError(f"input file {str(path)!r}: unknown type {path.suffix!r}; use {', '.join(SUFFIXES)}")
     try:
-        first = list(itertools.islice(iter_records(path, field, id_field), 64))
+        first = list(itertools.islice(iter_records(path, field, id_field, max_line_bytes), 64))
     except OSError as exc:
         raise UserError(f"input file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
     _check_first(first, f"input file {str(path)!r}")
@@ -188,7 +258,8 @@ def _check_first(first: list[Record], name: str) -> None:
         raise UserError(f"{name} holds no texts")
     # Later malformed records get a null label and an "error" in the output; the first ones
     # are the likeliest sign of a wrong file or --field, so they stop the run before it starts.
-    bad = next((r for r in first if r.error), None)
+    # A line too long is a fact of the data, wherever it stands: its row says so.
+    bad = next((r for r in first if r.error and not r.too_long), None)
     if bad is not None:
         raise UserError(bad.error)
 
@@ -278,9 +349,24 @@ def classifier_identity(clf) -> str:
 
 
 def _identity(path: Path, field: str, id_field: str | None, classifier: str | None) -> dict:
-    st = path.stat()
-    return {"input": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "field": field, "id_field": id_field,
-            "classifier": classifier}
+    """What a ``.partial`` sidecar must match for its output to be continued; the input's
+    content is checked too, by ``records_digest`` over the rows already consumed."""
+    return {"input": path.name, "field": field, "id_field": id_field, "classifier": classifier}
+
+
+_CONSUMED = ("rows", "sha256")  # the sidecar's record of the input rows read so far
+
+
+def records_digest(records: Iterable[Record], digest=None):
+    """sha256 over records' content (row, text, id, error), updated in place: which input rows an
+    output was made from, whatever their file's size or modification time says."""
+    import hashlib
+
+    digest = digest or hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps([r.row, r.text, r.id, r.error], default=str).encode("utf-8", "surrogatepass"))
+        digest.update(b"\n")
+    return digest
 
 
 def complete_lines(output: str | Path) -> int:
@@ -362,7 +448,8 @@ def prepare_output(input_path: str | Path, output: str | Path, field: str = "tex
     except (OSError, ValueError):
         saved = None
     want = _identity(input_path, field, id_field, classifier)
-    if not isinstance(saved, dict) or {k: v for k, v in saved.items() if k != "classifier"} != \
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), t) for k, t in zip(_CONSUMED, (int, str))) \
+            or {k: v for k, v in saved.items() if k not in ("classifier", *_CONSUMED)} != \
             {k: v for k, v in want.items() if k != "classifier"}:
         raise UserError(f"--output {str(output)!r} is an unfinished prediction of another or a changed input; "
                         f"delete it and {sidecar.name} to start over")
@@ -373,13 +460,12 @@ def prepare_output(input_path: str | Path, output: str | Path, field: str = "tex
 
 
 def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "text", id_field: str | None = None,
-                 chunk_size: int = 1024, progress: bool = True) -> dict:
+                 chunk_size: int = 1024, progress: bool = True, max_line_bytes: int = MAX_LINE_BYTES) -> dict:
     """Classify every record of ``input_path`` into ``output`` (JSON lines), resuming an unfinished one.
 
     Returns counts: rows written now, rows found done, rows without a label (empty or
     unreadable), and seconds.
     """
-    import fcntl
     import time
 
     from tqdm.auto import tqdm
@@ -388,34 +474,27 @@ def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "
     identity = _identity(input_path, field, id_field, classifier_identity(clf))
     resuming = prepare_output(input_path, output, field, id_field, identity["classifier"])
     sidecar = Path(f"{output}{PARTIAL}")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if not resuming:
-            write_json(sidecar, identity)
-        out = open(output, "ab+")
-    except OSError as exc:
-        raise UserError(f"cannot write --output {str(output)!r} ({exc.strerror}); choose a writable place") from None
-    with out:
-        try:  # two runs appending to one file would interleave their lines
-            fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"another 'sentiment-lora predict' is writing {str(output)!r}; wait for it, or choose "
-                            f"another --output") from None
+    saved = read_json(sidecar) if resuming else None
+    with _locked_output(output, sidecar, identity, resuming) as out:
         done = _resume_point(out, output, sidecar)
         out.seek(0, os.SEEK_END)
         started = time.perf_counter()
+        records, digest, hashed = _verified_input(iter_records(input_path, field, id_field, max_line_bytes), saved,
+                                                  done, output, sidecar)
         written = unlabelled = 0
         bar = tqdm(total=count_records(input_path), initial=done, unit="text", desc="predict",
                    disable=not progress, dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
-        records = itertools.islice(iter_records(input_path, field, id_field), done, None)
         with bar:
             for chunk in chunked(records, chunk_size):
-                lines = []
-                for rec, label, probs in classify_chunk(clf, chunk):
-                    unlabelled += probs is None
-                    row = output_row(rec, label, probs, clf.label_words)
-                    lines.append(json_text(row, default=str) + "\n")
-                out.write("".join(lines).encode("utf-8"))
+                # The sidecar first: it then names every row the output may hold, so a resumed run
+                # can check them all against the input.
+                records_digest([r for r in chunk if r.row >= hashed], digest)
+                hashed = max(hashed, chunk[-1].row + 1)
+                write_json(sidecar, {**identity, "rows": hashed, "sha256": digest.hexdigest()})
+                results = classify_chunk(clf, chunk)
+                unlabelled += sum(probs is None for _, _, probs in results)
+                out.write("".join(json_text(output_row(rec, label, probs, clf.label_words), default=str) + "\n"
+                                  for rec, label, probs in results).encode("utf-8"))
                 out.flush()
                 os.fsync(out.fileno())  # a line on disk is a line a resumed run will not redo
                 written += len(chunk)
@@ -423,3 +502,44 @@ def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "
         sidecar.unlink()
     return {"rows": written, "resumed_after": done, "empty": unlabelled,
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _locked_output(output: Path, sidecar: Path, identity: dict, resuming: bool):
+    """The output file open for appending, under an exclusive lock; a new one gets its sidecar."""
+    import fcntl
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            write_json(sidecar, {**identity, "rows": 0, "sha256": records_digest([]).hexdigest()})
+        out = open(output, "ab+")
+    except OSError as exc:
+        raise UserError(f"cannot write --output {str(output)!r} ({exc.strerror}); choose a writable place") from None
+    try:  # two runs appending to one file would interleave their lines
+        fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        out.close()
+        raise UserError(f"another 'sentiment-lora predict' is writing {str(output)!r}; wait for it, or choose "
+                        f"another --output") from None
+    return out
+
+
+def _verified_input(records: Iterator[Record], saved: dict | None, done: int, output: Path, sidecar: Path):
+    """(the records still to classify, the digest of those read, how many were read) after
+    checking that the rows an unfinished output was made from are still the input's first rows:
+    a file replaced by another of the same size and time must not be continued."""
+    digest = records_digest([])
+    if saved is None:
+        return records, digest, 0
+    rows = saved["rows"]
+    if done > rows:
+        raise UserError(f"--output {str(output)!r} holds {done} rows but {sidecar.name} names {rows}; it was edited "
+                        f"or damaged: delete both to start over")
+    records_digest(itertools.islice(records, done), digest)
+    pending = list(itertools.islice(records, rows - done))  # at most the chunk the sidecar named ahead
+    records_digest(pending, digest)
+    if digest.hexdigest() != saved["sha256"]:
+        raise UserError(f"the input's first {rows} rows are not the ones the unfinished --output {str(output)!r} "
+                        f"was made from (the file was changed or replaced); delete it and {sidecar.name} to start "
+                        f"over, or restore the input")
+    return itertools.chain(pending, records), digest, rows

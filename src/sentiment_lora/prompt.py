@@ -19,6 +19,13 @@ _CANDIDATES = [(w, w.title()) for w in ("terrible", "awful", "horrible", "bad", 
                                          "neutral", "average", "okay", "fine", "decent", "positive", "good", "great",
                                          "excellent", "amazing", "perfect")]
 _SAMPLE_TEXT = "An example review."
+_SPARE = 64  # tokens kept beyond the budget at each cut, so a cut never reaches the tokens kept
+
+
+def _longest_token(tokenizer) -> int:
+    """Characters in the longest token string of the vocabulary (special tokens included)."""
+    vocab = tokenizer.get_vocab()
+    return max(1, max(map(len, vocab), default=1))
 
 
 @dataclass
@@ -47,6 +54,13 @@ class Prompt:
             raise UserError(f"config: prompt.max_length={cfg.max_length} leaves {self.budget} tokens for the "
                             f"text after the template's {overhead}; raise it")
         self.label_token_ids = self._label_ids()
+        self.char_limit: int | None = 2 * (self.budget + _SPARE) * _longest_token(tokenizer)
+        """Characters kept from each end of a text before it is tokenized (None: all). A token
+        spans at most as many characters as its own string has (twice that, allowing for a
+        normalizer that merges characters), so this keeps the budget's tokens and more: the
+        tokens kept are those of the whole text, at a cost bounded whatever its length. (Only a
+        single run of thousands of one repeated character, which BPE merges from its start,
+        may tokenize differently at the cut.)"""
 
     def _ids(self, prompt: str) -> list[int]:
         return self.lead + self.tok(prompt, add_special_tokens=False).input_ids
@@ -102,9 +116,22 @@ class Prompt:
             return self.tok.decode(ids[:keep])
         return self.tok.decode(ids[: keep - tail]) + _CUT + self.tok.decode(ids[-tail:])
 
+    def clip(self, text: str) -> str:
+        """The part of ``text`` the prompt can keep (head, tail or both, by the truncation
+        mode), cut by characters before any tokenizing; a text within the limit is unchanged."""
+        n = self.char_limit
+        if n is None or len(text) <= (2 * n if self.cfg.truncation == "head+tail" else n):
+            return text
+        if self.cfg.truncation == "head":
+            return text[:n]
+        if self.cfg.truncation == "tail":
+            return text[-n:]
+        return text[:n] + text[-n:]
+
     def encode(self, texts: list[str]) -> Encoded:
         if not texts:
             return Encoded([], 0)
+        texts = [self.clip(t) for t in texts]
         text_ids = self.tok(list(texts), add_special_tokens=False).input_ids
         prompts = [self.cfg.template.format(text=t) for t in texts]
         out = [self.lead + ids for ids in self.tok(prompts, add_special_tokens=False).input_ids]
