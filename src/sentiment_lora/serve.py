@@ -22,9 +22,11 @@ import asyncio
 import dataclasses
 import hmac
 import json
+import logging
 import signal
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,9 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     """A larger request body gets 413."""
     api_key: str | None = None
-    """When set, every route but /health needs ``Authorization: Bearer <key>``."""
+    """When set, every route but /health needs ``Authorization: Bearer <key>``. Letters, digits and
+    ASCII punctuation only: HTTP clients send other characters in a header differently, if at all
+    (UTF-8, Latin-1, or an encoding error), and strip blanks at its ends."""
 
     def __post_init__(self):
         from .errors import UserError
@@ -71,6 +75,9 @@ class ServeConfig:
             raise UserError(f"--port {self.port} must be from 1 to 65535")
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("--api-key must not be empty")
+        if self.api_key is not None and not all("!" <= c <= "~" for c in self.api_key):
+            raise UserError("--api-key may hold only ASCII letters, digits and punctuation, no spaces: HTTP clients "
+                            "cannot reliably send other characters in a header")
 
 
 class Rejected(Exception):
@@ -108,14 +115,20 @@ class Batcher:
         for ids, fut in zip(prompts, futures):
             self.queue.put_nowait((ids, fut))
         self._waiting(len(prompts))
+        # asyncio.wait, not wait_for(gather(...)): cancelling a gather logs "exception was never
+        # retrieved", and a caller that gives up (a client gone) cancels this wait.
         try:
-            rows = await asyncio.wait_for(asyncio.gather(*futures), self.cfg.request_timeout_s)
-        except asyncio.TimeoutError:
-            for fut in futures:
-                fut.cancel()  # the worker skips them
+            done, pending = await asyncio.wait(futures, timeout=self.cfg.request_timeout_s,
+                                               return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            _drop(futures)
+        failed = [fut.exception() for fut in done if fut.exception() is not None]
+        if failed:
+            raise failed[0]
+        if pending:
             raise Rejected(504, f"the request waited more than {self.cfg.request_timeout_s:g} s; retry, or send "
-                                f"fewer texts at once", "timeout") from None
-        return np.stack(rows)
+                                f"fewer texts at once", "timeout")
+        return np.stack([fut.result() for fut in futures])
 
     def _waiting(self, delta: int) -> None:
         self.waiting += delta
@@ -181,6 +194,14 @@ class Batcher:
                     fut.set_result(row)
 
 
+def _drop(futures: list) -> None:
+    """Cancel the texts nobody waits for any more (timed out, or the client gone: the worker skips
+    them), and mark the failures of the others as seen, so asyncio logs none as never retrieved."""
+    for fut in futures:
+        if not fut.cancel() and not fut.cancelled():
+            fut.exception()
+
+
 class Metrics:
     """Prometheus series of one app (its own registry, so several apps can live in one process)."""
 
@@ -242,6 +263,75 @@ def parse_inputs(body: bytes, cfg: ServeConfig) -> tuple[list[str], bool, dict]:
     return texts, single, params
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, counted as it arrives and refused (413) as soon as it passes ``limit``
+    bytes: a chunked body declares no length, and reading it whole first would let one request
+    hold as much memory as it likes."""
+    from starlette.requests import ClientDisconnect
+
+    chunks, size = [], 0
+    try:
+        async with aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, f"the request body has more than the {limit} bytes allowed",
+                                   "payload_too_large")
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise client_gone(request) from None
+    return b"".join(chunks)
+
+
+async def scored_while_connected(request: Request, batcher: Batcher, prompts: list[list[int]]) -> np.ndarray:
+    """``batcher.submit(prompts)``, given up if the client hangs up first: its texts leave the
+    queue unscored, so a client that stopped waiting costs no model time."""
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the body is read already: a disconnect is the only message left
+
+    scoring = asyncio.ensure_future(batcher.submit(prompts))
+    watching = asyncio.ensure_future(hung_up())
+    try:
+        done, _ = await asyncio.wait({scoring, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        scoring.cancel()  # a no-op once scored; else its texts are dropped from the queue
+        watching.cancel()
+    if scoring not in done:
+        raise client_gone(request)
+    return scoring.result()
+
+
+def client_gone(request: Request) -> Rejected:
+    """A client that closed its connection before the answer: an ordinary event, so one line in
+    the log at info level, and a status (499, as nginx counts it) for the metrics only."""
+    client = request.client
+    logging.getLogger("uvicorn.error").info("%s closed the connection before the answer to %s; its texts were "
+                                            "dropped", f"{client.host}:{client.port}" if client else "a client",
+                                            request.url.path)
+    return Rejected(499, "the client closed the connection", "client_closed")
+
+
+def failure(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def load_classifier(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """The classifier in ``run_dir``, or UserError with why it cannot load: a server without its
+    model could only answer 503, so ``serve`` stops on the reason instead."""
+    from .classifier import SentimentClassifier
+    from .errors import UserError
+
+    try:
+        return SentimentClassifier.load(run_dir, device=device, dtype=dtype)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot load the classifier in {run_dir}: {failure(exc)}") from None
+
+
 def ranked(probs: np.ndarray, words: list[str], top_k: int | None = None) -> list[list[dict]]:
     """For each row, every label with its score, highest first."""
     out = []
@@ -279,7 +369,7 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
             clf = load() if load else SentimentClassifier.load(run_dir, device=device, dtype=dtype)
             state["clf"] = clf
         except Exception as exc:  # reported by /health; the process stays up to say so
-            state["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            state["error"] = failure(exc)
 
     def score(prompts: list[list[int]]) -> np.ndarray:
         return state["clf"].proba_of_prompts(prompts, batch_size=len(prompts))
@@ -303,13 +393,16 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
 
         return JSONResponse({"error": printable(message), "error_type": kind}, status_code=status, headers=headers)
 
+    expected = f"Bearer {cfg.api_key}".encode("ascii") if cfg.api_key else b""
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
         route = request.url.path if request.url.path in ROUTES else "other"
         started = time.perf_counter()
         if cfg.api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
+            # The bytes sent, not starlette's Latin-1 reading of them.
+            given = next((v for k, v in request.scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, expected):
                 response = error(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
                                  "unauthorized", {"WWW-Authenticate": "Bearer"})
                 _count(route, response.status_code, started)
@@ -344,11 +437,12 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             raise Rejected(413, f"the request body has {declared} bytes, more than the {cfg.max_body_bytes} allowed",
                            "payload_too_large")
-        texts, single, params = parse_inputs(await request.body(), cfg)
+        texts, single, params = parse_inputs(await read_body(request, cfg.max_body_bytes), cfg)
         clf = state["clf"]
         prompts = clf.encode(texts)  # cleaning and the prompt's truncation rule, as in training
         started = time.perf_counter()
-        probs = clf.combine(texts, await state["batcher"].submit(prompts))  # a stack's TF-IDF part, if any
+        scores = await scored_while_connected(request, state["batcher"], prompts)
+        probs = clf.combine(texts, scores)  # a stack's TF-IDF part, if any
         return probs, single, params, (time.perf_counter() - started) * 1000
 
     @app.post("/predict")
@@ -407,10 +501,13 @@ ROUTES = {"/", "/predict", "/classify", "/health", "/info", "/metrics"}
 
 def serve(run_dir: str | Path, cfg: ServeConfig, device: str = "auto", dtype: str = "auto",
           log_level: str = "warning") -> None:
-    """Serve until Ctrl-C or SIGTERM; then stop accepting, finish what is in flight, return."""
+    """Load the classifier, then serve until Ctrl-C or SIGTERM; then stop accepting, finish what
+    is in flight, return. A classifier that cannot load is UserError before anything listens."""
     import uvicorn
 
-    app = create_app(run_dir, cfg, device=device, dtype=dtype)
+    print(f"loading {run_dir} ...", flush=True)
+    clf = load_classifier(run_dir, device=device, dtype=dtype)
+    app = create_app(run_dir, cfg, device=device, dtype=dtype, load=lambda: clf)
     print(f"serving {run_dir} on http://{cfg.host}:{cfg.port} (the page at /, the API at /predict); "
           f"Ctrl-C stops it", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
