@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -64,14 +64,24 @@ def tfidf_pipeline(nb: bool, C: float, seed: int = 42, classes: int = 2) -> Pipe
     return Pipeline(steps)
 
 
+# Below this many held-out rows per class a carved validation sample cannot tell the C values
+# apart (one row moves its accuracy more than the grid's differences), or is empty: C is then
+# chosen by stratified cross-validation over all of train.
+MIN_HELD_OUT_PER_CLASS = 10
+CV_FOLDS = 5
+
+
 def fit_tfidf(train: Sample, nb: bool, val_size: int = 2500, seed: int = 42, classes: int = 2,
               val: Sample | None = None) -> tuple[Pipeline, dict]:
     """Choose C on validation (the dataset's own split when given, else a sample carved from
-    train: balanced for two classes, stratified beyond), then refit on all of train."""
+    train: balanced for two classes, stratified beyond; on small data, cross-validation), then
+    refit on all of train."""
     rng = np.random.default_rng(seed)
     if val is not None:
         return _choose_c(train, val, train, nb, seed, classes)
     val_size = min(val_size, len(train) // 5)
+    if val_size < MIN_HELD_OUT_PER_CLASS * classes:
+        return _choose_c_by_cv(train, nb, seed, classes)
     pick = balanced_indices if classes == 2 else stratified_indices
     val_idx = pick(train.labels, val_size, classes, rng, what="TF-IDF validation sample")
     held = set(val_idx)
@@ -85,15 +95,54 @@ def pick_c(scores: dict[float, float]) -> float:
     return max(scores, key=lambda c: (scores[c], -abs(np.log(c))))
 
 
+def fit_pipeline(model: Pipeline, texts: list[str], labels: list[int], what: str = "training texts") -> Pipeline:
+    """``model.fit``, with a vocabulary left empty by pruning (min_df=2 on a handful of short
+    texts) as a one-line error instead of scikit-learn's."""
+    try:
+        return model.fit(texts, labels)
+    except ValueError:
+        try:
+            clone(model.named_steps["tfidf"]).fit(texts)
+        except ValueError:
+            raise UserError(f"the TF-IDF baseline found no word in 2 or more of the {len(texts)} {what} (its "
+                            f"vocabulary keeps only those); give it more training rows") from None
+        raise
+
+
 def _choose_c(fit_part: Sample, val_part: Sample, train: Sample, nb: bool, seed: int,
               classes: int) -> tuple[Pipeline, dict]:
     scores = {}
     for C in C_GRID:
-        model = tfidf_pipeline(nb, C, seed, classes).fit(fit_part.texts, fit_part.labels)
+        model = fit_pipeline(tfidf_pipeline(nb, C, seed, classes), fit_part.texts, fit_part.labels)
         scores[C] = float((model.predict(val_part.texts) == np.asarray(val_part.labels)).mean())
     best = pick_c(scores)
-    model = tfidf_pipeline(nb, best, seed, classes).fit(train.texts, train.labels)
+    model = fit_pipeline(tfidf_pipeline(nb, best, seed, classes), train.texts, train.labels)
     return model, {"C": best, "val_accuracy_by_C": {str(k): v for k, v in scores.items()}, "val_size": len(val_part)}
+
+
+def _choose_c_by_cv(train: Sample, nb: bool, seed: int, classes: int) -> tuple[Pipeline, dict]:
+    """C by stratified k-fold accuracy, with as many folds (up to CV_FOLDS) as the smallest class
+    has rows: every fold must hold each class on both sides."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(np.asarray(train.labels, dtype=int), minlength=classes)
+    if counts.min() < 2:
+        raise UserError(f"the TF-IDF baseline needs at least 2 training rows of every class to choose its C "
+                        f"({2 * classes} rows in all); class {int(counts.argmin())} has {int(counts.min())}")
+    folds = StratifiedKFold(n_splits=min(CV_FOLDS, int(counts.min())), shuffle=True, random_state=seed)
+    splits = list(folds.split(np.zeros(len(train)), train.labels))
+    scores = {}
+    for C in C_GRID:
+        right = 0
+        for fit_idx, val_idx in splits:
+            part, held = train.take(fit_idx), train.take(val_idx)
+            model = fit_pipeline(tfidf_pipeline(nb, C, seed, classes), part.texts, part.labels,
+                                 "training texts of a cross-validation fold")
+            right += int((model.predict(held.texts) == np.asarray(held.labels)).sum())
+        scores[C] = right / len(train)
+    best = pick_c(scores)
+    model = fit_pipeline(tfidf_pipeline(nb, best, seed, classes), train.texts, train.labels)
+    return model, {"C": best, "cv_accuracy_by_C": {str(k): v for k, v in scores.items()}, "cv_folds": len(splits)}
 
 
 def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, seed: int = 42,

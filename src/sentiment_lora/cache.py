@@ -12,6 +12,9 @@ built once into a folder here (safetensors, config, tokenizer) and loaded from t
   otherwise (``hashes.json``), so a warm start does not hash half a gigabyte. A damaged
   entry is rebuilt with a one-line warning. (A change that keeps a file's size and all its
   timestamps, such as bit rot on the disk, is therefore not seen.)
+- Shared: entries get the usual umask-based modes, so one user's warm cache serves another.
+  A cache that cannot be written (another user's, a read-only disk) costs the slow path and
+  one warning per process.
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .storage import read_json, write_json
+from .storage import read_json, write_dir, write_json
 
 MANIFEST = "manifest.json"
 _MEMO = "hashes.json"
@@ -35,8 +37,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("SENTIMENT_LORA_CACHE") or Path.home() / ".cache" / "sentiment-lora").expanduser()
 
 
+_WARNED: set[str] = set()
+
+
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    """Print a warning once per process: one cause met again (an unwritable cache, for the
+    tokenizer and then the model) would only repeat it."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def hash_file(path: str | Path) -> str:
@@ -114,14 +123,31 @@ def check_entry(folder: Path) -> str | None:
 def cached_folder(kind: str, key: str, build: Callable[[Path], None], what: str) -> Path:
     """The folder ``kind/key`` of the cache, built by ``build(tmp_folder)`` when missing or damaged.
 
-    Raises OSError when the cache cannot be written; callers fall back to the slow path.
+    Raises OSError when the cache cannot be written; callers fall back to the slow path. The
+    error names the cache folder rather than the entry's own file (its lock, its temporary
+    folder), so that one cause gives one message whichever entry met it.
     """
-    from filelock import FileLock
-
     parent = cache_root() / kind
     entry = parent / key
     if entry.is_dir() and check_entry(entry) is None:
         return entry
+    try:
+        return _build_entry(parent, key, build, what)
+    except OSError as exc:
+        if exc.filename is None or not _within(Path(exc.filename), cache_root()):
+            raise  # not the cache's fault (the source file, say): as it was
+        raise OSError(exc.errno, exc.strerror, str(parent)) from exc
+
+
+def _within(path: Path, root: Path) -> bool:
+    """``path`` is ``root``, inside it, or one of the folders above it (which making it needs)."""
+    return path == root or root in path.parents or path in root.parents
+
+
+def _build_entry(parent: Path, key: str, build: Callable[[Path], None], what: str) -> Path:
+    from filelock import FileLock
+
+    entry = parent / key
     parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(parent / f"{key}.lock")):
         for stale in parent.glob(f".{key}.*.tmp"):  # left by a build that was killed; we hold the lock
@@ -132,16 +158,18 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], None], what: str)
                 return entry
             warn(f"cached {what} in {entry} is damaged ({problem}); rebuilding it")
             shutil.rmtree(entry, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=parent))
-        try:
+        files: dict[str, dict] = {}
+
+        def fill(tmp: Path) -> None:
             build(tmp)
-            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": hash_file(p)}
-                     for p in sorted(tmp.rglob("*")) if p.is_file()}
+            files.update({p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": hash_file(p)}
+                          for p in sorted(tmp.rglob("*")) if p.is_file()})
             write_json(tmp / MANIFEST, {"what": what, "key": key, "files": files})
-            os.replace(tmp, entry)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        # write_dir builds in a temporary folder (``.{key}.*.tmp``, the name swept above), gives
+        # it the usual umask-based modes, not mkdtemp's 0700, so another user can read a warm
+        # cache, and renames it into place.
+        write_dir(entry, fill)
         # Renaming the folder leaves its files' stat as it was: memoize the hashes just taken
         # under the final paths, so the next start checks the entry without hashing it again.
         _remember({(entry / name).resolve(): f["sha256"] for name, f in files.items()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -13,8 +14,8 @@ from pathlib import Path
 
 
 def _num(x) -> str:
-    """A metric for printing; undefined ones (ROC-AUC with one class present) print as n/a."""
-    return "n/a" if x is None else f"{x:.4f}"
+    """A metric for printing; undefined ones (ROC-AUC with one class present, NaN) print as n/a."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
 
 
 def _train(args) -> int:
@@ -26,6 +27,9 @@ def _train(args) -> int:
     if args.resume:
         if not args.output_dir:
             raise _usage("--resume needs --output-dir, the folder of the interrupted run")
+        if args.config:  # ignoring it would train on a config other than the one asked for
+            raise _usage("--resume continues with the run's own config.yaml and takes no --config; adjust it "
+                         "with --set KEY=VALUE")
         plan_run(args.output_dir, resume=True)
         cfg = run_config(args.output_dir, args.set)
     else:
@@ -357,12 +361,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {printable(message)} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common(default) -> argparse.ArgumentParser:
+    """--verbose and --debug; a verb's copy leaves them unset unless given (SUPPRESS), so that
+    ``sentiment-lora --debug VERB`` is not undone by the verb's own default."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", action="store_true", help="show the libraries' progress bars and warnings")
-    common.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    parser = _Parser(prog="sentiment-lora", parents=[common], description="Fine-tune a decoder LLM with LoRA "
+    common.add_argument("--verbose", action="store_true", default=default,
+                        help="show the libraries' progress bars and warnings")
+    common.add_argument("--debug", action="store_true", default=default, help="show the traceback of an unexpected "
+                        "error")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sentiment-lora", parents=[_common(False)], description="Fine-tune a decoder LLM with LoRA "
                      "to classify text, evaluate it, and predict with it.")
+    common = _common(argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     dtypes = ["auto", "float32", "bfloat16", "float16"]
 
@@ -397,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv/.parquet")
     p.add_argument("--id-field", help="field or column copied to each output line as its id")
     p.add_argument("--chunk-size", type=_positive_int, help="texts read and scored at a time (default 1024)")
+    p.add_argument("--max-line-bytes", type=_positive_int, default=10_000_000, help="a longer line (or text) is "
+                   "not read: its row gets an error instead (default 10,000,000)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model: faster scoring after a "
                    "warm-up of a minute or two, for large files")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -503,7 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         args.texts = [*args.texts, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if not (args.verbose or args.debug or os.environ.get("SENTIMENT_LORA_VERBOSE")):
+    verbose_env = os.environ.get("SENTIMENT_LORA_VERBOSE")
+    if args.verbose or args.debug:  # read by what quiets a library itself (cluster.quiet_ray for Ray)
+        os.environ["SENTIMENT_LORA_VERBOSE"] = "1"
+    elif not verbose_env:
         _quiet()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
@@ -532,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if verbose_env is None:  # this call's choice, not the next one's (a test, a notebook)
+            os.environ.pop("SENTIMENT_LORA_VERBOSE", None)
+        else:
+            os.environ["SENTIMENT_LORA_VERBOSE"] = verbose_env
 
 
 def entry() -> None:

@@ -9,13 +9,18 @@ id. Without ``--address`` a Ray instance is started on this machine for the run.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from .data import text_problem
 from .errors import UserError
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -72,6 +77,40 @@ def input_format(paths: list[str]) -> str:
     return kinds.pop()
 
 
+@contextmanager
+def quiet_ray() -> Iterator[None]:
+    """Ray's own chatter (INFO lines, progress logged line by line, notes about its settings)
+    kept off the terminal, as the rest of the tool keeps libraries quiet, and put back after;
+    errors still show, and Ray Data's log files keep everything. ``SENTIMENT_LORA_VERBOSE``
+    (which ``--verbose`` sets) leaves it all on.
+
+    Ray's C++ core still prints its error-level notes (one about actors' constructor
+    arguments comes with every actor pool): RAY_BACKEND_LOG_LEVEL would hide them only by
+    lowering, too, what the raylet and GCS this process starts write to their log files, which
+    are what a failed run is debugged from."""
+    if os.environ.get("SENTIMENT_LORA_VERBOSE"):
+        yield
+        return
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    ray_logger = logging.getLogger("ray")
+    consoles = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    saved = (context.enable_progress_bars, ray_logger.level, [h.level for h in consoles])
+    context.enable_progress_bars = False
+    ray_logger.setLevel(logging.ERROR)
+    for handler in consoles:
+        handler.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, level, levels = saved
+        ray_logger.setLevel(level)
+        for handler, level in zip(consoles, levels):
+            handler.setLevel(level)
+
+
 class Scorer:
     """A Ray actor: loads the classifier once, then classifies the batches it is handed."""
 
@@ -91,7 +130,7 @@ class Scorer:
         import pyarrow as pa
 
         texts = batch[self.field].tolist()
-        usable = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        usable = [i for i, t in enumerate(texts) if text_problem(t) is None]  # predict's rule for a text
         labels: list[str | None] = [None] * len(texts)
         prob = np.full(len(texts), np.nan)
         probs: list[dict[str, float] | None] = [None] * len(texts)
@@ -103,7 +142,7 @@ class Scorer:
                 if label is not None:
                     prob[i] = float(p[j][self.clf.label_words.index(label)])
         have = set(usable)
-        error = [None if i in have else "no text" for i in range(len(texts))]
+        error = [None if i in have else "empty text" for i in range(len(texts))]  # as predict --output says
         # One schema for every batch: a batch whose column is all null must not make a shard
         # whose type differs from the others'.
         words = self.clf.label_words
@@ -138,8 +177,28 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
     # A local instance gets one logical CPU more than the actors reserve: Ray Data's read and
     # write tasks need one too, and would wait for ever behind actors holding every core.
     cpus = None if address else max(os.cpu_count() or 1, int(np.ceil(concurrency * cpus_per_actor)) + 1)
-    ray.init(address=address, num_cpus=cpus, ignore_reinit_error=True, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    with quiet_ray():
+        ray.init(address=address, num_cpus=cpus, ignore_reinit_error=True, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+        ds = _read_input(paths, kind, field, id_field)
+        # Ray Data hands an actor a whole block per task, and a small file reads as one block: cut
+        # the input into blocks of one batch each, or a single actor would score everything.
+        ds = ds.repartition(target_num_rows_per_block=batch_size)
+        scored = ds.map_batches(Scorer, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()),
+                                                               "device": device, "field": field,
+                                                               "id_field": id_field, "batch_size": model_batch_size},
+                                batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                num_cpus=cpus_per_actor,
+                                num_gpus=1 if device.startswith("cuda") else 0, batch_format="pandas")
+        _write_shards(scored, ds, paths, output, rows_per_shard, on_cluster=address is not None)
+    rows = shards = 0
+    if local:
+        shards, rows = len(list(Path(output).glob("*.parquet"))), _parquet_rows(Path(output))
+    return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "output": output}
+
+
+def _read_input(paths: list[str], kind: str, field: str, id_field: str):
+    """The input as a Ray dataset, its text and id columns checked."""
     import ray.data
 
     read = {"parquet": ray.data.read_parquet, "json": ray.data.read_json, "csv": ray.data.read_csv}[kind]
@@ -154,23 +213,21 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
     for option, name in (("--field", field), ("--id-field", id_field)):
         if name not in columns:
             raise UserError(f"the input has no column {name!r} (it has {', '.join(columns)}); name it with {option}")
-    # Ray Data hands an actor a whole block per task, and a small file reads as one block: cut
-    # the input into blocks of one batch each, or a single actor would score everything.
-    ds = ds.repartition(target_num_rows_per_block=batch_size)
-    scored = ds.map_batches(Scorer, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()), "device": device,
-                                                           "field": field, "id_field": id_field,
-                                                           "batch_size": model_batch_size},
-                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                            num_cpus=cpus_per_actor,
-                            num_gpus=1 if device.startswith("cuda") else 0, batch_format="pandas")
+    return ds
+
+
+def _write_shards(scored, ds, paths: list[str], output: str, rows_per_shard: int, on_cluster: bool) -> None:
+    """Write ``scored`` to ``output``: a remote URI directly, a local folder through a temporary
+    one renamed into place once every row is there."""
+    local = not _remote(output)
     target = output
     if local:
         parent = Path(output).resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
-        target = str(parent / f".{Path(output).name}.tmp")
-        shutil.rmtree(target, ignore_errors=True)
+        # A fresh name of its own: a folder of that name already there may be someone else's.
+        target = tempfile.mkdtemp(prefix=f".{Path(output).name}.", suffix=".tmp", dir=parent)
     try:
-        # The blocks are one batch each (above); written as they come, millions of rows would
+        # The blocks are one batch each (predict_ray cuts them so); written as they come, millions of rows would
         # make tens of thousands of tiny files.
         scored.write_parquet(target, min_rows_per_file=rows_per_shard)
         if local:
@@ -178,7 +235,7 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
             # Ray's workers write a local path on their own nodes, so on a remote cluster the
             # shards may be there and not here (the driver may even have made the folder, empty).
             # Counting the input again costs a read, paid only with --address or when nothing is here.
-            expected = ds.count() if address or not here else here
+            expected = ds.count() if on_cluster or not here else here
             if expected == 0:
                 raise UserError(f"{', '.join(paths)} has no rows: nothing to classify")
             if here != expected:
@@ -192,7 +249,3 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
     finally:
         if local:
             shutil.rmtree(target, ignore_errors=True)
-    rows = shards = 0
-    if local:
-        shards, rows = len(list(Path(output).glob("*.parquet"))), _parquet_rows(Path(output))
-    return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "output": output}

@@ -11,6 +11,7 @@ import numpy as np
 
 from .config import DataConfig
 from .errors import UserError
+from .storage import write_problem
 
 _BR = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
 _DATA_SUFFIXES = {".parquet", ".csv", ".json", ".jsonl", ".arrow", ".txt"}
@@ -114,6 +115,7 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]
     try:
         ds = datasets.load_dataset(str(path) if path.exists() else name, cfg.subset)
     except Exception as exc:  # datasets raises many types; all mean "could not read it"
+        check_datasets_cache()  # an unwritable HOME fails here too, and is not the dataset's fault
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise UserError(f"could not load dataset {name!r}: {first}. Where the Hub is unreachable, "
                         f"point data.dataset at a local copy (e.g. DATA=../shared/imdb)") from None
@@ -128,6 +130,23 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]
                             f"(columns: {', '.join(ds[split].column_names)}); set data.text_column / data.label_column")
         out[split] = {"text": ds[split][cfg.text_column], "label": ds[split][cfg.label_column]}
     return out
+
+
+def check_datasets_cache() -> None:
+    """A UserError naming the datasets library's cache folder when it cannot be made or written
+    (an unwritable HOME, say); nothing when it can. Nothing is created: this only diagnoses."""
+    import datasets.config
+
+    folder = Path(datasets.config.HF_DATASETS_CACHE).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the root, at least
+    if not existing.is_dir():
+        problem = f"{str(existing)!r} is a file"
+    else:
+        problem = write_problem(existing)
+        problem = problem and f"{problem} in {str(existing)!r}"
+    if problem:
+        raise UserError(f"the datasets cache folder {str(folder)!r} cannot be created or written ({problem}); set "
+                        f"HF_HOME (or HF_DATASETS_CACHE) to a writable folder")
 
 
 def label_mapper(cfg: DataConfig, label_words: list[str]):

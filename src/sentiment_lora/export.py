@@ -11,6 +11,7 @@ and both load with ``SentimentClassifier.load``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def _lora_settings(run_dir: Path) -> dict | None:
 
 
 def _pct(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"  # an older metrics.json may hold NaN
 
 
 def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | None, adds_bos: bool = False) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,16 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _num(x, digits: int = 4) -> str:
-    return "n/a" if not isinstance(x, (int, float)) or isinstance(x, bool) else f"{x:.{digits}f}"
+    """A figure for the page; a missing or non-finite one (an older metrics.json may hold NaN,
+    which Python's json reads) is n/a, as an undefined figure is."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _cell(x) -> str:
+    """A table cell: text as it is, a non-finite number as n/a."""
+    return "n/a" if isinstance(x, float) and not math.isfinite(x) else str(x)
 
 
 def image_uri(path: Path) -> str | None:
@@ -100,7 +110,7 @@ def card_html(f: dict, run_dir: str | Path) -> str:
     m, d = f["metrics"], f["data"]
     ci = m.get("accuracy_ci95") if isinstance(m.get("accuracy_ci95"), list) else None
     acc = (f"{_num(m.get('accuracy'))} <span class=muted>(95% CI {_num(ci[0], 3)}–{_num(ci[1], 3)}, "
-           f"n={escape(str(m.get('n')))})</span>") if ci and len(ci) == 2 else "n/a"
+           f"n={escape(_cell(m.get('n')))})</span>") if ci and len(ci) == 2 else "n/a"
     lora = f["lora"]
     lora_text = (f"r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, "
                  f"targets {', '.join(lora['target_modules'])}") if lora else "n/a"
@@ -111,7 +121,7 @@ def card_html(f: dict, run_dir: str | Path) -> str:
              ("Macro F1 · ROC-AUC · ECE",
               f"{_num(m.get('macro_f1'))} · {_num(m.get('roc_auc'))} · {_num(m.get('ece'))}"),
              ("Labels", escape(", ".join(f["labels"]))),
-             ("Decision", escape(f"p({f['labels'][1]}) ≥ {f['threshold']:.4f}" if len(f["labels"]) == 2
+             ("Decision", escape(f"p({f['labels'][1]}) ≥ {_num(f['threshold'])}" if len(f["labels"]) == 2
                                  else "most probable label")),
              ("Max length", escape(f"{f['max_length']} tokens, cut {f['truncation']}"))]
     if f.get("stack"):
@@ -142,7 +152,7 @@ def _per_class(m: dict) -> str:
     if not rows:
         return ""
     body = "".join(f"<tr><td>{escape(str(w))}</td><td>{_num(r.get('precision'))}</td><td>{_num(r.get('recall'))}"
-                   f"</td><td>{_num(r.get('f1'))}</td><td>{escape(str(r.get('support')))}</td></tr>"
+                   f"</td><td>{_num(r.get('f1'))}</td><td>{escape(_cell(r.get('support')))}</td></tr>"
                    for w, r in rows.items() if isinstance(r, dict))
     return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
             f"{body}</table>")
@@ -151,7 +161,7 @@ def _per_class(m: dict) -> str:
 def confident_mistakes(rows: list[dict], n: int = 10) -> list[dict]:
     """The ``n`` wrong predictions made with the highest probability."""
     wrong = [r for r in rows if r.get("pred") is not None and r.get("pred") != r.get("gold")
-             and isinstance(r.get("prob"), (int, float))]
+             and isinstance(r.get("prob"), (int, float)) and math.isfinite(r["prob"])]
     return sorted(wrong, key=lambda r: -r["prob"])[:n]
 
 
@@ -162,10 +172,10 @@ def report_html(run_dir: str | Path, spec=None) -> str:
     log = _jsonl(run_dir / "train_log.jsonl")
     mistakes = confident_mistakes(_jsonl(run_dir / "predictions.jsonl"))
     keys = ["step", "epoch", "loss", "lr", "val_accuracy", "skipped_steps"]
-    log_rows = "".join("<tr>" + "".join(f"<td>{escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in log)
+    log_rows = "".join("<tr>" + "".join(f"<td>{escape(_cell(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in log)
     mistake_rows = "".join(
         f"<tr><td>{escape(str(r.get('id', '')))}</td><td class=text>{escape(str(r.get('text', '(not saved)')))}</td>"
-        f"<td>{escape(str(r['gold']))}</td><td>{escape(str(r['pred']))}</td><td>{r['prob']:.4f}</td></tr>"
+        f"<td>{escape(str(r['gold']))}</td><td>{escape(str(r['pred']))}</td><td>{_num(r['prob'])}</td></tr>"
         for r in mistakes)
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
