@@ -66,7 +66,7 @@ def test_ray_engine_equals_one_process(kind, reviews, tiny_run, tmp_path, capsys
     assert np.abs(have - want).max() <= 1e-5
     assert got["label"][keep].tolist() == clf.labels_of(want)
     blank = [i for i in range(len(reviews)) if i not in keep]
-    assert got["label"][blank].isna().all() and (got["error"][blank] == "no text").all()
+    assert got["label"][blank].isna().all() and (got["error"][blank] == "empty text").all()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
