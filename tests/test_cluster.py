@@ -135,7 +135,7 @@ def test_shards_written_on_other_nodes_are_one_line_not_a_crash(reviews, tiny_ru
     reviews.to_parquet(src)
     # As Ray does when the driver is here and the workers are not: the folder is made on this
     # machine, and the shards go to the nodes' own disks.
-    monkeypatch.setattr(ray.data.Dataset, "write_parquet", lambda self, path, **kw: Path(path).mkdir())
+    monkeypatch.setattr(ray.data.Dataset, "write_parquet", lambda self, path, **kw: Path(path).mkdir(exist_ok=True))
     rc = main(["predict", str(tiny_run), "--engine", "ray", "--device", "cpu", "--file", str(src),
                "--id-field", "review_id", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
