@@ -213,3 +213,28 @@ def interrupted_run(monkeypatch):
             monkeypatch.setattr(train_mod, "label_logits", real)
 
     return interrupt
+
+
+@pytest.fixture
+def interrupted_predict(monkeypatch):
+    """``interrupted_predict(clf, path, out, chunk_size)``: run ``predict_file`` and raise
+    KeyboardInterrupt while its second chunk is scored, as Ctrl-C would; scoring is restored."""
+    import sentiment_lora.predict as predict_mod
+
+    def interrupt(clf, path, out, chunk_size: int) -> None:
+        real, calls = predict_mod.classify_chunk, {"n": 0}
+
+        def stop_in_second(*args):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return real(*args)
+
+        monkeypatch.setattr(predict_mod, "classify_chunk", stop_in_second)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                predict_mod.predict_file(clf, path, out, chunk_size=chunk_size, progress=False)
+        finally:
+            monkeypatch.setattr(predict_mod, "classify_chunk", real)
+
+    return interrupt

@@ -186,27 +186,14 @@ def test_malformed_records_after_the_first_are_reported_per_row(clf, tmp_path):
         check_input(tmp_path / "in.jsonl", id_field="uid")
 
 
-def test_resume_refuses_another_classifier_and_a_second_writer(clf, tiny_run, tmp_path, monkeypatch):
+def test_resume_refuses_another_classifier_and_a_second_writer(clf, tiny_run, tmp_path, interrupted_predict):
     import fcntl
 
-    import sentiment_lora.predict as predict_mod
     from sentiment_lora.export import export
 
     folder = write_inputs(tmp_path, TEXTS * 4)
     out = tmp_path / "out.jsonl"
-    real = predict_mod.classify_chunk
-    calls = {"n": 0}
-
-    def interrupt_second_chunk(*args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(predict_mod, "classify_chunk", interrupt_second_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        predict_file(clf, folder / "in.txt", out, chunk_size=5, progress=False)
-    monkeypatch.setattr(predict_mod, "classify_chunk", real)
+    interrupted_predict(clf, folder / "in.txt", out, 5)
     assert len(rows(out)) == 5 and (tmp_path / "out.jsonl.partial").is_file()
 
     other = SentimentClassifier.load(export(tiny_run, tmp_path / "other", merge=True))

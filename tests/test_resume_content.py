@@ -17,28 +17,10 @@ def clf(tiny_run):
     return SentimentClassifier.load(tiny_run, device="cpu")
 
 
-def _interrupted(clf, path, out, monkeypatch) -> None:
-    """Run predict_file into ``out`` and stop it in its second chunk, as Ctrl-C would."""
-    import sentiment_lora.predict as predict_mod
-
-    real, calls = predict_mod.classify_chunk, {"n": 0}
-
-    def stop_in_second(*args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(predict_mod, "classify_chunk", stop_in_second)
-    with pytest.raises(KeyboardInterrupt):
-        predict_file(clf, path, out, chunk_size=4, progress=False)
-    monkeypatch.setattr(predict_mod, "classify_chunk", real)
-
-
-def test_an_input_replaced_with_the_same_size_and_time_is_refused(clf, tmp_path, monkeypatch):
+def test_an_input_replaced_with_the_same_size_and_time_is_refused(clf, tmp_path, interrupted_predict):
     path, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
     path.write_text("".join(t + "\n" for t in FIRST))
-    _interrupted(clf, path, out, monkeypatch)
+    interrupted_predict(clf, path, out, 4)
     st = path.stat()
     # Same length, other words, and the old times put back: what `cp -p` or `rsync -t` leave.
     path.write_text("".join(t.replace("fine", "dull") + "\n" for t in FIRST))
@@ -50,10 +32,10 @@ def test_an_input_replaced_with_the_same_size_and_time_is_refused(clf, tmp_path,
     assert out.read_bytes() == before
 
 
-def test_the_same_input_touched_or_grown_resumes(clf, tmp_path, monkeypatch):
+def test_the_same_input_touched_or_grown_resumes(clf, tmp_path, interrupted_predict):
     path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in FIRST))
-    _interrupted(clf, path, out, monkeypatch)
+    interrupted_predict(clf, path, out, 4)
     with open(path, "a") as f:  # more rows at the end, a new modification time: the rows done are unchanged
         f.write(json.dumps({"text": "one more"}) + "\n")
     r = predict_file(clf, path, out, chunk_size=4, progress=False)
@@ -62,11 +44,11 @@ def test_the_same_input_touched_or_grown_resumes(clf, tmp_path, monkeypatch):
     assert not (tmp_path / "out.jsonl.partial").exists()
 
 
-def test_a_change_in_the_rows_named_ahead_is_seen(clf, tmp_path, monkeypatch):
+def test_a_change_in_the_rows_named_ahead_is_seen(clf, tmp_path, interrupted_predict):
     """The sidecar names a chunk before its lines are written: a change there is caught too."""
     path, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
     path.write_text("".join(t + "\n" for t in FIRST))
-    _interrupted(clf, path, out, monkeypatch)
+    interrupted_predict(clf, path, out, 4)
     lines = path.read_text().splitlines()
     lines[5] = lines[5].replace("fine", "dull")  # row 5: in the chunk that was being scored
     path.write_text("".join(line + "\n" for line in lines))
