@@ -25,7 +25,7 @@ def gguf_loads(monkeypatch):
     import sentiment_lora.model as model_mod
 
     calls = {"model": 0, "tokenizer": 0}
-    real_model, real_tok = model_mod._model_from, model_mod._tokenizer_from
+    real_model, real_tok = model_mod.model_from, model_mod.tokenizer_from
 
     def model_from(source, cfg, dtype):
         calls["model"] += bool(source[1].get("gguf_file"))
@@ -35,8 +35,8 @@ def gguf_loads(monkeypatch):
         calls["tokenizer"] += bool(source[1].get("gguf_file"))
         return real_tok(source, cfg)
 
-    monkeypatch.setattr(model_mod, "_model_from", model_from)
-    monkeypatch.setattr(model_mod, "_tokenizer_from", tokenizer_from)
+    monkeypatch.setattr(model_mod, "model_from", model_from)
+    monkeypatch.setattr(model_mod, "tokenizer_from", tokenizer_from)
     return calls
 
 
@@ -133,8 +133,8 @@ import json, sys, torch
 import sentiment_lora.model as m
 from sentiment_lora.config import ModelConfig
 calls = []
-real = m._model_from
-m._model_from = lambda src, cfg, dtype: (calls.append(bool(src[1].get("gguf_file"))), real(src, cfg, dtype))[1]
+real = m.model_from
+m.model_from = lambda src, cfg, dtype: (calls.append(bool(src[1].get("gguf_file"))), real(src, cfg, dtype))[1]
 cfg = ModelConfig(name_or_path=sys.argv[1], gguf_file="tiny.gguf", device="cpu")
 model = m.load_base_model(cfg, torch.device("cpu"), torch.float32, None)
 print(json.dumps({"dequantized": sum(calls), "norm": float(sum(p.double().abs().sum() for p in model.parameters()))}))

@@ -120,18 +120,19 @@ def test_help_lists_the_verbs():
 
 
 def test_undefined_metrics_print_as_n_a():
-    from sentiment_lora.cli import _num
+    from sentiment_lora.cli import format_metric
 
-    assert _num(None) == "n/a" and _num(0.91234) == "0.9123"
+    assert format_metric(None) == "n/a" and format_metric(0.91234) == "0.9123"
 
 
 def test_an_unexpected_error_is_one_line_and_exit_1_unless_debug(monkeypatch, capsys):
     import sentiment_lora.cli as cli
+    from sentiment_lora.spec import ClassifierSpec
 
-    def boom(args):
+    def boom(folder):  # a bug in the first thing export does
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(cli, "_export", boom)
+    monkeypatch.setattr(ClassifierSpec, "load", staticmethod(boom))
     assert cli.main(["export", "a", "b"]) == 1
     err = capsys.readouterr().err
     assert err == "internal error: RuntimeError: boom; rerun with --debug and report it\n"

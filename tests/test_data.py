@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from sentiment_lora.config import DataConfig
-from sentiment_lora.data import _looks_local, balanced_indices, clean_text, load_splits, prepare_data
+from sentiment_lora.data import balanced_indices, clean_text, load_splits, looks_local, prepare_data
 from sentiment_lora.errors import UserError
 
 WORDS = ["Negative", "Positive"]
@@ -128,9 +128,9 @@ def test_unreadable_and_empty_folders(tmp_path):
 
 
 def test_paths_and_hub_ids_are_told_apart():
-    assert not _looks_local("imdb") and not _looks_local("stanfordnlp/imdb")
-    assert _looks_local("./imdb") and _looks_local("../shared/imdb") and _looks_local("/data/imdb")
-    assert _looks_local("data/sets/imdb")
+    assert not looks_local("imdb") and not looks_local("stanfordnlp/imdb")
+    assert looks_local("./imdb") and looks_local("../shared/imdb") and looks_local("/data/imdb")
+    assert looks_local("data/sets/imdb")
 
 
 def _unbalanced(folder, seed=0):

@@ -143,7 +143,7 @@ def test_a_stop_signal_saves_the_step_under_way(sig, tiny_model_dir, tiny_data_d
 def test_a_wrong_byte_in_a_checkpoint_is_caught_and_the_previous_one_used(tiny_config, tmp_path, interrupted_run,
                                                                          capsys):
     import sentiment_lora.train as train_mod
-    from sentiment_lora.checkpoint import _read
+    from sentiment_lora.checkpoint import read_checkpoint
 
     cfg = tiny_config("train.save_steps=1", "train.epochs=1", "eval.verify_samples=0")
     out = tmp_path / "run"
@@ -156,7 +156,7 @@ def test_a_wrong_byte_in_a_checkpoint_is_caught_and_the_previous_one_used(tiny_c
     data[at + 1] ^= 0x40  # one bit of one weight: same size, still a valid zip
     last.write_bytes(bytes(data))
     # torch alone loads it, silently wrong: only the manifest can tell.
-    assert not torch.equal(next(iter(_read(last)["adapter"].values())), adapter)
+    assert not torch.equal(next(iter(read_checkpoint(last)["adapter"].values())), adapter)
     capsys.readouterr()
     metrics = train_mod.run(cfg, out, resume=True)
     said = capsys.readouterr()

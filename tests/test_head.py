@@ -99,7 +99,7 @@ def test_exports_carry_the_head(head_run, tmp_path):
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     assert emb.data_ptr() != head.data_ptr()
     assert not torch.allclose(emb[spec.label_token_ids], head[spec.label_token_ids])
-    assert tok is not None
+    assert tok.get_vocab() == clf.tokenizer.get_vocab()  # the folder's own tokenizer, whole
 
 
 def test_a_spec_that_would_hide_its_head_is_refused(head_run):

@@ -98,7 +98,9 @@ def test_evaluate_rescoring(trained, tmp_path, tiny_data_dir):
     rows = (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 20
     g = evaluate_run(out, split="test", limit=10, method="generate", output_dir=tmp_path / "gen")
-    assert g["method"] == "generate" and g["n"] == 10 and 0 <= g["unparsed"] <= 10
+    assert g["method"] == "generate" and g["n"] == 10
+    gen_rows = [json.loads(r) for r in (tmp_path / "gen" / "predictions.jsonl").read_text().splitlines()]
+    assert g["unparsed"] == sum(r["pred"] is None for r in gen_rows)  # every unparsed answer, and only those
 
 
 def test_cli_predict_and_evaluate(trained, tmp_path, capsys):

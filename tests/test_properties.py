@@ -333,7 +333,7 @@ def test_any_text_and_template_keeps_the_template_whole_within_max_length(prop_t
     assert len(encoded.input_ids) == len(texts)
     truncated = 0
     for text, ids in zip(texts, encoded.input_ids):
-        full = prompt._ids(prefix + text + suffix)
+        full = prompt.ids(prefix + text + suffix)
         was_cut = len(full) > max_length
         truncated += was_cut
         assert len(ids) <= max_length, f"{len(ids)} tokens > max_length {max_length}"
@@ -350,7 +350,7 @@ def test_any_text_and_template_keeps_the_template_whole_within_max_length(prop_t
             # tokenizes as the prompt's ids followed by the word's first token.
             sep = "" if decoded[-1].isspace() else " "
             for word, label_id in zip(LABEL_WORDS, prompt.label_token_ids):
-                with_word = prompt._ids(decoded + sep + word)
+                with_word = prompt.ids(decoded + sep + word)
                 assert with_word[: len(ids)] == ids, (decoded, word)
                 assert with_word[len(ids)] == label_id, (decoded, word)
     assert encoded.truncated == truncated

@@ -195,10 +195,11 @@ def test_tfidf_on_normal_data_keeps_its_held_out_sample(tiny_data_dir, tmp_path)
 FORCED = """
 import sys
 import sentiment_lora.cli as cli
-def boom(args):
+from sentiment_lora.spec import ClassifierSpec
+def boom(folder):
     print("a line on stdout")
     raise RuntimeError("boom")
-cli._export = boom
+ClassifierSpec.load = staticmethod(boom)
 sys.argv = ["sentiment-lora", *sys.argv[1:]]
 cli.entry()
 """

@@ -268,7 +268,8 @@ def _check_manifest(path: Path, entries: list[dict] | None) -> None:
         raise ValueError(f"its sha256 is not the one recorded in {MANIFEST}: it was changed after it was written")
 
 
-def _read(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file's state, checked for shape; ValueError says what is wrong with it."""
     import torch
 
     try:
@@ -305,7 +306,7 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> tuple[dict, Path]:
     for path in found:
         try:
             _check_manifest(path, entries)
-            state = _read(path)
+            state = read_checkpoint(path)
         except (ValueError, OSError) as exc:
             problems.append(f"{path} is damaged ({exc})")
             continue

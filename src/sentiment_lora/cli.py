@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 
-def _num(x) -> str:
+def format_metric(x) -> str:
     """A metric for printing; undefined ones (ROC-AUC with one class present, NaN) print as n/a."""
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
 
@@ -62,7 +62,8 @@ def _train(args) -> int:
         t = metrics["train"]
         lo, hi = metrics["accuracy_ci95"]
         print(f"accuracy {metrics['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {metrics['n']} test reviews, "
-              f"macro F1 {metrics['macro_f1']:.4f}, ROC-AUC {_num(metrics['roc_auc'])}, ECE {_num(metrics['ece'])}")
+              f"macro F1 {metrics['macro_f1']:.4f}, ROC-AUC {format_metric(metrics['roc_auc'])}, "
+              f"ECE {format_metric(metrics['ece'])}")
         print(f"training: {t['train_tokens_per_s']} tokens/s, {t['train_reviews_per_s']} reviews/s, "
               f"peak memory {t['peak_mem_mb']:.0f} MB; scoring: {metrics['eval_reviews_per_s']} reviews/s; "
               f"wall time {metrics['wall_seconds']:.0f} s")
@@ -90,7 +91,7 @@ def _evaluate(args) -> int:
                      output_dir=args.output_dir)
     lo, hi = m["accuracy_ci95"]
     print(f"accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} reviews of {m['split']}, "
-          f"macro F1 {m['macro_f1']:.4f}, ROC-AUC {_num(m['roc_auc'])}, {m['reviews_per_s']} reviews/s")
+          f"macro F1 {m['macro_f1']:.4f}, ROC-AUC {format_metric(m['roc_auc'])}, {m['reviews_per_s']} reviews/s")
     if m["unparsed"]:
         print(f"{m['unparsed']} answers named no label word (generate method)")
     print(f"written to {m['output_dir']}")
@@ -252,8 +253,8 @@ def _stack(args) -> int:
     for name, label in (("stack", "stack"), ("llm", "LLM alone"), ("baseline", args.baseline)):
         m = s["test"][name]
         lo, hi = m["accuracy_ci95"]
-        print(f"  {label:<9} accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), ECE {_num(m.get('ece'))} on "
-              f"{m['n']} test rows")
+        print(f"  {label:<9} accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), "
+              f"ECE {format_metric(m.get('ece'))} on {m['n']} test rows")
     print(f"written to {args.run_dir} (classifier.json, stack/, metrics.json[\"stack\"])")
     return 0
 
@@ -310,7 +311,7 @@ def _baseline(args) -> int:
         m = run_zero_shot(cfg, out)
     lo, hi = m["accuracy_ci95"]
     print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
-          f"ROC-AUC {_num(m['roc_auc'])}, ECE {_num(m['ece'])}")
+          f"ROC-AUC {format_metric(m['roc_auc'])}, ECE {format_metric(m['ece'])}")
     if "label_bias" in m:
         print(f"label offsets {m['label_bias']} calibrated on validation; uncalibrated the accuracy is "
               f"{m['accuracy_uncalibrated']:.4f}")

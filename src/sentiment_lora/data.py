@@ -77,7 +77,7 @@ def clean_text(text: str, clean_html: bool = True) -> str:
     return re.sub(r"[ \t]{2,}", " ", text).strip()
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
     """A path rather than a Hub id (``imdb``, ``stanfordnlp/imdb``): fail fast if it is missing
     instead of asking the Hub about it."""
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
@@ -104,7 +104,7 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]
                                 f"set data.train_split/test_split to one of its folders")
             out[split] = _read_aclimdb(path, split)
         return out
-    if _looks_local(name) and not path.exists():
+    if looks_local(name) and not path.exists():
         raise UserError(f"dataset {name!r} not found; pass an existing folder (e.g. DATA=../shared/imdb "
                         f"or --set data.dataset=PATH) or a Hub id like stanfordnlp/imdb")
     if path.is_dir() and not any(p.suffix in _DATA_SUFFIXES for p in path.rglob("*") if p.is_file()):

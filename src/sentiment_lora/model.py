@@ -88,7 +88,9 @@ def _fail_loading(what: str, cfg: ModelConfig, exc: Exception) -> UserError:
                      f"Give a Hub id, a local model folder, or a GGUF file with model.gguf_file")
 
 
-def _tokenizer_from(source: tuple[str, dict], cfg: ModelConfig):
+def tokenizer_from(source: tuple[str, dict], cfg: ModelConfig):
+    """The tokenizer at ``source`` (a path and from_pretrained's keyword arguments): every
+    tokenizer load goes through here, the seam a test wraps to count loads from GGUF."""
     from transformers import AutoTokenizer
 
     path, kwargs = source
@@ -98,7 +100,8 @@ def _tokenizer_from(source: tuple[str, dict], cfg: ModelConfig):
         raise _fail_loading("tokenizer", cfg, exc) from None
 
 
-def _model_from(source: tuple[str, dict], cfg: ModelConfig, dtype: torch.dtype):
+def model_from(source: tuple[str, dict], cfg: ModelConfig, dtype: torch.dtype):
+    """The causal LM at ``source``, as ``tokenizer_from`` (the same seam for model loads)."""
     from transformers import AutoModelForCausalLM
 
     path, kwargs = source
@@ -137,9 +140,9 @@ def _quiet_gguf(active: bool):
 
 
 def load_tokenizer(cfg: ModelConfig):
-    source = _cached_gguf(cfg, "tokenizer", lambda src, tmp: _tokenizer_from(src, cfg).save_pretrained(tmp),
+    source = _cached_gguf(cfg, "tokenizer", lambda src, tmp: tokenizer_from(src, cfg).save_pretrained(tmp),
                           "tokenizer") if cfg.gguf_file else _source(cfg)
-    tok = _tokenizer_from(source, cfg)
+    tok = tokenizer_from(source, cfg)
     if tok.pad_token is None:
         # Padding is masked out, so any existing token serves; adding one would resize
         # the embeddings and change the model.
@@ -153,11 +156,11 @@ def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, 
     """The base model on ``device``; a GGUF file is dequantized once into the cache, then loaded from there."""
     if cfg.gguf_file:
         name = str(dtype).removeprefix("torch.")
-        source = _cached_gguf(cfg, name, lambda src, tmp: _model_from(src, cfg, dtype).save_pretrained(tmp),
+        source = _cached_gguf(cfg, name, lambda src, tmp: model_from(src, cfg, dtype).save_pretrained(tmp),
                               f"{name} weights of {cfg.gguf_file}")
     else:
         source = _source(cfg)
-    model = _model_from(source, cfg, dtype)
+    model = model_from(source, cfg, dtype)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model.to(device)

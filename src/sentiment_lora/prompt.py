@@ -48,7 +48,7 @@ class Prompt:
         # the label is read at the last position, which must be the template's end.
         self.lead = list(full[: len(full) - len(plain)]) if full[-len(plain):] == plain else []
         """Leading special tokens (BOS) the tokenizer adds, kept at the start of every prompt."""
-        overhead = len(self._ids(cfg.template.format(text="")))
+        overhead = len(self.ids(cfg.template.format(text="")))
         self.budget = cfg.max_length - overhead
         if self.budget < 8:
             raise UserError(f"config: prompt.max_length={cfg.max_length} leaves {self.budget} tokens for the "
@@ -62,17 +62,19 @@ class Prompt:
         single run of thousands of one repeated character, which BPE merges from its start,
         may tokenize differently at the cut.)"""
 
-    def _ids(self, prompt: str) -> list[int]:
+    def ids(self, prompt: str) -> list[int]:
+        """Token ids of a whole prompt, as the classifier feeds it: the leading special tokens,
+        then the prompt's own tokens."""
         return self.lead + self.tok(prompt, add_special_tokens=False).input_ids
 
     def _label_ids(self) -> list[int]:
         """First token of each label word as it follows the template, checked for collisions."""
         prompt = self.cfg.template.format(text=_SAMPLE_TEXT)
-        base = self._ids(prompt)
+        base = self.ids(prompt)
         sep = "" if prompt[-1].isspace() else " "
         ids = []
         for word in self.cfg.label_words:
-            full = self._ids(prompt + sep + word)
+            full = self.ids(prompt + sep + word)
             if full[: len(base)] != base or len(full) == len(base):
                 raise UserError(f"label word {word!r} merges with the end of the template when tokenized; "
                                 f"end prompt.template with a separator and no trailing space, e.g. 'Sentiment:'")
@@ -92,11 +94,11 @@ class Prompt:
         """Words from a list of sentiment and rating words that this tokenizer encodes as one
         token after ``prefix`` (the template's end), other than the ``taken`` tokens; one case
         per word, spread from negative to positive."""
-        base = self._ids(prefix.rstrip(" ") if prefix.endswith(" ") else prefix)
+        base = self.ids(prefix.rstrip(" ") if prefix.endswith(" ") else prefix)
         found, used = [], set(taken)
         for variants in _CANDIDATES:
             for word in variants:
-                full = self._ids(prefix + word)
+                full = self.ids(prefix + word)
                 if len(full) == len(base) + 1 and full[:len(base)] == base and full[-1] not in used:
                     found.append(word)
                     used.add(full[-1])
@@ -144,7 +146,7 @@ class Prompt:
             # head+tail adds a marker): shrink the kept part until the whole prompt fits.
             keep = self.budget
             while True:
-                ids = self._ids(self.cfg.template.format(text=self._cut(text_ids[i], keep)))
+                ids = self.ids(self.cfg.template.format(text=self._cut(text_ids[i], keep)))
                 excess = len(ids) - self.cfg.max_length
                 if excess <= 0 or keep <= 1:
                     break
