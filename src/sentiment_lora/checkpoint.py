@@ -21,11 +21,39 @@ A run folder is in one of these states, and each tells the user what to run next
 from __future__ import annotations
 
 import shutil
+from enum import Enum
 from pathlib import Path
 
 from .errors import UserError
 from .spec import ADAPTER_DIR
 from .storage import write_json
+
+
+class FolderState(str, Enum):
+    """What a run folder holds, and so what ``train`` may do with it (see the module docstring)."""
+
+    NEW = "new"
+    FINISHED = "finished"
+    RESUMABLE = "resumable"
+    RESTARTABLE = "restartable"
+    FOREIGN = "foreign"
+    FILE = "file"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Plan(str, Enum):
+    """What ``train`` does in its folder: start in a new one, clear an early-stopped run of its
+    own and start over, or continue from a checkpoint."""
+
+    FRESH = "fresh"
+    RESTART = "restart"
+    RESUME = "resume"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 FOLDER = "checkpoints"
 LAST = "last.pt"
@@ -80,60 +108,60 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for p in (folder / LAST, folder / PREVIOUS) if p.is_file()]
 
 
-def folder_state(run_dir: str | Path) -> str:
+def folder_state(run_dir: str | Path) -> FolderState:
     """new, finished, resumable, restartable or foreign (see the module docstring); ``file``
     when the path is not a folder."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        return "new"
+        return FolderState.NEW
     if not run_dir.is_dir():
-        return "file"
+        return FolderState.FILE
     names = [p.name for p in run_dir.iterdir()]
     if not names:
-        return "new"
+        return FolderState.NEW
     if "classifier.json" in names:
-        return "finished"
+        return FolderState.FINISHED
     if not all(_ours(n) for n in names):
-        return "foreign"
+        return FolderState.FOREIGN
     if checkpoints(run_dir):
-        return "resumable"
-    return "foreign" if foreign_reason(run_dir, names) else "restartable"
+        return FolderState.RESUMABLE
+    return FolderState.FOREIGN if foreign_reason(run_dir, names) else FolderState.RESTARTABLE
 
 
-def plan_run(run_dir: str | Path, resume: bool) -> str:
-    """Check the run folder before any heavy work; return ``fresh``, ``restart`` (clear the
-    folder's leftovers and start from step 0) or ``resume``. Anything else is a UserError
+def plan_run(run_dir: str | Path, resume: bool) -> Plan:
+    """Check the run folder before any heavy work; return the Plan: fresh, restart (clear the
+    folder's leftovers and start from step 0) or resume. Anything else is a UserError
     that says which command to run instead."""
     run_dir = Path(run_dir)
     state = folder_state(run_dir)
     where = str(run_dir)
     resume_cmd = f"'sentiment-lora train --resume --output-dir {where}'"
-    if state == "file":
+    if state is FolderState.FILE:
         raise UserError(f"--output-dir {where!r} is a file, not a folder; choose a folder path")
-    if state == "finished":
+    if state is FolderState.FINISHED:
         raise UserError(f"{where!r} holds a finished classifier{'; there is nothing to resume' if resume else ''}; "
                         f"choose another --output-dir")
-    if state == "foreign":
+    if state is FolderState.FOREIGN:
         why = foreign_reason(run_dir, [p.name for p in run_dir.iterdir()])
         raise UserError(f"--output-dir {where!r} {why}; nothing there was touched: choose another --output-dir")
     if resume:
-        if state == "new":
+        if state is FolderState.NEW:
             raise UserError(f"--resume: {where!r} holds no interrupted run; start one with "
                             f"'sentiment-lora train --output-dir {where}'")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"--resume: {where!r} has no config.yaml, so the run cannot be continued; delete the "
                             f"folder and start a new run")
-        return "resume" if state == "resumable" else "restart"
-    if state == "resumable":
+        return Plan.RESUME if state is FolderState.RESUMABLE else Plan.RESTART
+    if state is FolderState.RESUMABLE:
         raise UserError(f"{where!r} holds an interrupted run with a checkpoint; continue it with {resume_cmd}, or "
                         f"delete the folder to start over")
-    return "restart" if state == "restartable" else "fresh"
+    return Plan.RESTART if state is FolderState.RESTARTABLE else Plan.FRESH
 
 
 def clear_run(run_dir: str | Path) -> None:
     """Remove what a run that stopped before its first checkpoint left (``restartable`` only)."""
     run_dir = Path(run_dir)
-    if folder_state(run_dir) != "restartable":
+    if folder_state(run_dir) is not FolderState.RESTARTABLE:
         raise AssertionError(f"refusing to clear {run_dir}: not an unfinished run folder")
     for p in run_dir.iterdir():
         if _ours(p.name) and p.name != "config.yaml":

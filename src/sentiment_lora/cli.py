@@ -19,7 +19,7 @@ def format_metric(x) -> str:
 
 
 def _train(args) -> int:
-    from .checkpoint import folder_state, plan_run, run_config
+    from .checkpoint import FolderState, folder_state, plan_run, run_config
     from .config import load_config
     from .storage import check_output_folder
 
@@ -45,14 +45,14 @@ def _train(args) -> int:
         if int(os.environ.get("RANK", "0")) != 0:  # one process of several: the main one says it
             return _interrupted(exc)
         state = folder_state(args.output_dir)
-        if state == "resumable":
+        if state is FolderState.RESUMABLE:
             print(f"interrupted: {args.output_dir} holds a checkpoint; continue with 'sentiment-lora train "
                   f"--resume --output-dir {args.output_dir}'", file=sys.stderr)
-        elif state == "restartable":
+        elif state is FolderState.RESTARTABLE:
             print(f"interrupted before the first checkpoint; run the same command again to start over "
                   f"(or 'sentiment-lora train --resume --output-dir {args.output_dir}', which reuses its "
                   f"config.yaml)", file=sys.stderr)
-        elif state == "finished":
+        elif state is FolderState.FINISHED:
             print(f"interrupted after the run finished; the classifier is complete in {args.output_dir}",
                   file=sys.stderr)
         else:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    Plan,
     clear_run,
     damaged,
     load_checkpoint,
@@ -549,7 +550,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     # process has checked the output folder before the main one creates it.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if plan == "restart":
+        if plan is Plan.RESTART:
             say(f"starting over in {run_dir}: the run there stopped before its first checkpoint")
             clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -560,7 +561,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
 
     log, train_stats, val_probs = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
                                       enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir,
-                                      plan == "resume")
+                                      plan is Plan.RESUME)
     if train_stats["skipped_steps"]:
         say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
             f"or gradient")
