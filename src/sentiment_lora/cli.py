@@ -104,12 +104,12 @@ def _print_predictions(clf, pairs, as_json: bool) -> None:
     from .storage import json_text
 
     for text, (rec, label, probs) in pairs:
+        row = output_row(rec, label, probs, clf.label_words)
         if as_json:
-            row = output_row(rec, label, probs, clf.label_words)
             row.pop("row")
             print(json_text({"text": text, **row}))
         else:
-            prob = "" if label is None else f"{float(probs[clf.label_words.index(label)]):.4f}"
+            prob = "" if row["prob"] is None else f"{row['prob']:.4f}"
             preview = printable(" ".join((text or "")[:300].split()))  # a preview costs no copy of a long text
             preview = preview if len(preview) <= 70 else preview[:67] + "..."
             print(f"{label or '-'}\t{prob}\t{preview}", flush=False)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import text_problem
 from .errors import UserError
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -129,27 +128,19 @@ class Scorer:
     def __call__(self, batch):
         import pyarrow as pa
 
-        texts = batch[self.field].tolist()
-        usable = [i for i, t in enumerate(texts) if text_problem(t) is None]  # predict's rule for a text
-        labels: list[str | None] = [None] * len(texts)
-        prob = np.full(len(texts), np.nan)
-        probs: list[dict[str, float] | None] = [None] * len(texts)
-        if usable:
-            p = self.clf.predict_proba([texts[i] for i in usable])
-            for j, (i, label) in enumerate(zip(usable, self.clf.labels_of(p))):
-                labels[i] = label
-                probs[i] = {w: float(x) for w, x in zip(self.clf.label_words, p[j])}  # as predict --output
-                if label is not None:
-                    prob[i] = float(p[j][self.clf.label_words.index(label)])
-        have = set(usable)
-        error = [None if i in have else "empty text" for i in range(len(texts))]  # as predict --output says
+        from .predict import classify_chunk, output_row, record_of
+
+        ids = batch[self.id_field].tolist()
+        records = [record_of(i, text, rid, f"{self.id_field} {rid!r}")
+                   for i, (text, rid) in enumerate(zip(batch[self.field].tolist(), ids))]
+        words = self.clf.label_words
+        rows = [output_row(*result, words) for result in classify_chunk(self.clf, records)]
         # One schema for every batch: a batch whose column is all null must not make a shard
         # whose type differs from the others'.
-        words = self.clf.label_words
-        return pa.table({self.id_field: pa.array(batch[self.id_field].tolist()),
-                         "label": pa.array(labels, pa.string()), "prob": pa.array(prob, pa.float64()),
-                         "probs": pa.array(probs, pa.struct([(w, pa.float64()) for w in words])),
-                         "error": pa.array(error, pa.string())})
+        return pa.table({self.id_field: pa.array(ids), "label": pa.array([r["label"] for r in rows], pa.string()),
+                         "prob": pa.array([r["prob"] for r in rows], pa.float64()),
+                         "probs": pa.array([r["probs"] for r in rows], pa.struct([(w, pa.float64()) for w in words])),
+                         "error": pa.array([r.get("error") for r in rows], pa.string())})
 
 
 def _parquet_rows(folder: Path) -> int:

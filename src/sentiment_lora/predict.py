@@ -86,8 +86,9 @@ def _error(row: int, error: str) -> Record:
     return Record(row, None, error=error, too_long=error.endswith("--max-line-bytes"))
 
 
-def _record(row: int, value, rid=None, where: str = "") -> Record:
-    """A record of ``value``: None text when it is empty; an error when it is not usable text."""
+def record_of(row: int, value, rid=None, where: str = "") -> Record:
+    """A record of ``value``: None text when it is empty; an error when it is not usable text.
+    Every reader, the Ray shards and the server's /classify make their records here."""
     if value is None or isinstance(value, str) and is_blank(value):
         return Record(row, None, rid)
     problem = text_problem(value)
@@ -99,7 +100,7 @@ def _record(row: int, value, rid=None, where: str = "") -> Record:
 def iter_text_lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[Record]:
     """Records of a binary stream holding one text per line (a .txt file, standard input)."""
     for row, (number, line, error) in enumerate(_lines(stream, name, limit)):
-        yield _error(row, error) if error else _record(row, line, where=f"{name}:{number}")
+        yield _error(row, error) if error else record_of(row, line, where=f"{name}:{number}")
 
 
 def _iter_jsonl(stream, name: str, field: str, id_field: str | None, limit: int) -> Iterator[Record]:
@@ -116,7 +117,7 @@ def _iter_jsonl(stream, name: str, field: str, id_field: str | None, limit: int)
             yield Record(row, None, error=f"{name}:{number} has no string field {field!r}; write "
                                           f"{{\"{field}\": \"...\"}} or choose the field with --field")
             continue
-        yield _record(row, obj[field], obj.get(id_field) if id_field else None, f"{name}:{number}")
+        yield record_of(row, obj[field], obj.get(id_field) if id_field else None, f"{name}:{number}")
 
 
 def _names(names) -> str:
@@ -176,7 +177,7 @@ def _csv_records(path: Path, reader, lines: _CsvLines, header: list[str], field:
             yield _error(row, _too_long(f"{path}:{lines.number}", limit))
         elif values:
             cell = dict(zip(header, values))  # as csv.DictReader: a repeated column name, the last wins
-            yield _record(row, cell.get(field), cell.get(id_field) if id_field else None, f"{path}:{lines.number}")
+            yield record_of(row, cell.get(field), cell.get(id_field) if id_field else None, f"{path}:{lines.number}")
         else:
             continue
         row += 1
@@ -209,7 +210,7 @@ def _iter_parquet(path: Path, field: str, id_field: str | None, limit: int, batc
         ids = chunk.column(id_field).to_pylist() if id_field else [None] * len(texts)
         for text, rid, cut in zip(texts, ids, long.to_pylist()):
             where = f"{path} row {row + 1}"
-            yield _error(row, _too_long(where, limit)) if cut else _record(row, text, rid, where)
+            yield _error(row, _too_long(where, limit)) if cut else record_of(row, text, rid, where)
             row += 1
 
 

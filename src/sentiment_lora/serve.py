@@ -439,10 +439,11 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
                            "payload_too_large")
         texts, single, params = parse_inputs(await read_body(request, cfg.max_body_bytes), cfg)
         clf = state["clf"]
-        prompts = clf.encode(texts)  # cleaning and the prompt's truncation rule, as in training
+        # Tokenizing and a stack's TF-IDF part run in threads: the event loop only queues.
+        prompts = await asyncio.to_thread(clf.encode, texts)  # cleaning and truncation, as in training
         started = time.perf_counter()
         scores = await scored_while_connected(request, state["batcher"], prompts)
-        probs = clf.combine(texts, scores)  # a stack's TF-IDF part, if any
+        probs = await asyncio.to_thread(clf.combine, texts, scores)
         return probs, single, params, (time.perf_counter() - started) * 1000
 
     @app.post("/predict")
@@ -458,10 +459,13 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
 
     @app.post("/classify")
     async def classify(request: Request):
+        from .predict import Record, output_row
+
         probs, _, _, ms = await probabilities(request)
         labels = state["clf"].labels_of(probs)
-        return {"results": [{"label": label, "probs": dict(zip(spec.label_words, map(float, row)))}
-                            for label, row in zip(labels, probs)], "ms": ms}
+        rows = [output_row(Record(i, None), label, row, spec.label_words)
+                for i, (label, row) in enumerate(zip(labels, probs))]
+        return {"results": [{"label": r["label"], "probs": r["probs"]} for r in rows], "ms": ms}
 
     @app.get("/health")
     async def health():
