@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment_lora.checkpoint import MANIFEST, load_checkpoint
+from sentiment_lora.checkpoint import load_checkpoint
+from sentiment_lora.layout import CHECKPOINT_MANIFEST as MANIFEST
 
 SEED = 13
 

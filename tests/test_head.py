@@ -10,7 +10,8 @@ import torch
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.errors import UserError
 from sentiment_lora.export import export
-from sentiment_lora.model import HEAD_FILE, label_head, load_label_head
+from sentiment_lora.layout import HEAD_FILE
+from sentiment_lora.model import label_head, load_label_head
 from sentiment_lora.spec import HEADED, ClassifierSpec
 from sentiment_lora.train import run
 

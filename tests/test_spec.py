@@ -6,7 +6,8 @@ import pytest
 
 from sentiment_lora.config import PromptConfig
 from sentiment_lora.errors import UserError
-from sentiment_lora.spec import FILE, FORMAT, BaseModelRef, ClassifierSpec
+from sentiment_lora.layout import SPEC as FILE
+from sentiment_lora.spec import FORMAT, BaseModelRef, ClassifierSpec
 
 
 def make_spec(**kw) -> ClassifierSpec:

@@ -21,6 +21,7 @@ from .data import Sample, balanced_indices, label_mapper, load_splits, prepare_s
 from .decision import apply_bias, best_threshold, decide, fit_bias
 from .errors import UserError
 from .evaluate import prediction_rows
+from .layout import CONFIG, METRICS, PREDICTIONS
 from .metrics import compute_metrics
 from .storage import check_output_folder, write_dir, write_json, write_jsonl
 
@@ -173,8 +174,8 @@ def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, 
                     "features": len(model.named_steps["tfidf"].vocabulary_),
                     "train_seconds": round(train_seconds, 1),
                     "wall_seconds": round(time.perf_counter() - started, 1)})
-    write_dir(out, lambda tmp: (write_jsonl(tmp / "predictions.jsonl", prediction_rows(test, preds, probs, words)),
-                                write_json(tmp / "metrics.json", metrics)))
+    write_dir(out, lambda tmp: (write_jsonl(tmp / PREDICTIONS, prediction_rows(test, preds, probs, words)),
+                                write_json(tmp / METRICS, metrics)))
     metrics["output_dir"] = str(out)
     return metrics
 
@@ -222,8 +223,8 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
                     **({"label_bias": [round(float(b), 4) for b in bias]} if bias is not None else {}),
                     "accuracy_uncalibrated": float((plain == np.asarray(data.test.labels)).mean()),
                     "data": data.stats, "wall_seconds": round(time.perf_counter() - started, 1)})
-    write_dir(out, lambda tmp: (write_jsonl(tmp / "predictions.jsonl", prediction_rows(data.test, preds, test_probs,
+    write_dir(out, lambda tmp: (write_jsonl(tmp / PREDICTIONS, prediction_rows(data.test, preds, test_probs,
                                                                                       words)),
-                                write_json(tmp / "metrics.json", metrics), cfg.save(tmp / "config.yaml")))
+                                write_json(tmp / METRICS, metrics), cfg.save(tmp / CONFIG)))
     metrics["output_dir"] = str(out)
     return metrics

@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import UserError
-from .spec import ADAPTER_DIR
+from .layout import CHECKPOINT_MANIFEST, CHECKPOINTS, CONFIG, LAST, PREVIOUS, RESULT_FILES, RUN_FILES, SPEC, TRAIN_LOG
 from .storage import write_json
 
 
@@ -55,19 +55,7 @@ class Plan(str, Enum):
         return self.value
 
 
-FOLDER = "checkpoints"
-LAST = "last.pt"
-PREVIOUS = "previous.pt"
-MANIFEST = "manifest.json"
-"""Size, sha256 and step of each checkpoint as written: how a torn or changed one is told apart."""
 CHECKPOINT_FORMAT = "sentiment-lora-checkpoint/2"
-# Everything a training run writes into its folder; anything else makes the folder foreign.
-RUN_FILES = {"config.yaml", "train_log.jsonl", "metrics.json", "predictions.jsonl", "training_curves.png",
-             "confusion_matrix.png", "calibration.png", ADAPTER_DIR, FOLDER, "classifier.json", "evaluations",
-             "report.html", "logs"}
-# Written only after training, which has always written the training log by then: results
-# without it are another verb's (evaluate, baseline), not a run that stopped early.
-RESULT_FILES = RUN_FILES - {"config.yaml", "train_log.jsonl", "logs", FOLDER}
 _KEYS = {"adapter": dict, "optimizer": dict, "scheduler": dict, "step": int, "log": list}
 
 
@@ -92,19 +80,19 @@ def foreign_reason(run_dir: Path, names: list[str]) -> str | None:
     extra = sorted(n for n in names if not _ours(n))
     if extra:
         return f"holds files that are not a training run's (e.g. {extra[0]!r})"
-    if "config.yaml" not in names:
+    if CONFIG not in names:
         return "holds no config.yaml of a training run, so it is not one train made"
-    if not is_saved_config(run_dir / "config.yaml"):
+    if not is_saved_config(run_dir / CONFIG):
         return "holds a config.yaml that train did not write or that was changed since"
     results = sorted(RESULT_FILES & set(names))
-    if results and "train_log.jsonl" not in names:
+    if results and TRAIN_LOG not in names:
         return f"holds results ({results[0]!r}) but no training log, so another command wrote them"
     return None
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
     """The checkpoint files present, newest first."""
-    folder = Path(run_dir) / FOLDER
+    folder = Path(run_dir) / CHECKPOINTS
     return [p for p in (folder / LAST, folder / PREVIOUS) if p.is_file()]
 
 
@@ -119,7 +107,7 @@ def folder_state(run_dir: str | Path) -> FolderState:
     names = [p.name for p in run_dir.iterdir()]
     if not names:
         return FolderState.NEW
-    if "classifier.json" in names:
+    if SPEC in names:
         return FolderState.FINISHED
     if not all(_ours(n) for n in names):
         return FolderState.FOREIGN
@@ -148,7 +136,7 @@ def plan_run(run_dir: str | Path, resume: bool) -> Plan:
         if state is FolderState.NEW:
             raise UserError(f"--resume: {where!r} holds no interrupted run; start one with "
                             f"'sentiment-lora train --output-dir {where}'")
-        if not (run_dir / "config.yaml").is_file():
+        if not (run_dir / CONFIG).is_file():
             raise UserError(f"--resume: {where!r} has no config.yaml, so the run cannot be continued; delete the "
                             f"folder and start a new run")
         return Plan.RESUME if state is FolderState.RESUMABLE else Plan.RESTART
@@ -164,7 +152,7 @@ def clear_run(run_dir: str | Path) -> None:
     if folder_state(run_dir) is not FolderState.RESTARTABLE:
         raise AssertionError(f"refusing to clear {run_dir}: not an unfinished run folder")
     for p in run_dir.iterdir():
-        if _ours(p.name) and p.name != "config.yaml":
+        if _ours(p.name) and p.name != CONFIG:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
@@ -202,9 +190,9 @@ def set_rng_state(saved: dict) -> None:
 
 def remove_checkpoints(run_dir: str | Path) -> None:
     """A finished run needs no checkpoints: remove them, their manifest and the folder."""
-    folder = Path(run_dir) / FOLDER
+    folder = Path(run_dir) / CHECKPOINTS
     leftovers = list(folder.glob(f".{LAST}.*.tmp")) if folder.is_dir() else []  # saves killed midway
-    for path in [*checkpoints(run_dir), folder / MANIFEST, *leftovers]:
+    for path in [*checkpoints(run_dir), folder / CHECKPOINT_MANIFEST, *leftovers]:
         path.unlink(missing_ok=True)
     if folder.exists() and not any(folder.iterdir()):
         folder.rmdir()
@@ -224,7 +212,7 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
 
     import torch
 
-    folder = Path(run_dir) / FOLDER
+    folder = Path(run_dir) / CHECKPOINTS
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{LAST}.", suffix=".tmp", dir=folder)
@@ -245,7 +233,7 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
             if earlier is None:  # a run folder of an older version: record what is there now
                 earlier = [{"sha256": _sha256(p), "size": p.stat().st_size, "step": None} for p in checkpoints(run_dir)]
             kept = [entry] + [e for e in earlier if e["sha256"] != entry["sha256"]][:2]
-            write_json(folder / MANIFEST, {"format": CHECKPOINT_FORMAT, "checkpoints": kept})
+            write_json(folder / CHECKPOINT_MANIFEST, {"format": CHECKPOINT_FORMAT, "checkpoints": kept})
             if (folder / LAST).is_file():
                 try:
                     _check_manifest(folder / LAST, earlier)
@@ -274,7 +262,7 @@ def _manifest(folder: Path) -> list[dict] | None:
     import json
 
     try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads((folder / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
         entries = data["checkpoints"]
         if not all(isinstance(e["sha256"], str) and isinstance(e["size"], int) for e in entries):
             return None
@@ -290,10 +278,11 @@ def _check_manifest(path: Path, entries: list[dict] | None) -> None:
         return
     size = path.stat().st_size
     if not any(e["size"] == size for e in entries):
-        raise ValueError(f"its size, {size} bytes, is not the one recorded in {MANIFEST}: it is truncated or "
-                         f"was changed")
+        raise ValueError(f"its size, {size} bytes, is not the one recorded in {CHECKPOINT_MANIFEST}: it is "
+                         f"truncated or was changed")
     if not any(e["sha256"] == _sha256(path) for e in entries):
-        raise ValueError(f"its sha256 is not the one recorded in {MANIFEST}: it was changed after it was written")
+        raise ValueError(f"its sha256 is not the one recorded in {CHECKPOINT_MANIFEST}: it was changed after it was "
+                         f"written")
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -326,10 +315,11 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> tuple[dict, Path]:
     """The newest readable checkpoint and its path; a damaged last one falls back to the
     previous one with a warning. Raises UserError when none can be read."""
     found = checkpoints(run_dir)
-    folder = Path(run_dir) / FOLDER
+    folder = Path(run_dir) / CHECKPOINTS
     entries = _manifest(folder)
-    if entries is None and (folder / MANIFEST).exists():
-        warn(f"warning: {folder / MANIFEST} cannot be read; the checkpoints are checked by their content only")
+    if entries is None and (folder / CHECKPOINT_MANIFEST).exists():
+        warn(f"warning: {folder / CHECKPOINT_MANIFEST} cannot be read; the checkpoints are checked by their content "
+             f"only")
     problems = []
     for path in found:
         try:
@@ -341,7 +331,7 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> tuple[dict, Path]:
         if problems:
             warn(f"warning: {problems[0]}; resuming from the checkpoint before it, {path.name} (step {state['step']})")
         return state, path
-    raise UserError(f"{'; '.join(problems) or 'no checkpoint found'}; delete {Path(run_dir) / FOLDER} and run "
+    raise UserError(f"{'; '.join(problems) or 'no checkpoint found'}; delete {Path(run_dir) / CHECKPOINTS} and run "
                     f"'sentiment-lora train --resume --output-dir {run_dir}' to start over from step 0")
 
 
@@ -356,7 +346,7 @@ def run_config(run_dir: str | Path, overrides=()):
     """The config an interrupted run was started with (``--set`` may still adjust it)."""
     from .config import load_config
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise UserError(f"--resume: {path} not found; give the --output-dir of an interrupted run")
     return load_config(path, overrides)

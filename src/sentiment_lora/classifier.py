@@ -16,8 +16,9 @@ from .config import DataConfig, ModelConfig, PromptConfig
 from .data import check_text, clean_text
 from .decision import UNDECIDED, decide
 from .errors import UserError
+from .layout import ADAPTER_DIR, HEAD_FILE, MODEL_CARD
 from .prompt import Prompt
-from .spec import ADAPTER_DIR, BaseModelRef, ClassifierSpec
+from .spec import BaseModelRef, ClassifierSpec
 
 
 def base_model_config(spec: ClassifierSpec, folder: str | Path, device: str = "auto",
@@ -278,12 +279,12 @@ def relocatable_adapter(adapter_dir: Path, spec: ClassifierSpec | None) -> None:
     if base is not None:
         data["base_model_name_or_path"] = (base.origin or base.name_or_path) if base.bundled else base.name_or_path
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's template card repeats the local path
+    (adapter_dir / MODEL_CARD).unlink(missing_ok=True)  # peft's template card repeats the local path
 
 
 def head_path(model) -> str | None:
     """Where ``save_adapter`` puts the model's label head, relative to the folder; None without one."""
-    from .model import HEAD_FILE, label_head
+    from .model import label_head
 
     return f"{ADAPTER_DIR}/{HEAD_FILE}" if label_head(model) is not None else None
 

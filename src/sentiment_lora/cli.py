@@ -78,11 +78,12 @@ def _default_run_dir() -> str:
 
 
 def _evaluate(args) -> int:
+    from .layout import EVALUATIONS
     from .spec import ClassifierSpec
     from .storage import check_output_folder
 
     ClassifierSpec.load(args.run_dir)  # a damaged folder is one line before torch loads
-    check_output_folder(args.output_dir or Path(args.run_dir) / "evaluations", "--output-dir",
+    check_output_folder(args.output_dir or Path(args.run_dir) / EVALUATIONS, "--output-dir",
                         empty=args.output_dir is not None)
     from .evaluate import evaluate_run
 

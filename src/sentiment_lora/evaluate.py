@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .decision import UNDECIDED, decide
+from .layout import EVALUATIONS, METRICS, PREDICTIONS
 from .metrics import compute_metrics
 
 
@@ -47,8 +48,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     out = Path(output_dir) if output_dir else new_evaluation_dir(run_dir, split)
 
     def fill(tmp: Path) -> None:
-        write_jsonl(tmp / "predictions.jsonl", prediction_rows(sample, preds, probs, clf.label_words))
-        write_json(tmp / "metrics.json", metrics)
+        write_jsonl(tmp / PREDICTIONS, prediction_rows(sample, preds, probs, clf.label_words))
+        write_json(tmp / METRICS, metrics)
 
     write_dir(out, fill)  # the folder appears whole, or not at all
     metrics["output_dir"] = str(out)
@@ -58,7 +59,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
 def new_evaluation_dir(run_dir: Path, split: str) -> Path:
     """``RUN/evaluations/SPLIT-TIMESTAMP``, with a counter when one of that second exists:
     a second evaluation never lands in the first one's folder."""
-    stem = run_dir / "evaluations" / f"{split}-{datetime.now():%Y%m%d-%H%M%S}"
+    stem = run_dir / EVALUATIONS / f"{split}-{datetime.now():%Y%m%d-%H%M%S}"
     out, n = stem, 1
     while out.exists():
         n += 1

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from .classifier import SentimentClassifier, base_model_config, relocatable_adapter
 from .errors import UserError
+from .layout import ADAPTER_DIR, BASE_DIR, CONFIG, METRICS, MODEL_CARD, PLOTS
 from .page import write_report
-from .spec import ADAPTER_DIR, BaseModelRef, ClassifierSpec
+from .spec import BaseModelRef, ClassifierSpec
 from .storage import read_json, write_dir
 
-COPIED = ("metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png", "calibration.png")
+COPIED = (METRICS, CONFIG, *PLOTS)
 
 
 def _origin(spec: ClassifierSpec) -> str:
@@ -42,7 +43,7 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
     spec = ClassifierSpec.load(run_dir)
     clf = SentimentClassifier.from_spec(spec, run_dir, device="cpu", dtype=dtype)
     copied = [name for name in COPIED if _readable(run_dir / name)]
-    metrics = read_json(run_dir / "metrics.json") if "metrics.json" in copied else {}
+    metrics = read_json(run_dir / METRICS) if METRICS in copied else {}
     origin = _origin(spec)
 
     def fill(tmp: Path) -> None:
@@ -56,10 +57,10 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
             model_cfg = base_model_config(spec, run_dir, device="cpu", dtype=dtype)
             torch_dtype = pick_dtype(dtype, clf.model.device)
             base = load_base_model(model_cfg, clf.model.device, torch_dtype, clf.tokenizer.pad_token_id)
-            base.save_pretrained(tmp / "base")
-            clf.tokenizer.save_pretrained(tmp / "base")
+            base.save_pretrained(tmp / BASE_DIR)
+            clf.tokenizer.save_pretrained(tmp / BASE_DIR)
             new = dataclasses.replace(spec, adapter=ADAPTER_DIR if spec.adapter is not None else None,
-                                      base_model=BaseModelRef("base", bundled=True, origin=origin))
+                                      base_model=BaseModelRef(BASE_DIR, bundled=True, origin=origin))
             if spec.adapter is not None:
                 shutil.copytree(run_dir / spec.adapter, tmp / ADAPTER_DIR)
                 relocatable_adapter(tmp / ADAPTER_DIR, new)
@@ -68,7 +69,7 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
             shutil.copy2(run_dir / spec.stack.model_file, tmp / spec.stack.model_file)
         for name in copied:
             shutil.copy2(run_dir / name, tmp / name)
-        (tmp / "README.md").write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
+        (tmp / MODEL_CARD).write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
                                                   adds_bos=bool(clf.prompt.lead)),
                                        encoding="utf-8")
         write_report(tmp, new)
@@ -136,10 +137,10 @@ def _metrics_shape(m) -> bool:
 def _lora_settings(run_dir: Path) -> dict | None:
     from .config import load_config
 
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG).is_file():
         return None
     try:
-        return dict(load_config(run_dir / "config.yaml").lora.__dict__)
+        return dict(load_config(run_dir / CONFIG).lora.__dict__)
     except (UserError, OSError):
         return None
 

@@ -12,6 +12,7 @@ import torch
 
 from .config import LoraConfig, ModelConfig
 from .errors import UserError
+from .layout import HEAD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,6 @@ def add_lora(model, cfg: LoraConfig):
         raise UserError(f"config: lora.target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
 
 
-HEAD_FILE = "label_head.safetensors"
 """The trained label rows of the LM head (``lora.head``), saved inside the adapter folder."""
 
 

@@ -14,9 +14,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-PLOTS = (("training_curves.png", "Training curves"), ("confusion_matrix.png", "Confusion matrix"),
-         ("calibration.png", "Reliability diagram"))
-REPORT = "report.html"
+from .layout import CALIBRATION, CONFIG, CONFUSION, CURVES, METRICS, PREDICTIONS, REPORT, TRAIN_LOG
+
+PLOTS = ((CURVES, "Training curves"), (CONFUSION, "Confusion matrix"),
+         (CALIBRATION, "Reliability diagram"))
 
 _STYLE = """
 :root{--fg:#1d232a;--muted:#5b6670;--line:#d9dee3;--accent:#2f6fdb;--bg:#fafbfc}
@@ -87,10 +88,10 @@ def facts(run_dir: str | Path, spec=None) -> dict:
     run_dir = Path(run_dir)
     if spec is None:
         spec = ClassifierSpec.load(run_dir, verify=False)
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = _read_json(run_dir / METRICS)
     metrics = metrics if isinstance(metrics, dict) else {}
     try:
-        cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        cfg = load_config(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
     except UserError:
         cfg = None
     b = spec.base_model
@@ -100,7 +101,7 @@ def facts(run_dir: str | Path, spec=None) -> dict:
             "template": spec.prompt.template, "max_length": spec.prompt.max_length,
             "truncation": spec.prompt.truncation, "threshold": spec.threshold, "method": spec.method,
             "dataset": spec.data.get("dataset"), "lora": dict(cfg.lora.__dict__) if cfg else None,
-            "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8") if cfg else None,
+            "config_yaml": (run_dir / CONFIG).read_text(encoding="utf-8") if cfg else None,
             "metrics": metrics, "data": metrics.get("data") if isinstance(metrics.get("data"), dict) else {},
             "stack": spec.stack.baseline if spec.stack else None}
 
@@ -169,8 +170,8 @@ def report_html(run_dir: str | Path, spec=None) -> str:
     """``report.html``: metrics with intervals, plots, config, training log, confident mistakes."""
     run_dir = Path(run_dir)
     f = facts(run_dir, spec)
-    log = _jsonl(run_dir / "train_log.jsonl")
-    mistakes = confident_mistakes(_jsonl(run_dir / "predictions.jsonl"))
+    log = _jsonl(run_dir / TRAIN_LOG)
+    mistakes = confident_mistakes(_jsonl(run_dir / PREDICTIONS))
     keys = ["step", "epoch", "loss", "lr", "val_accuracy", "skipped_steps"]
     log_rows = "".join("<tr>" + "".join(f"<td>{escape(_cell(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in log)
     mistake_rows = "".join(

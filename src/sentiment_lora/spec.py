@@ -16,9 +16,9 @@ from typing import Any
 
 from .config import PromptConfig
 from .errors import UserError, brief
+from .layout import ADAPTER_DIR, CONFIG, FIGURE_FILES, SPEC
 from .storage import path_problem, read_json, write_json
 
-FILE = "classifier.json"
 FORMAT = "sentiment-lora-classifier/2"
 # A stacked classifier is /3 and one with a label head /4, so a version that would silently
 # ignore either refuses it (a /3 reader knows stacks only).
@@ -27,14 +27,8 @@ HEADED = "sentiment-lora-classifier/4"
 # /1 had no fingerprint, no bundled base and always an adapter; it reads as /2 with those unset.
 READABLE = (FORMAT, STACKED, HEADED, "sentiment-lora-classifier/1")
 BASELINES = ("tfidf", "tfidf-nb")
-# Written beside the model files of a classifier folder, but not deciding its predictions.
-_NOT_MODEL = {FILE, "README.md", "metrics.json", "config.yaml", "training_curves.png", "confusion_matrix.png",
-              "calibration.png", "predictions.jsonl", "train_log.jsonl", "report.html"}
 DATA_KEYS = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "test_split",
              "ordinal")
-
-# The folder inside a classifier that holds the LoRA weights and the label head.
-ADAPTER_DIR = "adapter"
 
 
 @dataclass
@@ -165,7 +159,7 @@ class ClassifierSpec:
         return {**d, "checksum": checksum(d)}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = FILE) -> ClassifierSpec:
+    def from_dict(cls, d: Any, where: str = SPEC) -> ClassifierSpec:
         """Build and check a spec; any problem is a UserError naming ``where`` and the field."""
 
         def bad(what: str) -> UserError:
@@ -264,12 +258,12 @@ class ClassifierSpec:
 
         folder = Path(folder)
         self.files = {name: "sha256:" + hash_file(folder / name) for name in self.model_files(folder)}
-        return write_json(folder / FILE, self.to_dict())
+        return write_json(folder / SPEC, self.to_dict())
 
     @classmethod
     def load(cls, folder: str | Path, verify: bool = True) -> ClassifierSpec:
         folder = Path(folder)
-        path = folder / FILE
+        path = folder / SPEC
         problem = path_problem(folder, "folder")
         if problem is not None:
             raise UserError(f"classifier folder {str(folder)!r} {problem}; pass the --output-dir of a finished "
@@ -277,10 +271,10 @@ class ClassifierSpec:
         if folder_problem := path_problem(path):
             if folder_problem != "not found":
                 raise UserError(f"{path} {folder_problem}; the classifier folder is damaged, train or export again")
-            if (folder / "config.yaml").is_file():
-                raise UserError(f"{str(folder)!r} holds an unfinished training run (no {FILE}); continue it with "
+            if (folder / CONFIG).is_file():
+                raise UserError(f"{str(folder)!r} holds an unfinished training run (no {SPEC}); continue it with "
                                 f"'sentiment-lora train --resume --output-dir {folder}'")
-            raise UserError(f"{str(folder)!r} is not a classifier run folder (no {FILE}); "
+            raise UserError(f"{str(folder)!r} is not a classifier run folder (no {SPEC}); "
                             f"pass the --output-dir of a finished 'sentiment-lora train'")
         try:
             data = read_json(path)
@@ -299,7 +293,7 @@ class ClassifierSpec:
             names += [p for p in (folder / self.adapter).rglob("*") if p.is_file()]
         if self.base_model.bundled and (folder / self.base_model.name_or_path).is_dir():
             base = folder / self.base_model.name_or_path
-            names += [p for p in base.iterdir() if p.is_file() and p.name not in _NOT_MODEL]
+            names += [p for p in base.iterdir() if p.is_file() and p.name not in FIGURE_FILES]
         if self.stack is not None:
             names.append(folder / self.stack.model_file)
         if self.head is not None:
@@ -323,7 +317,7 @@ class ClassifierSpec:
             except OSError as exc:
                 raise UserError(f"{path} cannot be read ({exc.strerror}); check its permissions") from None
             if have != want:
-                raise UserError(f"{path} is damaged (its sha256 differs from the one in {FILE}); restore the file, "
+                raise UserError(f"{path} is damaged (its sha256 differs from the one in {SPEC}); restore the file, "
                                 f"or train (or export) again")
 
 

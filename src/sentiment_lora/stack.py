@@ -22,12 +22,13 @@ from .config import DataConfig, load_config
 from .data import DataBundle, Sample, label_mapper, load_splits, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
+from .layout import CONFIG, METRICS, STACK_DIR
 from .metrics import compute_metrics
 from .page import write_report
 from .spec import BASELINES, ClassifierSpec, StackSpec
 from .storage import read_json, write_json
 
-FOLDER = "stack"
+FOLDER = STACK_DIR
 # A range wide enough for two to ten features and a few hundred validation rows.
 COMBINER_CS = tuple(float(c) for c in np.logspace(-3, 3, 13))
 
@@ -93,10 +94,10 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     if spec.method == "generate":
         raise UserError("stacking needs the LLM's label probabilities; this classifier uses eval.method generate, "
                         "whose answers are one-hot: train it with eval.method logits")
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG).is_file():
         raise UserError(f"{str(run_dir)!r} has no config.yaml, so its validation sample cannot be drawn again; "
                         f"stack a training run folder, then export it")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / CONFIG)
     words = spec.label_words
     if not cfg.data.val_size and not cfg.data.val_split:
         raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
@@ -178,7 +179,7 @@ def _remove_stale(run_dir: Path, keep: str | None) -> None:
 
 
 def _write_metrics(run_dir: Path, section: dict | None) -> None:
-    path = run_dir / "metrics.json"
+    path = run_dir / METRICS
     if not path.is_file():  # an export without metrics: classifier.json holds the stack
         return
     metrics = read_json(path)

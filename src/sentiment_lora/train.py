@@ -36,6 +36,7 @@ from .data import DataBundle, prepare_data
 from .decision import UNDECIDED, apply_temperature, best_threshold, decide, decision_margin, fit_temperature, log_loss
 from .errors import Interrupted, UserError
 from .evaluate import prediction_rows
+from .layout import CALIBRATION, CONFIG, CONFUSION, CURVES, LOGS, METRICS, PREDICTIONS, TRAIN_LOG
 from .metrics import compute_metrics, expected_calibration_error
 from .model import (
     add_label_head,
@@ -314,7 +315,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                 if record:
                     log.append(record)
                     if accelerator.is_main_process:
-                        write_jsonl(run_dir / "train_log.jsonl", log)
+                        write_jsonl(run_dir / TRAIN_LOG, log)
                     if t.report_to:
                         accelerator.log({f"train/{k}": v for k, v in record.items()
                                          if k not in ("step", "epoch") and v is not None}, step=step)
@@ -488,11 +489,11 @@ def verify_reload(clf: SentimentClassifier, run_dir: Path, texts: list[str], pro
 def save_outputs(run_dir: Path, data: DataBundle, log: list[dict], metrics: dict, preds: np.ndarray,
                  probs: np.ndarray, label_words: list[str]) -> None:
     """predictions.jsonl and the plots."""
-    write_jsonl(run_dir / "predictions.jsonl", prediction_rows(data.test, preds, probs, label_words))
-    plot_training_curves(log, run_dir / "training_curves.png")
-    plot_confusion_matrix(metrics["confusion_matrix"], label_words, run_dir / "confusion_matrix.png",
+    write_jsonl(run_dir / PREDICTIONS, prediction_rows(data.test, preds, probs, label_words))
+    plot_training_curves(log, run_dir / CURVES)
+    plot_confusion_matrix(metrics["confusion_matrix"], label_words, run_dir / CONFUSION,
                           f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} test examples")
-    plot_calibration(metrics["reliability"], run_dir / "calibration.png",
+    plot_calibration(metrics["reliability"], run_dir / CALIBRATION,
                      f"ECE {metrics['ece']:.3f} on {metrics['n']} test examples",
                      f"p({label_words[1]})" if len(label_words) == 2 else "confidence of the top label")
 
@@ -518,7 +519,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
         torch.cuda.set_device(requested)  # Accelerate then places the model and batches on it
     accelerator = Accelerator(cpu=requested.type == "cpu",
                               mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested),
-                              log_with=list(cfg.train.report_to) or None, project_dir=run_dir / "logs")
+                              log_with=list(cfg.train.report_to) or None, project_dir=run_dir / LOGS)
     device = accelerator.device
     dtype = pick_dtype(cfg.model.dtype, device)
     _MAIN["process"] = accelerator.is_main_process
@@ -555,7 +556,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
             clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            cfg.save(run_dir / "config.yaml")
+            cfg.save(run_dir / CONFIG)
     if cfg.train.report_to:  # TensorBoard, MLflow, W&B (offline unless configured), through Accelerate
         accelerator.init_trackers(run_dir.resolve().name, config=_flat(cfg.to_dict()))
 
@@ -600,7 +601,7 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
                          if metrics.get(k) is not None}, step=train_stats["optimizer_steps"])
         accelerator.end_training()
     metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / METRICS, metrics)
     write_report(run_dir, spec)
     spec.save(run_dir)  # last: classifier.json marks a complete, verified run folder
     remove_checkpoints(run_dir)
