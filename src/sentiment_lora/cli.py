@@ -6,10 +6,10 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -21,6 +21,7 @@ def format_metric(x) -> str:
 def _train(args) -> int:
     from .checkpoint import FolderState, folder_state, plan_run, run_config
     from .config import load_config
+    from .signals import exit_status
     from .storage import check_output_folder
 
     # Config and run folder are checked before torch is even imported.
@@ -43,7 +44,7 @@ def _train(args) -> int:
         metrics = run(cfg, args.output_dir, resume=args.resume)
     except KeyboardInterrupt as exc:
         if int(os.environ.get("RANK", "0")) != 0:  # one process of several: the main one says it
-            return _interrupted(exc)
+            return exit_status(exc)
         state = folder_state(args.output_dir)
         if state is FolderState.RESUMABLE:
             print(f"interrupted: {args.output_dir} holds a checkpoint; continue with 'sentiment-lora train "
@@ -57,7 +58,7 @@ def _train(args) -> int:
                   file=sys.stderr)
         else:
             print("interrupted before anything was written; run the same command again", file=sys.stderr)
-        return _interrupted(exc)
+        return exit_status(exc)
     if metrics:
         t = metrics["train"]
         lo, hi = metrics["accuracy_ci95"]
@@ -150,6 +151,7 @@ def _predict(args) -> int:
         predict_file,
         prepare_output,
     )
+    from .signals import exit_status
     from .spec import ClassifierSpec
 
     if args.engine == "ray":
@@ -185,10 +187,10 @@ def _predict(args) -> int:
         try:
             r = predict_file(clf, args.file, args.output, args.field, args.id_field, chunk_size,
                              max_line_bytes=args.max_line_bytes)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             print(f"interrupted: {complete_lines(args.output)} predictions are in {args.output}; run the same "
                   f"command again to continue", file=sys.stderr)
-            return _interrupted()
+            return exit_status(exc)
         resumed = f", resumed at row {r['resumed_after']}" if r["resumed_after"] else ""
         empty = (f"; {r['empty']} rows had no readable text (label null, the reason in \"error\")"
                  if r["empty"] else "")
@@ -327,23 +329,6 @@ def _usage(message: str):
     from .errors import UserError
 
     return UserError(message)
-
-
-_SIGNAL = {"name": "SIGINT"}
-
-
-def _interrupted(exc: BaseException | None = None) -> int:
-    """Exit status of a run stopped by a signal: 128 + its number, as a shell reports it."""
-    if getattr(exc, "signum", None) is not None:
-        return 128 + int(exc.signum)
-    return 143 if _SIGNAL["name"] == "SIGTERM" else 130
-
-
-def _on_sigterm(signum, frame):
-    # SIGTERM (a job scheduler, `kill`) ends a run like Ctrl-C does: through the same cleanup
-    # and the same message saying how to continue.
-    _SIGNAL["name"] = "SIGTERM"
-    raise KeyboardInterrupt
 
 
 def _positive_int(text: str) -> int:
@@ -510,7 +495,7 @@ def _quiet() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError, printable
+    from .signals import terminate_as_interrupt
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -520,21 +505,41 @@ def main(argv: list[str] | None = None) -> int:
         args.texts = [*args.texts, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    verbose_env = os.environ.get("SENTIMENT_LORA_VERBOSE")
-    if args.verbose or args.debug:  # read by what quiets a library itself (cluster.quiet_ray for Ray)
+    with _verbosity(args.verbose or args.debug), terminate_as_interrupt():
+        return _run(args)
+
+
+@contextmanager
+def _verbosity(verbose: bool) -> Iterator[None]:
+    """Libraries quiet unless asked; SENTIMENT_LORA_VERBOSE carries the choice to what quiets a
+    library itself (cluster.quiet_ray), for this call only (a test, a notebook calls again)."""
+    saved = os.environ.get("SENTIMENT_LORA_VERBOSE")
+    if verbose:
         os.environ["SENTIMENT_LORA_VERBOSE"] = "1"
-    elif not verbose_env:
+    elif not saved:
         _quiet()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SENTIMENT_LORA_VERBOSE", None)
+        else:
+            os.environ["SENTIMENT_LORA_VERBOSE"] = saved
+
+
+def _run(args) -> int:
+    """The verb, with every way it can end turned into one line and an exit status."""
+    from .errors import UserError, printable
+    from .signals import exit_status
+
     try:
         return args.func(args)
     except UserError as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # each verb writes its outputs atomically, so an interrupt leaves none half-done
+    except KeyboardInterrupt as exc:  # each verb writes its outputs atomically, so an interrupt leaves none half-done
         print("interrupted before anything was written; run the same command again", file=sys.stderr)
-        return _interrupted()
+        return exit_status(exc)
     except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
         if args.debug:
             raise
@@ -549,13 +554,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {printable(first)}; rerun with --debug and report it",
               file=sys.stderr)
         return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if verbose_env is None:  # this call's choice, not the next one's (a test, a notebook)
-            os.environ.pop("SENTIMENT_LORA_VERBOSE", None)
-        else:
-            os.environ["SENTIMENT_LORA_VERBOSE"] = verbose_env
 
 
 def entry() -> None:

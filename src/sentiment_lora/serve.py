@@ -23,7 +23,6 @@ import dataclasses
 import hmac
 import json
 import logging
-import signal
 import threading
 import time
 from contextlib import aclosing
@@ -509,6 +508,8 @@ def serve(run_dir: str | Path, cfg: ServeConfig, device: str = "auto", dtype: st
     is in flight, return. A classifier that cannot load is UserError before anything listens."""
     import uvicorn
 
+    from .signals import served
+
     print(f"loading {run_dir} ...", flush=True)
     clf = load_classifier(run_dir, device=device, dtype=dtype)
     app = create_app(run_dir, cfg, device=device, dtype=dtype, load=lambda: clf)
@@ -516,13 +517,6 @@ def serve(run_dir: str | Path, cfg: ServeConfig, device: str = "auto", dtype: st
           f"Ctrl-C stops it", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                                            access_log=log_level in ("info", "debug")))
-    # uvicorn handles Ctrl-C and SIGTERM itself (stop accepting, finish in-flight requests,
-    # shut down), then raises the signal again for the handlers it found: make those no-ops,
-    # so a clean shutdown is exit status 0.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with served():  # uvicorn handles Ctrl-C and SIGTERM itself: see signals.served
         server.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     print("stopped", flush=True)

@@ -54,6 +54,7 @@ from .perf import peak_memory_mb, reset_peak_memory
 from .prompt import Prompt
 from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
 from .scoring import score, score_generate
+from .signals import StopRequest, signal_name
 from .spec import DATA_KEYS
 from .storage import write_json, write_jsonl
 
@@ -119,48 +120,6 @@ def step_batches(lengths: list[int], batch_size: int, grad_accum: int, seed: int
             mine = sorted(chunk, key=lambda i: -lengths[i])[rank::world]
             yield epoch, [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
         epoch += 1
-
-
-class StopRequest:
-    """While training, SIGINT and SIGTERM ask for a stop instead of raising at once: the step
-    under way finishes, a checkpoint of it is saved, and then ``Interrupted`` is raised. A
-    second signal stops at once. Outside the main thread signals cannot be caught; nothing
-    changes there."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.told = False
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopRequest:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal stays ignored
-                    self._previous[sig] = signal.signal(sig, self._ask)
-        return self
-
-    def _ask(self, signum, frame) -> None:
-        from .errors import Interrupted
-
-        if self.signum is not None:
-            raise Interrupted(signum)
-        self.signum = signum  # printed by the loop: writing from a handler can hit a write in progress
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            if handler is not None:  # None: a handler installed from C, which Python cannot reinstall
-                signal.signal(sig, handler)
-
-
-def _signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
 
 
 def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: list[int],
@@ -321,7 +280,7 @@ def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: li
                                          if k not in ("step", "epoch") and v is not None}, step=step)
                 if stop.signum is not None and not stop.told:
                     stop.told = True
-                    say(f"stopping after this step ({_signal_name(stop.signum)}); send it again to stop at once")
+                    say(f"stopping after this step ({signal_name(stop.signum)}); send it again to stop at once")
                 # A signal reaches the processes at different moments; they stop at the same step.
                 signum = int(agreed(stop.signum or 0, "max"))
                 if signum and step < total_steps:

@@ -1,0 +1,98 @@
+"""Stop signals (SIGINT, SIGTERM): what every command does with them, in one place.
+
+- Outside training, both end a command as Ctrl-C does: ``terminate_as_interrupt`` makes
+  SIGTERM raise ``Interrupted`` (a KeyboardInterrupt), so the same cleanup and the same
+  message run, and ``exit_status`` says which signal it was.
+- While training, ``StopRequest`` defers them: the step under way finishes and is saved
+  before the run stops; a second signal stops at once.
+- While serving, uvicorn handles them itself (stop accepting, finish what is in flight) and
+  then raises the signal again for the handlers it found; ``served`` makes those no-ops, so a
+  clean stop exits 0.
+
+Signals can be caught in the main thread only; elsewhere (a test's thread, a notebook's
+worker) nothing is changed.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .errors import Interrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def exit_status(exc: BaseException | None = None) -> int:
+    """128 + the stopping signal's number, as a shell reports it; a plain KeyboardInterrupt
+    (Ctrl-C) is SIGINT."""
+    return 128 + int(getattr(exc, "signum", None) or signal.SIGINT)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _raise(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler, ``kill``) raises ``Interrupted`` while this is active."""
+    if not _main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def served() -> Iterator[None]:
+    """Run a server that handles SIGINT and SIGTERM itself; the handlers it calls afterwards do nothing."""
+    if not _main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class StopRequest:
+    """While training, SIGINT and SIGTERM ask for a stop instead of raising at once: ``signum``
+    says which came, the loop finishes its step, saves it and raises ``Interrupted``. A second
+    signal stops at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.told = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if _main_thread():
+            for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal stays ignored
+                    self._previous[sig] = signal.signal(sig, self._ask)
+        return self
+
+    def _ask(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum  # printed by the loop: writing from a handler can hit a write in progress
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:  # None: a handler installed from C, which Python cannot reinstall
+                signal.signal(sig, handler)
