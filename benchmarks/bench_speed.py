@@ -120,7 +120,7 @@ def seed_score(model, input_ids: list[list[int]], label_ids: list[int], device: 
 def ours_train(model, tok, prompt: Prompt, train_ids: list[list[int]], labels: list[int], cfg: Config,
                accelerator) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        _, stats, _ = fit(model, tok, prompt, train_ids, labels, [], [], cfg, accelerator, Path(out), False)
+        stats = fit(model, tok, prompt, train_ids, labels, cfg, accelerator, out)
     used = train_ids[: stats["optimizer_steps"] * cfg.train.batch_size * cfg.train.grad_accum]
     lengths = [len(x) for x in used]
     return {"seconds": stats["train_seconds"], "tokens": sum(lengths), "reviews": len(used),

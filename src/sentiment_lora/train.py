@@ -49,6 +49,7 @@ from .model import (
     pick_device,
     pick_dtype,
 )
+from .multiprocess import agreed, gathered, shared_score
 from .page import write_report
 from .perf import peak_memory_mb, reset_peak_memory
 from .prompt import Prompt
@@ -57,35 +58,6 @@ from .scoring import score, score_generate
 from .signals import StopRequest, signal_name
 from .spec import DATA_KEYS
 from .storage import write_json, write_jsonl
-
-_MAIN = {"process": True}
-"""Whether this is the main process of the run (``run`` sets it): the others say nothing."""
-
-
-def say(message: str) -> None:
-    if _MAIN["process"]:
-        tqdm.write(message)
-
-
-def shared_score(accelerator, n: int, scorer, progress: str | None = None) -> np.ndarray:
-    """``scorer(indices, progress)`` over rows 0..n-1, split across the run's processes (every
-    world-th row each) and gathered, in row order, on every process. Each row is scored
-    exactly once, whether or not n divides by the number of processes."""
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if world == 1:
-        return scorer(list(range(n)), progress)
-    from accelerate.utils import gather_object
-
-    mine = list(range(rank, n, world))
-    parts = gather_object([(mine, scorer(mine, progress if accelerator.is_main_process else None))])
-    rows = [i for idx, _ in parts for i in idx]
-    if sorted(rows) != list(range(n)):
-        raise RuntimeError(f"gathered {len(rows)} scored rows for {n}: a process scored the wrong shard")
-    out = None
-    for idx, probs in parts:
-        out = np.zeros((n, probs.shape[1]), dtype=probs.dtype) if out is None else out
-        out[idx] = probs
-    return out
 
 
 def default_output_dir() -> Path:
@@ -120,228 +92,6 @@ def step_batches(lengths: list[int], batch_size: int, grad_accum: int, seed: int
             mine = sorted(chunk, key=lambda i: -lengths[i])[rank::world]
             yield epoch, [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
         epoch += 1
-
-
-def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: list[int],
-        val_ids: list[list[int]], val_labels: list[int], cfg: Config, accelerator, run_dir: Path,
-        resume: bool) -> tuple[list[dict], dict, np.ndarray | None]:
-    """The training loop. Returns the log records, throughput figures and the final
-    validation probabilities (None without a validation sample)."""
-    from peft import get_peft_model_state_dict
-    from transformers import get_scheduler
-
-    t = cfg.train
-    device = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_step = t.batch_size * t.grad_accum * world
-    if world > 1:  # incomplete global batches are dropped (see step_batches)
-        steps_per_epoch = len(train_ids) // per_step
-    else:
-        steps_per_epoch = math.ceil(len(train_ids) / per_step)
-    if steps_per_epoch == 0:
-        raise UserError(f"the train sample ({len(train_ids)}) is smaller than one global batch ({per_step}); "
-                        f"raise data.train_size or lower train.batch_size x train.grad_accum")
-    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(t.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    label_ids = torch.tensor(prompt.label_token_ids, device=device)
-    pad_id = tok.pad_token_id
-
-    step, log, skipped = 0, [], 0
-    if resume:
-        step, log, skipped = restore(accelerator.unwrap_model(model), optimizer, scheduler, run_dir, world, rank)
-        say(f"resumed from optimizer step {step} of {total_steps}")
-
-    stream = step_batches([len(x) for x in train_ids], t.batch_size, t.grad_accum, t.seed, world, rank)
-    for _ in range(step):  # replay the data order up to where we stopped
-        next(stream)
-
-    val_probs = None  # of the latest validation pass; the last one is reused for calibration
-
-    def validate() -> float | None:
-        nonlocal val_probs
-        if not val_ids:
-            return None
-        plain = accelerator.unwrap_model(model)
-        val_probs = shared_score(accelerator, len(val_ids), lambda idx, bar: score(
-            plain, [val_ids[i] for i in idx], prompt.label_token_ids, pad_id, cfg.eval.batch_size, progress=bar,
-            max_tokens=cfg.eval.max_batch_tokens), "validate")
-        return float((decide(val_probs, cfg.eval.threshold) == np.asarray(val_labels)).mean())
-
-    tokens = reviews = 0
-    train_seconds = 0.0
-    losses: list[float] = []  # since the last log line
-    bad_in_a_row = 0
-    reset_peak_memory(device)
-    model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
-
-    def checkpoint() -> None:
-        check_finite(params, step, t)  # a checkpoint of broken weights would only be resumed into failure
-        rngs = [rng_state()]
-        if world > 1:  # each process draws its own dropout masks: every one's generators are kept
-            from accelerate.utils import gather_object
-
-            rngs = gather_object(rngs)
-        failed = None
-        if accelerator.is_main_process:
-            plain = accelerator.unwrap_model(model)
-            head = label_head(plain)
-            try:
-                save_checkpoint(run_dir, {"adapter": get_peft_model_state_dict(plain),
-                                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                          "step": step, "log": log, "rng": torch.get_rng_state(),
-                                          "rng_states": rngs, "skipped": skipped,
-                                          **({"head": head.weight.detach().clone(),
-                                              "head_token_ids": head.token_ids.cpu()} if head else {})})
-            except UserError as exc:  # a full disk: every process must stop, not wait for the main one
-                failed = exc
-        # Also the barrier: no process runs ahead of a checkpoint it could be resumed from.
-        if agreed(1.0 if failed else 0.0, "max"):
-            raise failed or UserError("the main process could not save a checkpoint; its message says why")
-
-    def agreed(value: float, how: str) -> float:
-        """The same number on every process: the mean of their losses, the max of their stop requests."""
-        if world == 1:
-            return value
-        import torch.distributed as dist
-
-        x = torch.tensor(value, dtype=torch.float64, device=device)
-        dist.all_reduce(x, op=dist.ReduceOp.MAX if how == "max" else dist.ReduceOp.SUM)
-        return float(x) / (world if how == "mean" else 1)
-
-    stop = StopRequest()
-    try:
-        with stop:
-            while step < total_steps:
-                started = time.perf_counter()
-                running = 0.0
-                _, micros = next(stream)
-                n_step = sum(len(idx) for idx in micros)
-                for micro, idx in enumerate(micros):
-                    batch = collate([train_ids[i] for i in idx], pad_id, device)
-                    target = torch.tensor([train_labels[i] for i in idx], device=device)
-                    sync = micro == len(micros) - 1
-                    with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                        logits = label_logits(model, batch["input_ids"], batch["attention_mask"], label_ids)
-                        # A sum over the micro-batch divided by the step's size: the mean over the
-                        # step's reviews even when micro-batches differ in size.
-                        loss = F.cross_entropy(logits, target, reduction="sum") / n_step
-                        accelerator.backward(loss)
-                    running += loss.item()  # this process's share of the step's mean loss
-                    tokens += int(batch["attention_mask"].sum())
-                    reviews += len(idx)
-                running = agreed(running, "mean")  # each process's rows are as many, so the step's mean
-                norm = accelerator.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-                # One overflowing batch would turn every weight into NaN for good; like fp16's grad
-                # scaler, skip that update instead, and stop if it keeps happening.
-                if torch.isfinite(torch.as_tensor(norm)) and math.isfinite(running):
-                    optimizer.step()
-                    losses.append(running)
-                    bad_in_a_row = 0
-                else:
-                    skipped += 1
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= 10:
-                        raise UserError(f"training diverged: 10 optimizer steps in a row had a non-finite loss or "
-                                        f"gradient (last at step {step + 1}); lower train.lr or set "
-                                        f"train.mixed_precision=no")
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                train_seconds += time.perf_counter() - started
-                bar.update(1)
-                bar.set_postfix(loss=f"{running:.4f}")
-
-                record = {}
-                if step % max(t.logging_steps, 1) == 0 or step == total_steps:
-                    record.update(step=step, epoch=round(step / steps_per_epoch, 3),
-                                  loss=round(sum(losses) / len(losses), 5) if losses else None,
-                                  lr=scheduler.get_last_lr()[0], skipped_steps=skipped)
-                    losses.clear()
-                if (t.eval_steps and step % t.eval_steps == 0) or step == total_steps:
-                    acc = validate()
-                    if acc is not None:
-                        record.update(step=step, val_accuracy=acc)
-                        say(f"step {step}: validation accuracy {acc:.4f}")
-                if record:
-                    log.append(record)
-                    if accelerator.is_main_process:
-                        write_jsonl(run_dir / TRAIN_LOG, log)
-                    if t.report_to:
-                        accelerator.log({f"train/{k}": v for k, v in record.items()
-                                         if k not in ("step", "epoch") and v is not None}, step=step)
-                if stop.signum is not None and not stop.told:
-                    stop.told = True
-                    say(f"stopping after this step ({signal_name(stop.signum)}); send it again to stop at once")
-                # A signal reaches the processes at different moments; they stop at the same step.
-                signum = int(agreed(stop.signum or 0, "max"))
-                if signum and step < total_steps:
-                    checkpoint()
-                    raise Interrupted(signum)
-                if t.save_steps and step % t.save_steps == 0 and step < total_steps:
-                    checkpoint()
-            # Asked to stop during the last step: training is done, but the user wants out now,
-            # before test scoring and saving; the checkpoint lets --resume do the rest.
-            signum = int(agreed(stop.signum or 0, "max"))
-            if signum:
-                checkpoint()
-                raise Interrupted(signum)
-    finally:  # an interrupted bar would redraw itself after the message saying how to continue
-        bar.close()
-    check_finite(params, step, t)
-    stats = {
-        "optimizer_steps": step,
-        "skipped_steps": skipped,
-        "train_seconds": round(train_seconds, 2),
-        "train_tokens_per_s": round(tokens / train_seconds, 2) if train_seconds else None,
-        "train_reviews_per_s": round(reviews / train_seconds, 3) if train_seconds else None,
-        "peak_mem_mb": round(peak_memory_mb(device), 1),
-    }
-    return log, stats, val_probs
-
-
-def restore(model, optimizer, scheduler, run_dir: Path, world: int = 1,
-            rank: int = 0) -> tuple[int, list[dict], int]:
-    """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG; returns
-    (step, log, skipped steps). A checkpoint that does not fit them is one UserError naming the file."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-    state, path = load_checkpoint(run_dir, warn=say)
-    want = get_peft_model_state_dict(model)
-    have = state["adapter"]
-    if set(have) != set(want) or any(have[k].shape != want[k].shape for k in want):
-        raise damaged(path, run_dir, "its adapter weights do not match lora.r or lora.target_modules")
-    head = label_head(model)
-    if (head is None) != ("head" not in state) or head is not None and (
-            state["head"].shape != head.weight.shape
-            or state.get("head_token_ids", head.token_ids.cpu()).tolist() != head.token_ids.tolist()):
-        raise damaged(path, run_dir, "its label head does not match lora.head and the label words")
-    try:
-        set_peft_model_state_dict(model, have)
-        if head is not None:
-            with torch.no_grad():
-                head.weight.copy_(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("rng_states"):
-            rngs = state["rng_states"]
-            if len(rngs) != world:
-                say(f"warning: {path.name} was written by {len(rngs)} processes and this run has {world}; the data "
-                    f"order and random draws after step {state['step']} differ from an uninterrupted run's")
-            set_rng_state(rngs[rank if rank < len(rngs) else 0])
-        else:  # written by a version that kept torch's CPU generator only
-            torch.set_rng_state(state["rng"])
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise damaged(path, run_dir, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) from None
-    return state["step"], state["log"], int(state.get("skipped", 0))
 
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -380,7 +130,7 @@ def check_finite(params, step: int, t) -> None:
 
 
 def calibrate(model, tok, prompt: Prompt, cfg: Config, val_ids: list[list[int]], val_labels: list[int],
-              val_probs: np.ndarray | None) -> tuple[float, float, dict | None]:
+              val_probs: np.ndarray | None, say=print) -> tuple[float, float, dict | None]:
     """(threshold, temperature, report) fitted on validation as ``eval.calibration`` says, when
     ``eval.calibrate`` asks; else the configured threshold, temperature 1 and no report."""
     if not cfg.eval.calibrate:
@@ -457,126 +207,436 @@ def save_outputs(run_dir: Path, data: DataBundle, log: list[dict], metrics: dict
                      f"p({label_words[1]})" if len(label_words) == 2 else "confidence of the top label")
 
 
-def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False) -> dict:
-    """Train, calibrate, evaluate, save and verify a classifier. Returns metrics.json's content."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+class Recipe:
+    """One training run, read top to bottom in ``run``: ``setup`` builds the accelerator, data,
+    model and optimizer; ``train`` runs the loop of ``train_step``, ``validate`` and
+    ``save_checkpoint``; ``finalize`` calibrates, tests, saves and verifies. The run's state
+    (step, log, counters, the latest validation scores) lives on this object."""
 
-    wall_start = time.perf_counter()
-    run_dir = Path(output_dir) if output_dir else default_output_dir()
-    plan = plan_run(run_dir, resume)
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool):
+        self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
+        self.started = time.perf_counter()
+        self.plan = plan_run(run_dir, resume)
+        self.step, self.log, self.skipped = 0, [], 0
+        self.val_probs: np.ndarray | None = None  # of the latest validation pass; the last one calibrates
+        self.tokens = self.reviews = 0
+        self.train_seconds = 0.0
+        self.losses: list[float] = []  # since the last log line
+        self.bad_in_a_row = 0
+        self.stop = StopRequest()
+        self.accelerator = None
 
-    requested = pick_device(cfg.model.device)
-    check_trackers(cfg.train.report_to)
-    if requested.type == "cuda" and requested.index is not None:
-        import os
+    def say(self, message: str) -> None:
+        """A line for the user, from the main process only."""
+        if self.accelerator is None or self.accelerator.is_main_process:
+            tqdm.write(message)
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError(f"model.device is {cfg.model.device!r}, one GPU, but this run has several processes and "
-                            f"each takes its own GPU; use model.device=cuda (or auto), and CUDA_VISIBLE_DEVICES to "
-                            f"choose the GPUs")
-        torch.cuda.set_device(requested)  # Accelerate then places the model and batches on it
-    accelerator = Accelerator(cpu=requested.type == "cpu",
-                              mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested),
-                              log_with=list(cfg.train.report_to) or None, project_dir=run_dir / LOGS)
-    device = accelerator.device
-    dtype = pick_dtype(cfg.model.dtype, device)
-    _MAIN["process"] = accelerator.is_main_process
-    # The seed plus the process's index: each process draws its own dropout masks (the LoRA
-    # weights start as the main process's, which DDP sends to the others).
-    set_seed(cfg.train.seed, device_specific=True)
+    # --- setup ------------------------------------------------------------------------------
 
-    tok = load_tokenizer(cfg.model)
-    prompt = Prompt(tok, cfg.prompt)
-    data = prepare_data(cfg.data, cfg.prompt.label_words)
-    enc = {name: prompt.encode(getattr(data, name).texts) for name in ("train", "val", "test")}
-    stats = dict(data.stats)
-    stats.update({f"truncated_{name}": e.truncated for name, e in enc.items()})
-    say(f"data: {stats['train_sample']} train / {stats['val_sample']} validation / {stats['test_sample']} test "
-        f"reviews; duplicates in train {stats['duplicates_in_train']}, test reviews also in train dropped "
-        f"{stats['test_rows_in_train_dropped']}; truncated to {cfg.prompt.max_length} tokens: "
-        f"{enc['train'].truncated} train, {enc['test'].truncated} test")
-    say(f"model: {cfg.model.name_or_path} on {device} ({str(dtype).removeprefix('torch.')}), "
-        f"label tokens {dict(zip(cfg.prompt.label_words, prompt.label_token_ids))}")
+    def setup(self) -> None:
+        self.setup_accelerator()
+        self.setup_data()
+        self.setup_model()
+        self.start_folder()
+        self.setup_optimizer()
+        if self.plan is Plan.RESUME:
+            self.restore()
+            self.say(f"resumed from optimizer step {self.step} of {self.total_steps}")
 
-    model = load_base_model(cfg.model, device, dtype, tok.pad_token_id)
-    model = add_lora(model, cfg.lora)
-    if cfg.lora.head:
-        add_label_head(model, prompt.label_token_ids)
-    trainable, total = model.get_nb_trainable_parameters()
-    say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+    def setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
 
-    # Nothing is written before data, prompt and model are known to be good; and every
-    # process has checked the output folder before the main one creates it.
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if plan is Plan.RESTART:
-            say(f"starting over in {run_dir}: the run there stopped before its first checkpoint")
-            clear_run(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            cfg.save(run_dir / CONFIG)
-    if cfg.train.report_to:  # TensorBoard, MLflow, W&B (offline unless configured), through Accelerate
-        accelerator.init_trackers(run_dir.resolve().name, config=_flat(cfg.to_dict()))
+        cfg = self.cfg
+        requested = pick_device(cfg.model.device)
+        check_trackers(cfg.train.report_to)
+        if requested.type == "cuda" and requested.index is not None:
+            import os
 
-    log, train_stats, val_probs = fit(model, tok, prompt, enc["train"].input_ids, data.train.labels,
-                                      enc["val"].input_ids, data.val.labels, cfg, accelerator, run_dir,
-                                      plan is Plan.RESUME)
-    if train_stats["skipped_steps"]:
-        say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
-            f"or gradient")
-    model = accelerator.unwrap_model(model)
-    # Every process takes its share of the test sample; only the main one writes.
-    raw, eval_seconds = test(model, tok, prompt, cfg, enc["test"].input_ids, accelerator)
-    if not accelerator.is_main_process:
-        return {}
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise UserError(f"model.device is {cfg.model.device!r}, one GPU, but this run has several processes "
+                                f"and each takes its own GPU; use model.device=cuda (or auto), and "
+                                f"CUDA_VISIBLE_DEVICES to choose the GPUs")
+            torch.cuda.set_device(requested)  # Accelerate then places the model and batches on it
+        self.accelerator = Accelerator(cpu=requested.type == "cpu",
+                                       mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested),
+                                       log_with=list(cfg.train.report_to) or None, project_dir=self.run_dir / LOGS)
+        self.device = self.accelerator.device
+        self.dtype = pick_dtype(cfg.model.dtype, self.device)
+        # The seed plus the process's index: each process draws its own dropout masks (the LoRA
+        # weights start as the main process's, which DDP sends to the others).
+        set_seed(cfg.train.seed, device_specific=True)
 
-    threshold, temperature, calibration = calibrate(model, tok, prompt, cfg, enc["val"].input_ids,
-                                                    data.val.labels, val_probs)
-    probs = apply_temperature(raw, temperature) if temperature != 1.0 and cfg.eval.method == "logits" else raw
-    preds = decide(probs, threshold)
-    metrics = compute_metrics(data.test.labels, preds, probs, cfg.prompt.label_words, cfg.data.ordinal)
-    if calibration is not None:
-        calibration["test"] = calibration_change(raw, probs, data.test.labels)
-        metrics["calibration"] = calibration
-    metrics.update({
-        "method": cfg.eval.method, "threshold": threshold, "unparsed": int((preds == UNDECIDED).sum()),
-        "eval_reviews_per_s": round(len(data.test) / eval_seconds, 2) if eval_seconds else None,
-        "train": train_stats, "data": stats,
-    })
-    spec = spec_for_run(cfg.model, prompt, threshold, cfg.eval.method, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                        {k: getattr(cfg.data, k) for k in DATA_KEYS}, cfg.eval.max_batch_tokens, temperature,
-                        head_path(model))
-    clf = SentimentClassifier(model, tok, prompt, threshold=threshold, method=cfg.eval.method, spec=spec,
-                              temperature=temperature)
-    clf.save_adapter(run_dir)
-    save_outputs(run_dir, data, log, metrics, preds, probs, cfg.prompt.label_words)
-    if cfg.eval.verify_samples and cfg.eval.method == "logits":
-        n = min(cfg.eval.verify_samples, len(data.test))
-        metrics["reload_check"] = verify_reload(clf, run_dir, data.test.texts[:n], probs[:n], preds[:n], device, cfg)
+    def setup_data(self) -> None:
+        cfg = self.cfg
+        self.tok = load_tokenizer(cfg.model)
+        self.prompt = Prompt(self.tok, cfg.prompt)
+        self.data = prepare_data(cfg.data, cfg.prompt.label_words)
+        self.enc = {name: self.prompt.encode(getattr(self.data, name).texts) for name in ("train", "val", "test")}
+        self.stats = dict(self.data.stats)
+        self.stats.update({f"truncated_{name}": e.truncated for name, e in self.enc.items()})
+        st = self.stats
+        self.say(f"data: {st['train_sample']} train / {st['val_sample']} validation / {st['test_sample']} test "
+                 f"reviews; duplicates in train {st['duplicates_in_train']}, test reviews also in train dropped "
+                 f"{st['test_rows_in_train_dropped']}; truncated to {cfg.prompt.max_length} tokens: "
+                 f"{self.enc['train'].truncated} train, {self.enc['test'].truncated} test")
 
-    if cfg.train.report_to:
-        accelerator.log({f"test/{k}": metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece")
-                         if metrics.get(k) is not None}, step=train_stats["optimizer_steps"])
-        accelerator.end_training()
-    metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
-    write_json(run_dir / METRICS, metrics)
-    write_report(run_dir, spec)
-    spec.save(run_dir)  # last: classifier.json marks a complete, verified run folder
-    remove_checkpoints(run_dir)
-    if cfg.stack.baseline:  # a complete LLM classifier first; the stack is a step on top of it
+    def setup_model(self) -> None:
+        cfg = self.cfg
+        self.say(f"model: {cfg.model.name_or_path} on {self.device} ({str(self.dtype).removeprefix('torch.')}), "
+                 f"label tokens {dict(zip(cfg.prompt.label_words, self.prompt.label_token_ids))}")
+        model = load_base_model(cfg.model, self.device, self.dtype, self.tok.pad_token_id)
+        model = add_lora(model, cfg.lora)
+        if cfg.lora.head:
+            add_label_head(model, self.prompt.label_token_ids)
+        trainable, total = model.get_nb_trainable_parameters()
+        self.say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+        self.model = model
+
+    def start_folder(self) -> None:
+        """Nothing is written before data, prompt and model are known to be good; and every
+        process has checked the output folder before the main one creates it."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if self.plan is Plan.RESTART:
+                self.say(f"starting over in {self.run_dir}: the run there stopped before its first checkpoint")
+                clear_run(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                self.cfg.save(self.run_dir / CONFIG)
+        if self.cfg.train.report_to:  # TensorBoard, MLflow, W&B (offline unless configured), through Accelerate
+            self.accelerator.init_trackers(self.run_dir.resolve().name, config=_flat(self.cfg.to_dict()))
+
+    def setup_optimizer(self) -> None:
+        from transformers import get_scheduler
+
+        t, world = self.cfg.train, self.accelerator.num_processes
+        per_step = t.batch_size * t.grad_accum * world
+        n = len(self.enc["train"].input_ids)
+        # Several processes drop an incomplete last global batch (see step_batches).
+        self.steps_per_epoch = n // per_step if world > 1 else math.ceil(n / per_step)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the train sample ({n}) is smaller than one global batch ({per_step}); "
+                            f"raise data.train_size or lower train.batch_size x train.grad_accum")
+        self.total_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
+        self.scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(t.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        if t.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.enable_input_require_grads()
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.label_ids = torch.tensor(self.prompt.label_token_ids, device=self.device)
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG. A
+        checkpoint that does not fit them is one UserError naming the file."""
+        from peft import set_peft_model_state_dict
+
+        state, path = load_checkpoint(self.run_dir, warn=self.say)
+        model = self.accelerator.unwrap_model(self.model)
+        check_fits(state, path, model, self.run_dir)
+        try:
+            set_peft_model_state_dict(model, state["adapter"])
+            if label_head(model) is not None:
+                with torch.no_grad():
+                    label_head(model).weight.copy_(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.restore_rng(state, path)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise damaged(path, self.run_dir, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) \
+                from None
+        self.step, self.log, self.skipped = state["step"], state["log"], int(state.get("skipped", 0))
+
+    def restore_rng(self, state: dict, path: Path) -> None:
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        rngs = state.get("rng_states")
+        if not rngs:  # written by a version that kept torch's CPU generator only
+            torch.set_rng_state(state["rng"])
+            return
+        if len(rngs) != world:
+            self.say(f"warning: {path.name} was written by {len(rngs)} processes and this run has {world}; the "
+                     f"data order and random draws after step {state['step']} differ from an uninterrupted run's")
+        set_rng_state(rngs[rank if rank < len(rngs) else 0])
+
+    def save_checkpoint(self) -> None:
+        """Every process's random state gathered, the main process writes; a failed write stops
+        every process (this is also the barrier no process runs ahead of)."""
+        from peft import get_peft_model_state_dict
+
+        check_finite(self.params, self.step, self.cfg.train)  # broken weights would only be resumed into failure
+        rngs = gathered(self.accelerator, [rng_state()])
+        failed = None
+        if self.accelerator.is_main_process:
+            plain = self.accelerator.unwrap_model(self.model)
+            head = label_head(plain)
+            try:
+                save_checkpoint(self.run_dir, {
+                    "adapter": get_peft_model_state_dict(plain), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "step": self.step, "log": self.log,
+                    "rng": torch.get_rng_state(), "rng_states": rngs, "skipped": self.skipped,
+                    **({"head": head.weight.detach().clone(), "head_token_ids": head.token_ids.cpu()} if head else {})})
+            except UserError as exc:  # a full disk: every process must stop, not wait for the main one
+                failed = exc
+        if agreed(self.accelerator, 1.0 if failed else 0.0, "max"):
+            raise failed or UserError("the main process could not save a checkpoint; its message says why")
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """The training loop; returns the throughput figures."""
+        t = self.cfg.train
+        stream = step_batches([len(x) for x in self.enc["train"].input_ids], t.batch_size, t.grad_accum, t.seed,
+                              self.accelerator.num_processes, self.accelerator.process_index)
+        for _ in range(self.step):  # replay the data order up to where we stopped
+            next(stream)
+        reset_peak_memory(self.device)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.accelerator.is_main_process)
+        try:  # an interrupted bar would redraw itself after the message saying how to continue
+            with self.stop:
+                while self.step < self.total_steps:
+                    started = time.perf_counter()
+                    loss = self.train_step(next(stream)[1])
+                    self.train_seconds += time.perf_counter() - started
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    self.record(loss)
+                    self.checkpoint_or_stop()
+                # Asked to stop during the last step: training is done, but the user wants out now,
+                # before test scoring and saving; the checkpoint lets --resume do the rest.
+                self.stop_if_asked()
+        finally:
+            bar.close()
+        check_finite(self.params, self.step, t)
+        return self.throughput()
+
+    def train_step(self, micros: list[list[int]]) -> float:
+        """One optimizer step over its micro-batches; returns the step's mean loss over every process."""
+        train_ids, labels = self.enc["train"].input_ids, self.data.train.labels
+        n_step, running = sum(len(idx) for idx in micros), 0.0
+        for micro, idx in enumerate(micros):
+            batch = collate([train_ids[i] for i in idx], self.tok.pad_token_id, self.device)
+            target = torch.tensor([labels[i] for i in idx], device=self.device)
+            sync = micro == len(micros) - 1
+            with nullcontext() if sync else self.accelerator.no_sync(self.model), self.accelerator.autocast():
+                logits = label_logits(self.model, batch["input_ids"], batch["attention_mask"], self.label_ids)
+                # A sum over the micro-batch divided by the step's size: the mean over the
+                # step's reviews even when micro-batches differ in size.
+                loss = F.cross_entropy(logits, target, reduction="sum") / n_step
+                self.accelerator.backward(loss)
+            running += loss.item()  # this process's share of the step's mean loss
+            self.tokens += int(batch["attention_mask"].sum())
+            self.reviews += len(idx)
+        running = agreed(self.accelerator, running, "mean")  # each process's rows are as many
+        self.apply_step(running)
+        return running
+
+    def apply_step(self, loss: float) -> None:
+        """Take the optimizer step, or skip it for a non-finite loss or gradient: one overflowing
+        batch would turn every weight into NaN for good (as fp16's grad scaler skips it); stop
+        if it keeps happening."""
+        t = self.cfg.train
+        norm = self.accelerator.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        if torch.isfinite(torch.as_tensor(norm)) and math.isfinite(loss):
+            self.optimizer.step()
+            self.losses.append(loss)
+            self.bad_in_a_row = 0
+        else:
+            self.skipped += 1
+            self.bad_in_a_row += 1
+            if self.bad_in_a_row >= 10:
+                raise UserError(f"training diverged: 10 optimizer steps in a row had a non-finite loss or "
+                                f"gradient (last at step {self.step + 1}); lower train.lr or set "
+                                f"train.mixed_precision=no")
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def record(self, loss: float) -> None:
+        """The step's log line (every logging_steps) and validation (every eval_steps, and last)."""
+        t, step = self.cfg.train, self.step
+        record = {}
+        if step % max(t.logging_steps, 1) == 0 or step == self.total_steps:
+            record.update(step=step, epoch=round(step / self.steps_per_epoch, 3),
+                          loss=round(sum(self.losses) / len(self.losses), 5) if self.losses else None,
+                          lr=self.scheduler.get_last_lr()[0], skipped_steps=self.skipped)
+            self.losses.clear()
+        if (t.eval_steps and step % t.eval_steps == 0) or step == self.total_steps:
+            acc = self.validate()
+            if acc is not None:
+                record.update(step=step, val_accuracy=acc)
+                self.say(f"step {step}: validation accuracy {acc:.4f}")
+        if not record:
+            return
+        self.log.append(record)
+        if self.accelerator.is_main_process:
+            write_jsonl(self.run_dir / TRAIN_LOG, self.log)
+        if t.report_to:
+            self.accelerator.log({f"train/{k}": v for k, v in record.items()
+                                  if k not in ("step", "epoch") and v is not None}, step=step)
+
+    def validate(self) -> float | None:
+        """Accuracy on the validation sample, its rows split across processes; None without one."""
+        val_ids = self.enc["val"].input_ids
+        if not val_ids:
+            return None
+        plain, ev = self.accelerator.unwrap_model(self.model), self.cfg.eval
+        self.val_probs = shared_score(self.accelerator, len(val_ids), lambda idx, bar: score(
+            plain, [val_ids[i] for i in idx], self.prompt.label_token_ids, self.tok.pad_token_id, ev.batch_size,
+            progress=bar, max_tokens=ev.max_batch_tokens), "validate")
+        return float((decide(self.val_probs, ev.threshold) == np.asarray(self.data.val.labels)).mean())
+
+    def checkpoint_or_stop(self) -> None:
+        """A signal reaches the processes at different moments: they agree on it, and stop at the
+        same step with a checkpoint of it; otherwise a checkpoint every save_steps."""
+        if self.stop.signum is not None and not self.stop.told:
+            self.stop.told = True
+            self.say(f"stopping after this step ({signal_name(self.stop.signum)}); send it again to stop at once")
+        signum = int(agreed(self.accelerator, self.stop.signum or 0, "max"))
+        if signum and self.step < self.total_steps:
+            self.save_checkpoint()
+            raise Interrupted(signum)
+        save_steps = self.cfg.train.save_steps
+        if save_steps and self.step % save_steps == 0 and self.step < self.total_steps:
+            self.save_checkpoint()
+
+    def stop_if_asked(self) -> None:
+        signum = int(agreed(self.accelerator, self.stop.signum or 0, "max"))
+        if signum:
+            self.save_checkpoint()
+            raise Interrupted(signum)
+
+    def throughput(self) -> dict:
+        s = self.train_seconds
+        return {"optimizer_steps": self.step, "skipped_steps": self.skipped, "train_seconds": round(s, 2),
+                "train_tokens_per_s": round(self.tokens / s, 2) if s else None,
+                "train_reviews_per_s": round(self.reviews / s, 3) if s else None,
+                "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
+
+    # --- finalize -------------------------------------------------------------------------------
+
+    def finalize(self, train_stats: dict) -> dict:
+        """Test scores on every process; then, on the main one, calibration, metrics, the saved
+        classifier, its reload check, the report and classifier.json (last). Returns the
+        metrics ({} on the other processes)."""
+        if train_stats["skipped_steps"]:
+            self.say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
+                     f"or gradient")
+        self.model = self.accelerator.unwrap_model(self.model)
+        # Every process takes its share of the test sample; only the main one writes.
+        raw, eval_seconds = test(self.model, self.tok, self.prompt, self.cfg, self.enc["test"].input_ids,
+                                 self.accelerator)
+        if not self.accelerator.is_main_process:
+            return {}
+        clf, metrics, probs = self.evaluate(raw, eval_seconds, train_stats)
+        self.save(clf, metrics, probs)
+        if self.cfg.stack.baseline:  # a complete LLM classifier first; the stack is a step on top of it
+            metrics["stack"] = self.stack(metrics, clf.temperature, probs)
+        metrics["run_dir"] = str(self.run_dir)  # returned, not saved: the folder may move
+        return metrics
+
+    def evaluate(self, raw: np.ndarray, eval_seconds: float, train_stats: dict):
+        """(the classifier as trained and calibrated, its test metrics, its test probabilities)."""
+        cfg, test_labels = self.cfg, self.data.test.labels
+        threshold, temperature, calibration = calibrate(self.model, self.tok, self.prompt, cfg,
+                                                        self.enc["val"].input_ids, self.data.val.labels,
+                                                        self.val_probs, self.say)
+        probs = apply_temperature(raw, temperature) if temperature != 1.0 and cfg.eval.method == "logits" else raw
+        preds = decide(probs, threshold)
+        metrics = compute_metrics(test_labels, preds, probs, cfg.prompt.label_words, cfg.data.ordinal)
+        if calibration is not None:
+            calibration["test"] = calibration_change(raw, probs, test_labels)
+            metrics["calibration"] = calibration
+        metrics.update({"method": cfg.eval.method, "threshold": threshold,
+                        "unparsed": int((preds == UNDECIDED).sum()),
+                        "eval_reviews_per_s": round(len(test_labels) / eval_seconds, 2) if eval_seconds else None,
+                        "train": train_stats, "data": self.stats})
+        spec = spec_for_run(cfg.model, self.prompt, threshold, cfg.eval.method, cfg.eval.batch_size,
+                            cfg.eval.max_new_tokens, {k: getattr(cfg.data, k) for k in DATA_KEYS},
+                            cfg.eval.max_batch_tokens, temperature, head_path(self.model))
+        clf = SentimentClassifier(self.model, self.tok, self.prompt, threshold=threshold, method=cfg.eval.method,
+                                  spec=spec, temperature=temperature)
+        return clf, metrics, probs
+
+    def save(self, clf: SentimentClassifier, metrics: dict, probs: np.ndarray) -> None:
+        """Adapter, predictions and plots; the reload check; metrics.json, the report, and
+        classifier.json last; the checkpoints go once the folder is complete."""
+        cfg, run_dir, test_data = self.cfg, self.run_dir, self.data.test
+        preds = decide(probs, clf.threshold)
+        clf.save_adapter(run_dir)
+        save_outputs(run_dir, self.data, self.log, metrics, preds, probs, cfg.prompt.label_words)
+        if cfg.eval.verify_samples and cfg.eval.method == "logits":
+            n = min(cfg.eval.verify_samples, len(test_data))
+            metrics["reload_check"] = verify_reload(clf, run_dir, test_data.texts[:n], probs[:n], preds[:n],
+                                                    self.device, cfg)
+        if cfg.train.report_to:
+            self.accelerator.log({f"test/{k}": metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece")
+                                  if metrics.get(k) is not None}, step=metrics["train"]["optimizer_steps"])
+            self.accelerator.end_training()
+        metrics["wall_seconds"] = round(time.perf_counter() - self.started, 1)
+        write_json(run_dir / METRICS, metrics)
+        write_report(run_dir, clf.spec)
+        clf.spec.save(run_dir)  # last: classifier.json marks a complete, verified run folder
+        remove_checkpoints(run_dir)
+
+    def stack(self, metrics: dict, temperature: float, probs: np.ndarray) -> dict:
+        """The configured stack on the saved classifier. Its combiner must be fitted on what the
+        saved classifier computes: training's own scores are reused only where the reload check
+        found the reloaded classifier within 1e-4 of them (float32 on a CPU); a merged bf16
+        model on a GPU differs more, and the stack rescores."""
         from .stack import stack
 
-        say(f"stacking with {cfg.stack.baseline}")
-        # The combiner must be fitted on what the saved classifier computes. Training's own scores
-        # are reused only where the reload check found the reloaded classifier within 1e-4 of them
-        # (float32 on a CPU); a merged bf16 model on a GPU differs more, and the stack rescores.
+        cfg = self.cfg
+        self.say(f"stacking with {cfg.stack.baseline}")
         check = metrics.get("reload_check")
-        reuse = check is not None and check["max_prob_diff"] <= 1e-4 and val_probs is not None
         scores = None
-        if reuse:
-            scores = (apply_temperature(val_probs, temperature) if temperature != 1.0 else val_probs, probs)
-        metrics["stack"] = stack(run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device,
-                                 llm_probs=scores, data=data)
-    metrics["run_dir"] = str(run_dir)  # returned, not saved: the folder may move
-    return metrics
+        if check is not None and check["max_prob_diff"] <= 1e-4 and self.val_probs is not None:
+            val = apply_temperature(self.val_probs, temperature) if temperature != 1.0 else self.val_probs
+            scores = (val, probs)
+        return stack(self.run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device, llm_probs=scores,
+                     data=self.data)
+
+
+def check_fits(state: dict, path: Path, model, run_dir: Path) -> None:
+    """A checkpoint's adapter and label head must have this run's shapes and label tokens."""
+    from peft import get_peft_model_state_dict
+
+    want, have = get_peft_model_state_dict(model), state["adapter"]
+    if set(have) != set(want) or any(have[k].shape != want[k].shape for k in want):
+        raise damaged(path, run_dir, "its adapter weights do not match lora.r or lora.target_modules")
+    head = label_head(model)
+    if (head is None) != ("head" not in state) or head is not None and (
+            state["head"].shape != head.weight.shape
+            or state.get("head_token_ids", head.token_ids.cpu()).tolist() != head.token_ids.tolist()):
+        raise damaged(path, run_dir, "its label head does not match lora.head and the label words")
+
+
+def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False) -> dict:
+    """Train, calibrate, evaluate, save and verify a classifier. Returns metrics.json's content."""
+    recipe = Recipe(cfg, Path(output_dir) if output_dir else default_output_dir(), resume)
+    recipe.setup()
+    train_stats = recipe.train()
+    return recipe.finalize(train_stats)
+
+
+def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: list[int], cfg: Config,
+        accelerator, run_dir: str | Path) -> dict:
+    """The training loop alone, on parts built elsewhere (benchmarks/bench_speed.py times it
+    against the seed's Trainer); returns the throughput figures."""
+    from .data import Sample
+    from .prompt import Encoded
+
+    recipe = Recipe(cfg, Path(run_dir), resume=False)
+    recipe.accelerator, recipe.device = accelerator, accelerator.device
+    recipe.tok, recipe.prompt, recipe.model = tok, prompt, model
+    recipe.enc = {"train": Encoded(train_ids, 0), "val": Encoded([], 0)}
+    recipe.data = DataBundle(Sample(labels=list(train_labels)), Sample(), Sample(), {})
+    recipe.setup_optimizer()
+    return recipe.train()
