@@ -429,13 +429,19 @@ def check_command(command: str) -> list[str]:
 # --- names and links ----------------------------------------------------------------------------
 
 def modules() -> set[str]:
-    return {p.stem for p in PACKAGE.glob("*.py")}
+    """The package's modules: its files, and its subpackages (a folder with __init__.py)."""
+    return {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+
+
+def module_file(module: str) -> Path:
+    path = PACKAGE / f"{module}.py"
+    return path if path.is_file() else PACKAGE / module / "__init__.py"
 
 
 @cache
 def module_names(module: str) -> frozenset[str]:
     """Names defined at the top level of a module (functions, classes, assignments, imports)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    tree = ast.parse(module_file(module).read_text(encoding="utf-8"))
     names = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -465,7 +471,7 @@ def classes() -> dict[str, frozenset[str]]:
     """Every class of the package with the names its body defines."""
     out = {}
     for module in modules():
-        tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+        tree = ast.parse(module_file(module).read_text(encoding="utf-8"))
         for node in tree.body:
             if isinstance(node, ast.ClassDef):
                 names = set()
@@ -658,7 +664,7 @@ def test_code_map_lists_every_file():
               if any(line.startswith("src/sentiment_lora/") for line in body)]
     assert blocks, "README has no code map (a block starting with src/sentiment_lora/)"
     named = set(re.findall(r"[\w-]+\.(?:py|yaml)\b", "\n".join(blocks[0])))
-    wanted = ({p.name for p in PACKAGE.glob("*.py")} | {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    wanted = ({p.name for p in PACKAGE.rglob("*.py")} | {p.name for p in (ROOT / "benchmarks").glob("*.py")}
               | {p.name for p in (ROOT / "configs").glob("*.yaml")})
     assert wanted - named == set(), f"the code map leaves out {sorted(wanted - named)}"
     existing = wanted | {p.name for p in (ROOT / "tests").glob("*.py")}

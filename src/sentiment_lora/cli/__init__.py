@@ -1,0 +1,123 @@
+"""``sentiment-lora``: a thin command line. Each verb is a small module here (its arguments and
+its function, which calls one function of the package); this module assembles them, keeps
+libraries quiet, and turns every way a verb can end into one line and an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from . import baseline, evaluate, export, predict, report, serve, stack, train
+from .common import Parser, flags, format_metric
+
+__all__ = ["build_parser", "entry", "format_metric", "main"]
+VERBS = (train, evaluate, predict, export, serve, report, stack, baseline)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="sentiment-lora", parents=[flags(False)], description="Fine-tune a decoder LLM with LoRA "
+                    "to classify text, evaluate it, and predict with it.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common = flags(argparse.SUPPRESS)
+    for verb in VERBS:
+        verb.add(sub, [common])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..signals import terminate_as_interrupt
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling `texts` at the first option: `predict RUN --json "text"`
+    # leaves "text" over; it belongs to the texts.
+    if extra and args.command == "predict" and not any(e.startswith("-") for e in extra):
+        args.texts = [*args.texts, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    with _verbosity(args.verbose or args.debug), terminate_as_interrupt():
+        return _run(args)
+
+
+def _quiet() -> None:
+    """Library chatter (progress bars of weight loading, deprecation notes) hides the figures
+    users came for, and would make an error more than one line; --verbose brings it back."""
+    warnings.filterwarnings("ignore")
+    # Read by transformers, datasets and huggingface_hub when first imported; importing them
+    # here would cost every command a second or two, even those that fail on their input.
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                        ("DATASETS_VERBOSITY", "error"), ("HF_HUB_VERBOSITY", "error"),
+                        ("ACCELERATE_LOG_LEVEL", "error")):
+        os.environ.setdefault(name, value)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if "transformers" in sys.modules:  # imported already (a test, a notebook): env vars come too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def _verbosity(verbose: bool) -> Iterator[None]:
+    """Libraries quiet unless asked; SENTIMENT_LORA_VERBOSE carries the choice to what quiets a
+    library itself (cluster.quiet_ray), for this call only (a test, a notebook calls again)."""
+    saved = os.environ.get("SENTIMENT_LORA_VERBOSE")
+    if verbose:
+        os.environ["SENTIMENT_LORA_VERBOSE"] = "1"
+    elif not saved:
+        _quiet()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SENTIMENT_LORA_VERBOSE", None)
+        else:
+            os.environ["SENTIMENT_LORA_VERBOSE"] = saved
+
+
+def _run(args) -> int:
+    """The verb, with every way it can end turned into one line and an exit status."""
+    from ..errors import UserError, printable
+    from ..signals import exit_status
+
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # each verb writes its outputs atomically, so an interrupt leaves none half-done
+        print("interrupted before anything was written; run the same command again", file=sys.stderr)
+        return exit_status(exc)
+    except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {printable(str(exc.strerror or exc))}{printable(where)}; check the path, its permissions "
+              f"and free space", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug, not bad input: say so, and how to see more
+        if args.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:200]
+        print(f"internal error: {type(exc).__name__}: {printable(first)}; rerun with --debug and report it",
+              file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    """The console script: ``main``, then exit with its status."""
+    code = main()
+    if code in (130, 143):
+        # After a handled Ctrl-C, CPython can still re-raise SIGINT on its way out (a flag set
+        # when the interrupt crossed a C-level eval), turning 143 into a SIGINT death; the
+        # files are closed and written atomically, so leave with the status we chose.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

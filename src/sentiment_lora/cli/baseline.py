@@ -1,0 +1,62 @@
+"""``sentiment-lora baseline``: TF-IDF + logistic regression, or the zero-shot base model."""
+
+from __future__ import annotations
+
+from .common import add_config, add_verb, format_metric, usage
+
+
+def add(sub, parents: list) -> None:
+    p = add_verb(sub, "baseline", parents, "score a baseline: tfidf (logistic regression) or zero-shot (no adapter)",
+                 run)
+    p.add_argument("kind", choices=["tfidf", "zero-shot"])
+    p.add_argument("--dataset", help="Hub id or local folder (tfidf: required; zero-shot: overrides data.dataset)")
+    p.add_argument("--nb", action="store_true", help="tfidf: NB-weighted features (NB-SVM style)")
+    add_config(p, "the preset whose data section and label words to use (zero-shot: also its model, prompt and "
+               "samples)", "config overrides")
+    p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go, a new or empty folder "
+                   "(default: runs/baseline-KIND)")
+
+
+def run(args) -> int:
+    m = _tfidf(args) if args.kind == "tfidf" else _zero_shot(args)
+    lo, hi = m["accuracy_ci95"]
+    print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
+          f"ROC-AUC {format_metric(m['roc_auc'])}, ECE {format_metric(m['ece'])}")
+    if "label_bias" in m:
+        print(f"label offsets {m['label_bias']} calibrated on validation; uncalibrated the accuracy is "
+              f"{m['accuracy_uncalibrated']:.4f}")
+    elif "accuracy_uncalibrated" in m:
+        print(f"threshold {m['threshold']:.4f} calibrated on validation; at 0.5 the accuracy is "
+              f"{m['accuracy_uncalibrated']:.4f}")
+    print(f"written to {m['output_dir']}")
+    return 0
+
+
+def _tfidf(args) -> dict:
+    from ..config import load_config
+    from ..storage import check_output_folder
+
+    if not args.dataset and not args.config:
+        raise usage("baseline tfidf needs --dataset (a Hub id or a local folder such as ../shared/imdb) or a "
+                    "--config whose data section names one")
+    # The config's data section (columns, label values, splits) and label words, when given.
+    cfg = load_config(args.config, ([f"data.dataset={args.dataset}"] if args.dataset else []) + args.set)
+    out = args.output_dir or f"runs/baseline-tfidf{'-nb' if args.nb else ''}"
+    check_output_folder(out, "--output-dir")
+    from ..baseline import run_tfidf
+
+    return run_tfidf(cfg.data, out, nb=args.nb, label_words=cfg.prompt.label_words)
+
+
+def _zero_shot(args) -> dict:
+    from ..config import load_config
+    from ..storage import check_output_folder
+
+    if args.nb:
+        raise usage("--nb applies to baseline tfidf only")
+    cfg = load_config(args.config, ([f"data.dataset={args.dataset}"] if args.dataset else []) + args.set)
+    out = args.output_dir or "runs/baseline-zero-shot"
+    check_output_folder(out, "--output-dir")
+    from ..baseline import run_zero_shot
+
+    return run_zero_shot(cfg, out)

@@ -1,0 +1,93 @@
+"""What the verbs' command lines share: the parser class, the help format, argument groups
+repeated across verbs, and small helpers for printing."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+
+
+def format_metric(x) -> str:
+    """A metric for printing; undefined ones (ROC-AUC with one class present, NaN) print as n/a."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
+
+
+def usage(message: str):
+    """The UserError of a command line that cannot work as given (one line, exit status 2)."""
+    from ..errors import UserError
+
+    return UserError(message)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error, instead of usage + error
+        from ..errors import printable
+
+        self.exit(2, f"error: {printable(message)} (see '{self.prog} --help')\n")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """--help shows each option's default where it has one (not for flags, or an unset option
+    whose help says what it falls back to)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def flags(default) -> argparse.ArgumentParser:
+    """--verbose and --debug; a verb's copy leaves them unset unless given (SUPPRESS), so that
+    ``sentiment-lora --debug VERB`` is not undone by the verb's own default."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=default,
+                        help="show the libraries' progress bars and warnings")
+    common.add_argument("--debug", action="store_true", default=default,
+                        help="show the traceback of an unexpected error")
+    return common
+
+
+def add_verb(sub, name: str, parents: list, help: str, run) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, parents=parents, help=help, description=help, formatter_class=HelpFormatter)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_runtime(p: argparse.ArgumentParser, batch: bool = True, dtype: bool = True) -> None:
+    """Where and how the model runs: --batch-size, --device, --dtype."""
+    if batch:
+        p.add_argument("--batch-size", type=positive_int, help="texts per model call (default: the classifier's own)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    if dtype:
+        p.add_argument("--dtype", choices=DTYPES, default="auto",
+                       help="weights dtype (auto: fp32 on CPU; bfloat16 is faster on CPUs with native bf16)")
+
+
+def add_config(p: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
+    """--config (a YAML preset) and --set KEY=VALUE overrides."""
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
+
+def add_input(p: argparse.ArgumentParser) -> None:
+    """What to read texts from: --file, its text and id fields, how much at a time."""
+    p.add_argument("--file", help="texts to classify: .txt (one per line), .jsonl, .csv or .parquet, read as a stream")
+    p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv/.parquet")
+    p.add_argument("--id-field", help="field or column copied to each output line as its id")
+    p.add_argument("--chunk-size", type=positive_int, help="texts read and scored at a time (default: 1024; with "
+                   "--engine ray, rows per Ray Data batch, 64)")
+    p.add_argument("--max-line-bytes", type=positive_int, default=10_000_000,
+                   help="a longer line (or text) is not read: its row gets an error instead")

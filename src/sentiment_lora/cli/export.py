@@ -1,0 +1,29 @@
+"""``sentiment-lora export``: a standalone classifier folder (no base model path, no GGUF needed)."""
+
+from __future__ import annotations
+
+from .common import add_verb
+
+
+def add(sub, parents: list) -> None:
+    p = add_verb(sub, "export", parents,
+                 "write a standalone classifier folder (no base model path, no GGUF needed)", run)
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--merge", action="store_true", help="merge LoRA into the base: a plain transformers model folder")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype of the exported weights")
+
+
+def run(args) -> int:
+    from ..spec import ClassifierSpec
+    from ..storage import check_output_folder
+
+    ClassifierSpec.load(args.run_dir)
+    check_output_folder(args.out_dir, "OUT_DIR")
+    from ..export import export
+
+    out = export(args.run_dir, args.out_dir, merge=args.merge, dtype=args.dtype)
+    kind = "merged model" if args.merge else "adapter + base model"
+    print(f"exported {args.run_dir} to {out} ({kind}); load it with SentimentClassifier.load({str(out)!r})")
+    return 0

@@ -1,0 +1,20 @@
+"""``sentiment-lora report``: (re)build a run's report.html."""
+
+from __future__ import annotations
+
+from .common import add_verb
+
+
+def add(sub, parents: list) -> None:
+    p = add_verb(sub, "report", parents, "write RUN_DIR/report.html (metrics, plots, config, log, confident "
+                 "mistakes) for a run", run)
+    p.add_argument("run_dir")
+
+
+def run(args) -> int:
+    from ..page import write_report
+    from ..spec import ClassifierSpec
+
+    ClassifierSpec.load(args.run_dir)
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0

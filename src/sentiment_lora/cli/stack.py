@@ -1,0 +1,48 @@
+"""``sentiment-lora stack``: combine a classifier with a TF-IDF model, or remove the stack."""
+
+from __future__ import annotations
+
+from .common import add_runtime, add_verb, format_metric, usage
+
+
+def add(sub, parents: list) -> None:
+    p = add_verb(sub, "stack", parents,
+                 "combine a trained classifier with a TF-IDF model, fitted on its validation sample", run)
+    p.add_argument("run_dir")
+    p.add_argument("--baseline", choices=["tfidf", "tfidf-nb"], default="tfidf",
+                   help="the bag-of-words model to stack (tfidf-nb: NB-weighted, two classes)")
+    p.add_argument("--pool", metavar="DATASET", help="train the TF-IDF model on this dataset's train split, or with "
+                   "'all' on the run's whole train split (either less the run's validation and test rows), instead "
+                   "of the run's training sample")
+    p.add_argument("--remove", action="store_true", help="remove the stack: back to the LLM alone")
+    add_runtime(p, batch=False, dtype=False)
+
+
+def run(args) -> int:
+    from ..spec import ClassifierSpec
+
+    ClassifierSpec.load(args.run_dir)
+    if args.remove:
+        return _remove(args)
+    from ..stack import stack
+
+    s = stack(args.run_dir, baseline=args.baseline, pool=args.pool, device=args.device)
+    print(f"stacked with {args.baseline} trained on {s['baseline_train_rows']} rows; combiner fitted on "
+          f"{s['val_n']} validation rows")
+    for name, label in (("stack", "stack"), ("llm", "LLM alone"), ("baseline", args.baseline)):
+        m = s["test"][name]
+        lo, hi = m["accuracy_ci95"]
+        print(f"  {label:<9} accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), "
+              f"ECE {format_metric(m.get('ece'))} on {m['n']} test rows")
+    print(f"written to {args.run_dir} (classifier.json, stack/, metrics.json[\"stack\"])")
+    return 0
+
+
+def _remove(args) -> int:
+    from ..stack import unstack
+
+    if args.pool:
+        raise usage("--remove takes no --pool")
+    unstack(args.run_dir)
+    print(f"removed the stack of {args.run_dir}; it classifies with the LLM alone again")
+    return 0
