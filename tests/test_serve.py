@@ -122,7 +122,7 @@ def test_the_huggingface_hub_client_unchanged(server):
 
 
 def test_concurrent_requests_share_model_calls(server):
-    before = server.state["batcher"].calls
+    before = server.state.batcher.calls
 
     async def burst():
         async with httpx.AsyncClient(timeout=30) as client:
@@ -131,7 +131,7 @@ def test_concurrent_requests_share_model_calls(server):
 
     responses = asyncio.run(burst())
     assert all(r.status_code == 200 for r in responses)
-    calls = server.state["batcher"].calls - before
+    calls = server.state.batcher.calls - before
     assert 1 <= calls < 16, calls
 
 
@@ -178,7 +178,7 @@ def test_a_long_text_is_truncated_not_refused(server):
 
 def test_a_full_queue_is_503_and_a_slow_request_504(tiny_run):
     with live(tiny_run, max_queue=2, request_timeout_s=0.3) as s:
-        clf = s.state["clf"]
+        clf = s.state.clf
         real = clf.proba_of_prompts
         clf.proba_of_prompts = lambda ids, batch_size=None: (time.sleep(1.0), real(ids, batch_size))[1]
         r = post(s.url + "/predict", {"inputs": TEXTS})
@@ -192,7 +192,7 @@ def test_a_full_queue_is_503_and_a_slow_request_504(tiny_run):
 
 def test_a_failing_model_call_fails_its_request_only(tiny_run):
     with live(tiny_run) as s:
-        clf = s.state["clf"]
+        clf = s.state.clf
         real = clf.proba_of_prompts
 
         def once(ids, batch_size=None):
@@ -255,7 +255,7 @@ def test_api_key(tiny_run):
 
 def test_shutdown_finishes_the_request_in_flight(tiny_run):
     with live(tiny_run) as s:
-        clf = s.state["clf"]
+        clf = s.state.clf
         real = clf.proba_of_prompts
         clf.proba_of_prompts = lambda ids, batch_size=None: (time.sleep(1.5), real(ids, batch_size))[1]
         result = {}

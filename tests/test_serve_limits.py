@@ -156,7 +156,7 @@ def test_a_client_hanging_up_mid_body_is_no_traceback(tiny_run, tmp_path):
 
 def test_a_client_gone_while_queued_has_its_texts_dropped(tiny_run):
     with live(tiny_run, max_wait_ms=1) as s:
-        clf, batcher = s.state["clf"], s.state["batcher"]
+        clf, batcher = s.state.clf, s.state.batcher
         real, scoring, release, scored = clf.proba_of_prompts, threading.Event(), threading.Event(), []
 
         def held(ids, batch_size=None):  # the first batch holds the worker until released

@@ -362,39 +362,46 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key)
     if origin is list:
-        (inner,) = typing.get_args(tp)
-        if isinstance(value, str):  # --set lora.target_modules=q_proj,v_proj
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise UserError(f"config: {key} must be a list, got {brief(value)}")
-        return [_coerce(v, inner, key) for v in value]
+        return _coerce_list(value, typing.get_args(tp)[0], key)
     if tp is bool:
         if isinstance(value, bool):
             return value
         raise UserError(f"config: {key} must be true or false, got {brief(value)}")
     if tp in (int, float):
-        # PyYAML reads 2e-4 as a string; accept any number-looking value.
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UserError(f"config: {key} must be a number, got {brief(value)}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise UserError(f"config: {key} must be a number, got {brief(value)}") from None
-        if not math.isfinite(number):
-            raise UserError(f"config: {key} must be a finite number, got {brief(value)}")
-        if tp is int:
-            whole = value if isinstance(value, int) else int(number)
-            if number != whole:
-                raise UserError(f"config: {key} must be a whole number, got {brief(value)}")
-            if abs(whole) > SEED_MAX:
-                raise UserError(f"config: {key} is {whole}; that is out of range (at most {SEED_MAX})")
-            return whole
-        return number
+        return _coerce_number(value, tp, key)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise UserError(f"config: {key} must be a string, got {brief(value)}")
         return str(value)
     raise AssertionError(f"unsupported field type {tp} for {key}")
+
+
+def _coerce_list(value: Any, inner: Any, key: str) -> list:
+    if isinstance(value, str):  # --set lora.target_modules=q_proj,v_proj
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise UserError(f"config: {key} must be a list, got {brief(value)}")
+    return [_coerce(v, inner, key) for v in value]
+
+
+def _coerce_number(value: Any, tp: type, key: str) -> int | float:
+    # PyYAML reads 2e-4 as a string; accept any number-looking value.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"config: {key} must be a number, got {brief(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"config: {key} must be a number, got {brief(value)}") from None
+    if not math.isfinite(number):
+        raise UserError(f"config: {key} must be a finite number, got {brief(value)}")
+    if tp is float:
+        return number
+    whole = value if isinstance(value, int) else int(number)
+    if number != whole:
+        raise UserError(f"config: {key} must be a whole number, got {brief(value)}")
+    if abs(whole) > SEED_MAX:
+        raise UserError(f"config: {key} is {whole}; that is out of range (at most {SEED_MAX})")
+    return whole
 
 
 

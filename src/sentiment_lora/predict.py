@@ -422,11 +422,33 @@ def prepare_output(input_path: str | Path, output: str | Path, field: str = "tex
     """Check the output file, writing nothing; True when it is an unfinished run to continue.
 
     A finished output is never overwritten; an unfinished one (its ``.partial`` sidecar is
-    there) is continued, provided it belongs to the same, unchanged input (and, when
-    ``classifier`` is given, the same classifier).
+    there) is continued, provided it belongs to the same input and options (and, when
+    ``classifier`` is given, the same classifier); the input's content is checked when the
+    run starts (``predict_file``).
     """
     input_path, output = Path(input_path), Path(output)
+    _check_output_path(input_path, output)
+    if not output.exists():
+        return False
     sidecar = Path(f"{output}{PARTIAL}")
+    if not sidecar.is_file():
+        raise UserError(f"--output {str(output)!r} exists and is finished; choose another file or delete it")
+    try:
+        saved = read_json(sidecar)
+    except (OSError, ValueError):
+        saved = None
+    want = _identity(input_path, field, id_field, classifier)
+    if not _same_run(saved, want):
+        raise UserError(f"--output {str(output)!r} is an unfinished prediction of another or a changed input; "
+                        f"delete it and {sidecar.name} to start over")
+    if classifier is not None and saved.get("classifier") != classifier:
+        raise UserError(f"--output {str(output)!r} is an unfinished prediction by another classifier; continue it "
+                        f"with that one, or delete it and {sidecar.name} to start over")
+    return True
+
+
+def _check_output_path(input_path: Path, output: Path) -> None:
+    """An output file name that can be written, and is not the input."""
     if output.is_dir():
         raise UserError(f"--output {str(output)!r} is a folder; give a file name such as predictions.jsonl")
     if output.suffix.lower() != ".jsonl":
@@ -440,24 +462,15 @@ def prepare_output(input_path: str | Path, output: str | Path, field: str = "tex
                         f"writable folder")
     if output.exists() and not os.access(output, os.W_OK):
         raise UserError(f"--output {str(output)!r} is not writable; check its permissions")
-    if not output.exists():
+
+
+def _same_run(saved, want: dict) -> bool:
+    """Whether a sidecar names the same input and options as ``want`` (its classifier aside) and
+    how many of the input's rows it had read."""
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), t) for k, t in zip(_CONSUMED, (int, str))):
         return False
-    if not sidecar.is_file():
-        raise UserError(f"--output {str(output)!r} exists and is finished; choose another file or delete it")
-    try:
-        saved = read_json(sidecar)
-    except (OSError, ValueError):
-        saved = None
-    want = _identity(input_path, field, id_field, classifier)
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), t) for k, t in zip(_CONSUMED, (int, str))) \
-            or {k: v for k, v in saved.items() if k not in ("classifier", *_CONSUMED)} != \
-            {k: v for k, v in want.items() if k != "classifier"}:
-        raise UserError(f"--output {str(output)!r} is an unfinished prediction of another or a changed input; "
-                        f"delete it and {sidecar.name} to start over")
-    if classifier is not None and saved.get("classifier") != classifier:
-        raise UserError(f"--output {str(output)!r} is an unfinished prediction by another classifier; continue it "
-                        f"with that one, or delete it and {sidecar.name} to start over")
-    return True
+    return ({k: v for k, v in saved.items() if k not in ("classifier", *_CONSUMED)}
+            == {k: v for k, v in want.items() if k != "classifier"})
 
 
 def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "text", id_field: str | None = None,

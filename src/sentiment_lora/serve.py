@@ -19,6 +19,7 @@ The model runs in one worker thread, one call at a time; the event loop only que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -28,7 +29,6 @@ import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from fastapi import Request  # at module level: FastAPI reads the handlers' annotations from here
@@ -222,8 +222,6 @@ class Metrics:
 
 def parse_inputs(body: bytes, cfg: ServeConfig) -> tuple[list[str], bool, dict]:
     """(texts, whether ``inputs`` was one string, parameters) of a request body, or Rejected."""
-    from .data import text_problem
-
     if len(body) > cfg.max_body_bytes:
         raise Rejected(413, f"the request body has {len(body)} bytes, more than the {cfg.max_body_bytes} allowed",
                        "payload_too_large")
@@ -234,7 +232,14 @@ def parse_inputs(body: bytes, cfg: ServeConfig) -> tuple[list[str], bool, dict]:
                        "validation") from None
     if not isinstance(data, dict) or "inputs" not in data:
         raise Rejected(422, 'the body must be a JSON object with "inputs": a text or a list of texts', "validation")
-    inputs = data["inputs"]
+    texts, single = _texts(data["inputs"], cfg)
+    return texts, single, _parameters(data)
+
+
+def _texts(inputs, cfg: ServeConfig) -> tuple[list[str], bool]:
+    """The request's texts, each usable by the one text rule (data.text_problem)."""
+    from .data import text_problem
+
     single = isinstance(inputs, str)
     texts = [inputs] if single else inputs
     if not isinstance(texts, list):
@@ -248,6 +253,11 @@ def parse_inputs(body: bytes, cfg: ServeConfig) -> tuple[list[str], bool, dict]:
         problem = text_problem(t)
         if problem is not None:
             raise Rejected(422, f"input {i} {problem}; send non-empty texts", "validation")
+    return texts, single
+
+
+def _parameters(data: dict) -> dict:
+    """The TEI / Inference API parameters this server honours (top_k), the others refused."""
     params = data.get("parameters") or {}
     if not isinstance(params, dict):
         raise Rejected(422, '"parameters" must be an object', "validation")
@@ -259,7 +269,7 @@ def parse_inputs(body: bytes, cfg: ServeConfig) -> tuple[list[str], bool, dict]:
                             'label tokens', "validation")
     if data.get("raw_scores"):
         raise Rejected(422, '"raw_scores" is not served: the scores are probabilities', "validation")
-    return texts, single, params
+    return params
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -340,18 +350,116 @@ def ranked(probs: np.ndarray, words: list[str], top_k: int | None = None) -> lis
     return out
 
 
+def error_response(status: int, message: str, kind: str, headers: dict | None = None):
+    """The API's one error shape: {"error": one line, "error_type": kind}."""
+    from fastapi.responses import JSONResponse
+
+    from .errors import printable
+
+    return JSONResponse({"error": printable(message), "error_type": kind}, status_code=status, headers=headers)
+
+
+class Service:
+    """What serving one classifier needs, on one object: the model once loaded (or why it
+    failed), the batcher, the metrics and the limits. The app's routes and middleware call
+    its methods."""
+
+    def __init__(self, run_dir: Path, cfg: ServeConfig, spec, load):
+        self.run_dir, self.cfg, self.spec, self.load = run_dir, cfg, spec, load
+        self.metrics = Metrics()
+        self.clf = None
+        self.error: str | None = None
+        self.batcher: Batcher | None = None
+        self.expected_key = f"Bearer {cfg.api_key}".encode("ascii") if cfg.api_key else b""
+
+    def load_model(self) -> None:
+        try:
+            self.clf = self.load()
+        except Exception as exc:  # reported by /health; the process stays up to say so
+            self.error = failure(exc)
+
+    def score(self, prompts: list[list[int]]) -> np.ndarray:
+        return self.clf.proba_of_prompts(prompts, batch_size=len(prompts))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self.batcher = Batcher(self.score, self.cfg, self.metrics)
+        worker = asyncio.create_task(self.batcher.run())
+        threading.Thread(target=self.load_model, daemon=True, name="load-classifier").start()
+        yield
+        worker.cancel()
+
+    def unavailable(self) -> Rejected:
+        return Rejected(503, "the model is still loading" if self.error is None else
+                        f"the model failed to load ({self.error})", "unavailable", {"Retry-After": "5"})
+
+    async def observe(self, request: Request, call_next):
+        """Every request counted and timed; without the API key (when one is set), a 401."""
+        route = request.url.path if request.url.path in ROUTES else "other"
+        started = time.perf_counter()
+        if self.cfg.api_key and request.url.path != "/health":
+            # The bytes sent, not starlette's Latin-1 reading of them.
+            given = next((v for k, v in request.scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected_key):
+                response = error_response(401, "missing or wrong API key; send the header 'Authorization: Bearer "
+                                          "<key>'", "unauthorized", {"WWW-Authenticate": "Bearer"})
+                self.count(route, response.status_code, started)
+                return response
+        response = await call_next(request)
+        self.count(route, response.status_code, started)
+        return response
+
+    def count(self, route: str, code: int, started: float) -> None:
+        self.metrics.requests.labels(route, str(code)).inc()
+        if code >= 400:
+            self.metrics.errors.labels(route, str(code)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    async def probabilities(self, request: Request) -> tuple[np.ndarray, bool, dict, float]:
+        """(probabilities, whether one text was sent, parameters, milliseconds scoring) of a request."""
+        if self.clf is None:
+            raise self.unavailable()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
+            raise Rejected(413, f"the request body has {declared} bytes, more than the {self.cfg.max_body_bytes} "
+                                f"allowed", "payload_too_large")
+        texts, single, params = parse_inputs(await read_body(request, self.cfg.max_body_bytes), self.cfg)
+        clf = self.clf
+        # Tokenizing and a stack's TF-IDF part run in threads: the event loop only queues.
+        prompts = await asyncio.to_thread(clf.encode, texts)  # cleaning and truncation, as in training
+        started = time.perf_counter()
+        scores = await scored_while_connected(request, self.batcher, prompts)
+        probs = await asyncio.to_thread(clf.combine, texts, scores)
+        return probs, single, params, (time.perf_counter() - started) * 1000
+
+    async def classify(self, request: Request) -> dict:
+        """/classify: the decided label and every probability per text, as predict writes them."""
+        from .predict import Record, output_row
+
+        probs, _, _, ms = await self.probabilities(request)
+        rows = [output_row(Record(i, None), label, row, self.spec.label_words)
+                for i, (label, row) in enumerate(zip(self.clf.labels_of(probs), probs))]
+        return {"results": [{"label": r["label"], "probs": r["probs"]} for r in rows], "ms": ms}
+
+    def info(self) -> dict:
+        from .page import facts
+
+        f = facts(self.run_dir, self.spec)
+        m, cfg = f["metrics"], self.cfg
+        return {**{k: f[k] for k in ("base_model", "labels", "template", "max_length", "truncation", "threshold",
+                                     "method", "lora")},
+                "test_metrics": {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_f1", "roc_auc", "ece")},
+                "batching": {"max_batch_texts": cfg.max_batch_texts, "max_batch_tokens": cfg.max_batch_tokens,
+                             "max_wait_ms": cfg.max_wait_ms}}
+
+
 def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str = "auto", dtype: str = "auto",
                load=None):
     """The FastAPI app serving the classifier in ``run_dir``. The model loads in a thread when
     the app starts (``/health`` says 503 until then); ``load`` replaces the loader in tests."""
-    from contextlib import asynccontextmanager
-
     from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException
 
     from .classifier import SentimentClassifier
-    from .page import facts, serving_page
     from .spec import ClassifierSpec
 
     cfg = cfg or ServeConfig()
@@ -360,143 +468,71 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
     # Unset batch limits come from the classifier: the shape its scoring was tuned for.
     cfg = dataclasses.replace(cfg, max_batch_texts=cfg.max_batch_texts or spec.batch_size,
                               max_batch_tokens=cfg.max_batch_tokens or spec.max_batch_tokens or 8192)
-    metrics = Metrics()
-    state: dict[str, Any] = {"clf": None, "error": None, "batcher": None}
+    service = Service(run_dir, cfg, spec, load or (lambda: SentimentClassifier.load(run_dir, device=device,
+                                                                                    dtype=dtype)))
+    app = FastAPI(title="sentiment-lora", lifespan=service.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serve, app.state.metrics, app.state.config = service, service.metrics, cfg
+    app.middleware("http")(service.observe)
+    _errors(app)
+    _routes(app, service)
+    return app
 
-    def loader():
-        try:
-            clf = load() if load else SentimentClassifier.load(run_dir, device=device, dtype=dtype)
-            state["clf"] = clf
-        except Exception as exc:  # reported by /health; the process stays up to say so
-            state["error"] = failure(exc)
 
-    def score(prompts: list[list[int]]) -> np.ndarray:
-        return state["clf"].proba_of_prompts(prompts, batch_size=len(prompts))
-
-    @asynccontextmanager
-    async def lifespan(app):
-        batcher = Batcher(score, cfg, metrics)
-        state["batcher"] = batcher
-        worker = asyncio.create_task(batcher.run())
-        threading.Thread(target=loader, daemon=True, name="load-classifier").start()
-        yield
-        worker.cancel()
-
-    app = FastAPI(title="sentiment-lora", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.serve = state
-    app.state.metrics = metrics
-    app.state.config = cfg
-
-    def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-        from .errors import printable
-
-        return JSONResponse({"error": printable(message), "error_type": kind}, status_code=status, headers=headers)
-
-    expected = f"Bearer {cfg.api_key}".encode("ascii") if cfg.api_key else b""
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        route = request.url.path if request.url.path in ROUTES else "other"
-        started = time.perf_counter()
-        if cfg.api_key and request.url.path != "/health":
-            # The bytes sent, not starlette's Latin-1 reading of them.
-            given = next((v for k, v in request.scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, expected):
-                response = error(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                                 "unauthorized", {"WWW-Authenticate": "Bearer"})
-                _count(route, response.status_code, started)
-                return response
-        response = await call_next(request)
-        _count(route, response.status_code, started)
-        return response
-
-    def _count(route: str, code: int, started: float) -> None:
-        metrics.requests.labels(route, str(code)).inc()
-        if code >= 400:
-            metrics.errors.labels(route, str(code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+def _errors(app) -> None:
+    """Every error, expected or not, in the API's one shape."""
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc):
-        return error(exc.status_code, str(exc.detail), "http")
+        return error_response(exc.status_code, str(exc.detail), "http")
 
     @app.exception_handler(Rejected)
     async def rejected(request, exc: Rejected):
-        return error(exc.status, str(exc), exc.kind, exc.headers)
+        return error_response(exc.status, str(exc), exc.kind, exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request, exc):
-        return error(500, f"internal error: {type(exc).__name__}; the server keeps serving", "internal")
+        return error_response(500, f"internal error: {type(exc).__name__}; the server keeps serving", "internal")
 
-    async def probabilities(request: Request) -> tuple[np.ndarray, bool, dict, float]:
-        if state["clf"] is None:
-            raise Rejected(503, "the model is still loading" if state["error"] is None else
-                           f"the model failed to load ({state['error']})", "unavailable", {"Retry-After": "5"})
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            raise Rejected(413, f"the request body has {declared} bytes, more than the {cfg.max_body_bytes} allowed",
-                           "payload_too_large")
-        texts, single, params = parse_inputs(await read_body(request, cfg.max_body_bytes), cfg)
-        clf = state["clf"]
-        # Tokenizing and a stack's TF-IDF part run in threads: the event loop only queues.
-        prompts = await asyncio.to_thread(clf.encode, texts)  # cleaning and truncation, as in training
-        started = time.perf_counter()
-        scores = await scored_while_connected(request, state["batcher"], prompts)
-        probs = await asyncio.to_thread(clf.combine, texts, scores)
-        return probs, single, params, (time.perf_counter() - started) * 1000
+
+def _routes(app, service: Service) -> None:
+    from fastapi.responses import HTMLResponse, Response
+
+    from .page import serving_page
+
+    words, page = service.spec.label_words, serving_page(service.run_dir, service.spec)
 
     @app.post("/predict")
     async def predict(request: Request):
-        probs, single, params, _ = await probabilities(request)
-        out = ranked(probs, spec.label_words, params.get("top_k"))
+        probs, single, params, _ = await service.probabilities(request)
+        out = ranked(probs, words, params.get("top_k"))
         return out[0] if single else out
 
     @app.post("/")
     async def inference_api(request: Request):
-        probs, _, params, _ = await probabilities(request)
-        return ranked(probs, spec.label_words, params.get("top_k"))
+        probs, _, params, _ = await service.probabilities(request)
+        return ranked(probs, words, params.get("top_k"))
 
-    @app.post("/classify")
-    async def classify(request: Request):
-        from .predict import Record, output_row
-
-        probs, _, _, ms = await probabilities(request)
-        labels = state["clf"].labels_of(probs)
-        rows = [output_row(Record(i, None), label, row, spec.label_words)
-                for i, (label, row) in enumerate(zip(labels, probs))]
-        return {"results": [{"label": r["label"], "probs": r["probs"]} for r in rows], "ms": ms}
+    app.post("/classify")(service.classify)
 
     @app.get("/health")
     async def health():
-        if state["clf"] is not None:
+        if service.clf is not None:
             return {"status": "ok"}
-        return error(503, "the model is still loading" if state["error"] is None else
-                     f"the model failed to load ({state['error']})", "unavailable", {"Retry-After": "5"})
+        exc = service.unavailable()
+        return error_response(exc.status, str(exc), exc.kind, exc.headers)
 
-    @app.get("/info")
-    async def info():
-        f = facts(run_dir, spec)
-        m = f["metrics"]
-        return {"base_model": f["base_model"], "labels": f["labels"], "template": f["template"],
-                "max_length": f["max_length"], "truncation": f["truncation"], "threshold": f["threshold"],
-                "method": f["method"], "lora": f["lora"],
-                "test_metrics": {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_f1", "roc_auc", "ece")},
-                "batching": {"max_batch_texts": cfg.max_batch_texts, "max_batch_tokens": cfg.max_batch_tokens,
-                             "max_wait_ms": cfg.max_wait_ms}}
+    app.get("/info")(service.info)
 
     @app.get("/metrics")
     async def prometheus():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    page = serving_page(run_dir, spec)
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/")
     async def index():
         return HTMLResponse(page)
-
-    return app
 
 
 ROUTES = {"/", "/predict", "/classify", "/health", "/info", "/metrics"}
