@@ -12,7 +12,7 @@ from sentiment_lora.errors import UserError
 from sentiment_lora.export import export
 from sentiment_lora.layout import HEAD_FILE
 from sentiment_lora.model import label_head, load_label_head
-from sentiment_lora.spec import HEADED, ClassifierSpec
+from sentiment_lora.spec import FORMAT, ClassifierSpec
 from sentiment_lora.train import run
 
 TEXTS = ["Great superb film, loved it", "awful boring mess", "The plot was dull and the acting terrible.",
@@ -43,7 +43,8 @@ def test_head_is_trained_saved_and_reloads_to_the_same_scores(head_run, tiny_mod
     out, metrics = head_run
     spec = ClassifierSpec.load(out)
     assert spec.head == f"adapter/{HEAD_FILE}" and spec.head in spec.files
-    assert json.loads((out / "classifier.json").read_text())["format"] == HEADED
+    saved = json.loads((out / "classifier.json").read_text())
+    assert saved["format"] == FORMAT and saved["sections"] == ["head"]
     saved = load_file(out / spec.head)
     assert saved["token_ids"].tolist() == spec.label_token_ids
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

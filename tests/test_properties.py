@@ -203,40 +203,47 @@ def _check_input_bytes(suffix: str, data: bytes) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"input{suffix}"
         path.write_bytes(data)
+        texts = _check_read_texts(path, suffix, data)
+        _check_stream(path, texts)
 
-        # read_texts: every text, or a one-line UserError.
-        try:
-            texts = read_texts(path)
-        except UserError as exc:
-            _assert_one_line_error(exc)
-            texts = None
-        else:
-            assert isinstance(texts, list) and texts
-            for text in texts:
-                _assert_text(text)
-            if suffix == ".txt":
-                assert all("\n" not in t for t in texts)
-                assert len(texts) == _nonblank_lines(data)
 
-        # The streaming path: check_input, then iter_records, never anything but UserError.
-        try:
-            check_input(path)
-        except UserError as exc:
-            _assert_one_line_error(exc)
-        try:
-            records = list(iter_records(path))
-        except UserError as exc:
-            _assert_one_line_error(exc)
-            assert texts is None
-            return
-        for rec in records:
-            if rec.error is not None:
-                assert rec.text is None
-                assert _one_line(rec.error), repr(rec.error)
-            elif rec.text is not None:
-                _assert_text(rec.text)
-        if texts is not None:
-            assert texts == [r.text for r in records]
+def _check_read_texts(path: Path, suffix: str, data: bytes) -> list[str] | None:
+    """read_texts: every text, or a one-line UserError (then None)."""
+    try:
+        texts = read_texts(path)
+    except UserError as exc:
+        _assert_one_line_error(exc)
+        return None
+    assert isinstance(texts, list) and texts
+    for text in texts:
+        _assert_text(text)
+    if suffix == ".txt":
+        assert all("\n" not in t for t in texts)
+        assert len(texts) == _nonblank_lines(data)
+    return texts
+
+
+def _check_stream(path: Path, texts: list[str] | None) -> None:
+    """The streaming path: check_input, then iter_records, never anything but UserError; the
+    same texts as read_texts where that read the file."""
+    try:
+        check_input(path)
+    except UserError as exc:
+        _assert_one_line_error(exc)
+    try:
+        records = list(iter_records(path))
+    except UserError as exc:
+        _assert_one_line_error(exc)
+        assert texts is None
+        return
+    for rec in records:
+        if rec.error is not None:
+            assert rec.text is None
+            assert _one_line(rec.error), repr(rec.error)
+        elif rec.text is not None:
+            _assert_text(rec.text)
+    if texts is not None:
+        assert texts == [r.text for r in records]
 
 
 _BYTES_SETTINGS = settings(max_examples=BYTES_EXAMPLES, deadline=None,

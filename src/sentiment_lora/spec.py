@@ -19,13 +19,15 @@ from .errors import UserError, brief
 from .layout import ADAPTER_DIR, CONFIG, FIGURE_FILES, SPEC
 from .storage import path_problem, read_json, write_json
 
-FORMAT = "sentiment-lora-classifier/2"
-# A stacked classifier is /3 and one with a label head /4, so a version that would silently
-# ignore either refuses it (a /3 reader knows stacks only).
-STACKED = "sentiment-lora-classifier/3"
-HEADED = "sentiment-lora-classifier/4"
-# /1 had no fingerprint, no bundled base and always an adapter; it reads as /2 with those unset.
-READABLE = (FORMAT, STACKED, HEADED, "sentiment-lora-classifier/1")
+FORMAT = "sentiment-lora-classifier/5"
+SECTIONS = ("head", "stack")
+"""The optional sections this version reads. A spec names the ones it uses in ``sections``,
+so a reader that lacks one refuses the file by that name instead of ignoring it."""
+# Earlier formats, all still read: /1 (no fingerprint or bundled base, always an adapter),
+# /2 (no optional section), /3 (a stack), /4 (a label head, and maybe a stack).
+LEGACY = {"sentiment-lora-classifier/1": None, "sentiment-lora-classifier/2": (), "sentiment-lora-classifier/3":
+          ("stack",), "sentiment-lora-classifier/4": ("head",)}
+READABLE = (FORMAT, *LEGACY)
 BASELINES = ("tfidf", "tfidf-nb")
 DATA_KEYS = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "test_split",
              "ordinal")
@@ -153,103 +155,28 @@ class ClassifierSpec:
             "files": dict(self.files),
         }
         if self.stack is not None:
-            d.update(format=STACKED, stack=self.stack.to_dict())
+            d["stack"] = self.stack.to_dict()
         if self.head is not None:
-            d.update(format=HEADED, head=self.head)
+            d["head"] = self.head
+        d["sections"] = [name for name in SECTIONS if name in d]
         return {**d, "checksum": checksum(d)}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = SPEC) -> ClassifierSpec:
         """Build and check a spec; any problem is a UserError naming ``where`` and the field."""
-
-        def bad(what: str) -> UserError:
-            return UserError(f"{where}: {what}; the classifier folder is damaged or not from sentiment-lora, "
-                             f"train or export it again")
-
-        if not isinstance(d, dict):
-            raise bad("not a JSON object")
-        if d.get("format") not in READABLE:
-            raise UserError(f"{where} is not a sentiment-lora classifier spec (format {brief(d.get('format'))}, "
-                            f"expected {FORMAT}); upgrade sentiment-lora or train again")
-        if "checksum" in d and d["checksum"] != checksum({k: v for k, v in d.items() if k != "checksum"}):
-            raise UserError(f"{where} was changed after it was saved (its checksum does not match); restore it, "
-                            f"or, if you edited it on purpose, delete its \"checksum\" field")
-
-        def get(obj: dict, key: str, types, section: str = "", optional: bool = False, default=None):
-            name = f"{section}.{key}" if section else key
-            if key not in obj:
-                if optional:
-                    return default
-                raise bad(f"missing field {name!r}")
-            value = obj[key]
-            if value is None and optional:
-                return default
-            if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
-                raise bad(f"field {name!r} is {brief(value)}")
-            return value
-
-        b = get(d, "base_model", dict)
-        base = BaseModelRef(name_or_path=get(b, "name_or_path", str, "base_model"),
-                            gguf_file=get(b, "gguf_file", str, "base_model", optional=True),
-                            fingerprint=get(b, "fingerprint", str, "base_model", optional=True),
-                            bundled=get(b, "bundled", bool, "base_model", optional=True, default=False),
-                            origin=get(b, "origin", str, "base_model", optional=True))
-        p = get(d, "prompt", dict)
-        words = get(p, "label_words", list, "prompt")
-        if not all(isinstance(w, str) for w in words):
-            raise bad(f"field 'prompt.label_words' is {brief(words)}")
-        try:
-            prompt = PromptConfig(template=get(p, "template", str, "prompt"),
-                                  label_words=list(get(p, "label_words", list, "prompt")),
-                                  max_length=get(p, "max_length", int, "prompt"),
-                                  truncation=get(p, "truncation", str, "prompt"))
-        except UserError as exc:
-            raise bad(str(exc).removeprefix("config: ")) from None
-        ids = get(p, "label_token_ids", list, "prompt")
-        if len(ids) != len(prompt.label_words) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                           for i in ids):
-            raise bad(f"prompt.label_token_ids {brief(ids)} must be one token id per label word")
-        threshold = get(d, "threshold", (int, float), optional=True, default=0.5)
-        if not (math.isfinite(threshold) and 0 < threshold < 1):
-            raise bad(f"threshold {brief(threshold)} must be a number between 0 and 1")
-        temperature = get(d, "temperature", (int, float), optional=True, default=1.0)
-        if not (math.isfinite(temperature) and 0.01 <= temperature <= 100):
-            raise bad(f"temperature {brief(temperature)} must be a number from 0.01 to 100")
-        method = get(d, "method", str, optional=True, default="logits")
-        if method not in ("logits", "generate"):
-            raise bad(f"method {brief(method)} must be logits or generate")
-        legacy = d["format"] == "sentiment-lora-classifier/1"
-        adapter = get(d, "adapter", str, optional=not legacy, default=None)
+        f = _Fields(where)
+        sections = f.envelope(d)
+        base = f.base_model(f.get(d, "base_model", dict))
+        prompt, ids = f.prompt(f.get(d, "prompt", dict))
+        adapter = f.get(d, "adapter", str, optional=d["format"] != "sentiment-lora-classifier/1")
         if adapter is None and not base.bundled:
-            raise bad("no adapter and no bundled base model")
-        batch_size = get(d, "batch_size", int, optional=True, default=16)
-        max_new_tokens = get(d, "max_new_tokens", int, optional=True, default=5)
-        max_batch_tokens = get(d, "max_batch_tokens", int, optional=True)
-        if batch_size < 1 or max_new_tokens < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
-            raise bad("batch_size, max_batch_tokens and max_new_tokens must be 1 or more")
-        data = get(d, "data", dict, optional=True, default={})
-        files = get(d, "files", dict, optional=True, default={})
-        if not all(isinstance(k, str) and isinstance(v, str) and v.startswith("sha256:") and _inside(k)
-                   for k, v in files.items()):
-            raise bad("field 'files' must map relative paths inside the folder to sha256: hashes")
-        stack = head = None
-        if d["format"] in (STACKED, HEADED) and d.get("stack") is not None:
-            stack = StackSpec.from_dict(d["stack"], len(prompt.label_words), bad)
-            if stack.model_file not in files:
-                raise bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
-        if d["format"] == HEADED:
-            head = get(d, "head", str)
-            if adapter is None or not head.startswith(f"{adapter}/") or not _inside(head) or head not in files:
-                raise bad(f"head {head!r} must be a file inside the adapter folder with a sha256 in field 'files'")
-        elif "head" in d:
-            raise bad(f"field 'head' needs format {HEADED}, not {d['format']}")
-        if d["format"] == STACKED and stack is None:
-            raise bad(f"format {STACKED} but no stack")
-        return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), threshold=float(threshold),
-                   temperature=float(temperature), method=method, adapter=adapter, batch_size=batch_size,
-                   max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens,
-                   data={k: data[k] for k in DATA_KEYS if k in data}, files=dict(files), stack=stack,
-                   head=head)
+            raise f.bad("no adapter and no bundled base model")
+        files = f.files(d)
+        head = f.head(d, sections, adapter, files)
+        stack = f.stack(d, sections, len(prompt.label_words), files)
+        data = f.get(d, "data", dict, optional=True, default={})
+        return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), adapter=adapter, files=dict(files),
+                   data={k: data[k] for k in DATA_KEYS if k in data}, stack=stack, head=head, **f.scoring(d))
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/classifier.json`` atomically, with the sha256 of each model file in
@@ -319,6 +246,121 @@ class ClassifierSpec:
             if have != want:
                 raise UserError(f"{path} is damaged (its sha256 differs from the one in {SPEC}); restore the file, "
                                 f"or train (or export) again")
+
+
+class _Fields:
+    """Typed reading of a spec's JSON: every problem is one UserError naming the file and the field."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def bad(self, what: str) -> UserError:
+        return UserError(f"{self.where}: {what}; the classifier folder is damaged or not from sentiment-lora, "
+                         f"train or export it again")
+
+    def get(self, obj: dict, key: str, types, section: str = "", optional: bool = False, default=None):
+        name = f"{section}.{key}" if section else key
+        if obj.get(key) is None and optional:
+            return default
+        if key not in obj:
+            raise self.bad(f"missing field {name!r}")
+        value = obj[key]
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+            raise self.bad(f"field {name!r} is {brief(value)}")
+        return value
+
+    def envelope(self, d) -> tuple[str, ...] | None:
+        """Check the format and the checksum; return the optional sections the spec declares
+        (None for /1, whose rules are /2's)."""
+        if not isinstance(d, dict):
+            raise self.bad("not a JSON object")
+        if d.get("format") not in READABLE:
+            raise UserError(f"{self.where} is not a sentiment-lora classifier spec (format {brief(d.get('format'))}, "
+                            f"expected {FORMAT}); upgrade sentiment-lora or train again")
+        if "checksum" in d and d["checksum"] != checksum({k: v for k, v in d.items() if k != "checksum"}):
+            raise UserError(f"{self.where} was changed after it was saved (its checksum does not match); restore "
+                            f"it, or, if you edited it on purpose, delete its \"checksum\" field")
+        if d["format"] in LEGACY:
+            return LEGACY[d["format"]]
+        sections = self.get(d, "sections", list)
+        unknown = [s for s in sections if s not in SECTIONS]
+        if unknown:
+            raise UserError(f"{self.where} uses the section {brief(unknown[0])}, which this version of "
+                            f"sentiment-lora does not read; upgrade sentiment-lora")
+        return tuple(sections)
+
+    def base_model(self, b: dict) -> BaseModelRef:
+        return BaseModelRef(name_or_path=self.get(b, "name_or_path", str, "base_model"),
+                            gguf_file=self.get(b, "gguf_file", str, "base_model", optional=True),
+                            fingerprint=self.get(b, "fingerprint", str, "base_model", optional=True),
+                            bundled=self.get(b, "bundled", bool, "base_model", optional=True, default=False),
+                            origin=self.get(b, "origin", str, "base_model", optional=True))
+
+    def prompt(self, p: dict) -> tuple[PromptConfig, list]:
+        words = self.get(p, "label_words", list, "prompt")
+        if not all(isinstance(w, str) for w in words):
+            raise self.bad(f"field 'prompt.label_words' is {brief(words)}")
+        try:
+            prompt = PromptConfig(template=self.get(p, "template", str, "prompt"), label_words=list(words),
+                                  max_length=self.get(p, "max_length", int, "prompt"),
+                                  truncation=self.get(p, "truncation", str, "prompt"))
+        except UserError as exc:
+            raise self.bad(str(exc).removeprefix("config: ")) from None
+        ids = self.get(p, "label_token_ids", list, "prompt")
+        if len(ids) != len(words) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise self.bad(f"prompt.label_token_ids {brief(ids)} must be one token id per label word")
+        return prompt, ids
+
+    def scoring(self, d: dict) -> dict:
+        """The decision and scoring fields, checked for range."""
+        threshold = self.get(d, "threshold", (int, float), optional=True, default=0.5)
+        if not (math.isfinite(threshold) and 0 < threshold < 1):
+            raise self.bad(f"threshold {brief(threshold)} must be a number between 0 and 1")
+        temperature = self.get(d, "temperature", (int, float), optional=True, default=1.0)
+        if not (math.isfinite(temperature) and 0.01 <= temperature <= 100):
+            raise self.bad(f"temperature {brief(temperature)} must be a number from 0.01 to 100")
+        method = self.get(d, "method", str, optional=True, default="logits")
+        if method not in ("logits", "generate"):
+            raise self.bad(f"method {brief(method)} must be logits or generate")
+        sizes = {"batch_size": self.get(d, "batch_size", int, optional=True, default=16),
+                 "max_new_tokens": self.get(d, "max_new_tokens", int, optional=True, default=5),
+                 "max_batch_tokens": self.get(d, "max_batch_tokens", int, optional=True)}
+        if any(v is not None and v < 1 for v in sizes.values()):
+            raise self.bad("batch_size, max_batch_tokens and max_new_tokens must be 1 or more")
+        return {"threshold": float(threshold), "temperature": float(temperature), "method": method, **sizes}
+
+    def files(self, d: dict) -> dict:
+        files = self.get(d, "files", dict, optional=True, default={})
+        if not all(isinstance(k, str) and isinstance(v, str) and v.startswith("sha256:") and _inside(k)
+                   for k, v in files.items()):
+            raise self.bad("field 'files' must map relative paths inside the folder to sha256: hashes")
+        return files
+
+    def declared(self, d: dict, sections, name: str) -> bool:
+        """Whether the spec holds the optional section ``name``, which its format must declare."""
+        allowed = (*(sections or ()), *(("stack",) if d["format"] == "sentiment-lora-classifier/4" else ()))
+        if d.get(name) is not None and name not in allowed:
+            raise self.bad(f"field {name!r} needs format {FORMAT} with {name!r} in 'sections', not {d['format']}"
+                           if d["format"] in LEGACY else f"field {name!r} is not named in 'sections'")
+        if name in (sections or ()) and d.get(name) is None:
+            raise self.bad(f"format {d['format']} but no {name}")
+        return d.get(name) is not None
+
+    def stack(self, d: dict, sections, classes: int, files: dict) -> StackSpec | None:
+        if not self.declared(d, sections, "stack"):
+            return None
+        stack = StackSpec.from_dict(d["stack"], classes, self.bad)
+        if stack.model_file not in files:
+            raise self.bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
+        return stack
+
+    def head(self, d: dict, sections, adapter: str | None, files: dict) -> str | None:
+        if not self.declared(d, sections, "head"):
+            return None
+        head = self.get(d, "head", str)
+        if adapter is None or not head.startswith(f"{adapter}/") or not _inside(head) or head not in files:
+            raise self.bad(f"head {head!r} must be a file inside the adapter folder with a sha256 in field 'files'")
+        return head
 
 
 def checksum(d: dict) -> str:
