@@ -89,21 +89,8 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     config.yaml."""
     run_dir = Path(run_dir)
     spec = ClassifierSpec.load(run_dir)
-    if baseline not in BASELINES:
-        raise UserError(f"--baseline {baseline!r} is not known; use {' or '.join(BASELINES)}")
-    if spec.method == "generate":
-        raise UserError("stacking needs the LLM's label probabilities; this classifier uses eval.method generate, "
-                        "whose answers are one-hot: train it with eval.method logits")
-    if not (run_dir / CONFIG).is_file():
-        raise UserError(f"{str(run_dir)!r} has no config.yaml, so its validation sample cannot be drawn again; "
-                        f"stack a training run folder, then export it")
-    cfg = load_config(run_dir / CONFIG)
+    cfg = _stackable(run_dir, spec, baseline)
     words = spec.label_words
-    if not cfg.data.val_size and not cfg.data.val_split:
-        raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
-                        "data.val_size above 0 (or data.val_split)")
-    if baseline == "tfidf-nb" and len(words) != 2:
-        raise UserError("--baseline tfidf-nb handles two classes only; use --baseline tfidf")
     started = time.perf_counter()
     data = data or prepare_data(cfg.data, words)  # the run's own seeded samples
     if pool is None:
@@ -112,32 +99,12 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
         source = cfg.data.dataset if pool == "all" else pool
         train, dropped = pool_sample(source, cfg.data, words, set(data.val.texts) | set(data.test.texts))
     text_model, chosen = fit_tfidf(train, baseline == "tfidf-nb", seed=cfg.data.seed, classes=len(words))
-
-    llm_threshold = spec.stack.llm_threshold if spec.stack else spec.threshold
-    if llm_probs is None:
-        clf = SentimentClassifier.load(run_dir, device=device)
-        # The LLM's own probabilities (proba_of_prompts never applies a stack), as serving gives them.
-        llm_probs = tuple(clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test))
-    llm_val, llm_test = llm_probs
-    if (len(llm_val), len(llm_test)) != (len(data.val), len(data.test)):
-        raise ValueError(f"llm_probs has {len(llm_val)} and {len(llm_test)} rows; the run's validation and test "
-                         f"samples have {len(data.val)} and {len(data.test)}")
-    base_val, base_test = (text_model.predict_proba(s.texts) for s in (data.val, data.test))
-    coef, intercept, combiner = fit_combiner(stack_features(llm_val, base_val), data.val.labels, len(words),
+    llm = _llm_probs(run_dir, device, data, llm_probs)
+    base = tuple(text_model.predict_proba(s.texts) for s in (data.val, data.test))
+    coef, intercept, combiner = fit_combiner(stack_features(llm[0], base[0]), data.val.labels, len(words),
                                              cfg.data.seed)
-    stacked_val = stack_proba(stack_features(llm_val, base_val), coef, intercept)
-    stacked = stack_proba(stack_features(llm_test, base_test), coef, intercept)
-
-    parts = {"stack": (stacked, 0.5), "llm": (llm_test, llm_threshold), "baseline": (base_test, 0.5)}
-    test = {name: _summary(compute_metrics(data.test.labels, decide(p, t), p, words, cfg.data.ordinal))
-            for name, (p, t) in parts.items()}
-    for name, (p, _) in parts.items():
-        test[name]["log_loss"] = round(log_loss(p, data.test.labels), 4)
-    val = {name: {"accuracy": float((decide(p, t) == np.asarray(data.val.labels)).mean()),
-                  "log_loss": round(log_loss(p, data.val.labels), 4)}
-           for name, (p, t) in {"stack": (stacked_val, 0.5), "llm": (llm_val, llm_threshold),
-                                "baseline": (base_val, 0.5)}.items()}
-
+    llm_threshold = spec.stack.llm_threshold if spec.stack else spec.threshold
+    val, test = _figures(data, llm, base, coef, intercept, llm_threshold, words, cfg.data.ordinal)
     # The new skops file gets a fresh name, so the folder's current classifier.json stays whole
     # until the new one replaces it; older stack files go after that.
     name = f"{FOLDER}/{baseline}-{secrets.token_hex(4)}.skops"
@@ -154,6 +121,51 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     _write_metrics(run_dir, section)
     write_report(run_dir, new)
     return section
+
+
+def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str):
+    """The run's config, once the classifier is known to be one a stack can be fitted for."""
+    if baseline not in BASELINES:
+        raise UserError(f"--baseline {baseline!r} is not known; use {' or '.join(BASELINES)}")
+    if spec.method == "generate":
+        raise UserError("stacking needs the LLM's label probabilities; this classifier uses eval.method generate, "
+                        "whose answers are one-hot: train it with eval.method logits")
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"{str(run_dir)!r} has no config.yaml, so its validation sample cannot be drawn again; "
+                        f"stack a training run folder, then export it")
+    cfg = load_config(run_dir / CONFIG)
+    if not cfg.data.val_size and not cfg.data.val_split:
+        raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
+                        "data.val_size above 0 (or data.val_split)")
+    if baseline == "tfidf-nb" and len(spec.label_words) != 2:
+        raise UserError("--baseline tfidf-nb handles two classes only; use --baseline tfidf")
+    return cfg
+
+
+def _llm_probs(run_dir: Path, device: str, data: DataBundle, given) -> tuple[np.ndarray, np.ndarray]:
+    """The LLM's own probabilities on the validation and test samples (proba_of_prompts never
+    applies a stack), as serving gives them; scored here unless given."""
+    if given is None:
+        clf = SentimentClassifier.load(run_dir, device=device)
+        given = tuple(clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test))
+    llm_val, llm_test = given
+    if (len(llm_val), len(llm_test)) != (len(data.val), len(data.test)):
+        raise ValueError(f"llm_probs has {len(llm_val)} and {len(llm_test)} rows; the run's validation and test "
+                         f"samples have {len(data.val)} and {len(data.test)}")
+    return llm_val, llm_test
+
+
+def _figures(data: DataBundle, llm, base, coef, intercept, llm_threshold: float, words, ordinal) -> tuple[dict, dict]:
+    """Validation and test figures of the stack and of each of its parts."""
+    stacked = [stack_proba(stack_features(p, b), coef, intercept) for p, b in zip(llm, base)]
+    parts = {"stack": (stacked, 0.5), "llm": (llm, llm_threshold), "baseline": (base, 0.5)}
+    test = {name: _summary(compute_metrics(data.test.labels, decide(p[1], t), p[1], words, ordinal))
+            for name, (p, t) in parts.items()}
+    for name, (p, _) in parts.items():
+        test[name]["log_loss"] = round(log_loss(p[1], data.test.labels), 4)
+    val = {name: {"accuracy": float((decide(p[0], t) == np.asarray(data.val.labels)).mean()),
+                  "log_loss": round(log_loss(p[0], data.val.labels), 4)} for name, (p, t) in parts.items()}
+    return val, test
 
 
 def unstack(run_dir: str | Path) -> None:
