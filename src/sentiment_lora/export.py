@@ -149,75 +149,21 @@ def _pct(x) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"  # an older metrics.json may hold NaN
 
 
+CARD_TEMPLATE = "model_card.md.j2"
+"""The model card's text, a Jinja template beside this module: the card is edited there."""
+
+
 def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | None, adds_bos: bool = False) -> str:
     """README.md of an exported classifier: what it is, how well it does, how to load it."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("sentiment_lora", "."), keep_trailing_newline=True,
+                             autoescape=False, undefined=jinja2.StrictUndefined)
+    env.filters.update(pct=_pct, pyrepr=repr, zip=zip)
     words = spec.label_words
-    data = metrics.get("data", {})
-    dataset = spec.data.get("dataset", "unknown")
-    origin = spec.base_model.origin or "unknown"
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-             "tags: [sentiment-lora, lora, text-classification]", "---", "",
-             "# Text classifier fine-tuned with sentiment-lora", "",
-             f"A decoder LLM turned into a {len(words)}-class classifier: the prompt ends where the label word "
-             f"would start, and each class's probability is the softmax over the label words' first tokens at "
-             f"that position.", "",
-             "| | |", "|---|---|",
-             f"| base model | `{origin}` |",
-             "| weights here | " + ("LoRA merged into the base (plain transformers folder) |" if merged
-                                   else f"LoRA adapter (`{ADAPTER_DIR}/`) + base model copy (`base/`) |")]
-    if lora:
-        lines.append(f"| LoRA | r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, "
-                     f"targets {', '.join(lora['target_modules'])} |")
-    lines += [f"| training data | `{dataset}`: {data.get('train_sample', '?')} train, {data.get('val_sample', '?')} "
-              f"validation, {data.get('test_sample', '?')} test examples (balanced, seeded samples) |",
-              f"| max length | {spec.prompt.max_length} tokens, longer texts cut ({spec.prompt.truncation}) |",
-              "| decision | " + (f"p({words[1]}) >= {spec.threshold:.4f} |" if len(words) == 2
-                                 else "the most probable class |"),
-              *(["| label head | the label words' rows of the LM head were trained with the adapter"
-                 + (" and are written into the LM head here (untied from the input embeddings) |" if merged
-                    else f" (`{spec.head}`) |")] if spec.head or (merged and lora and lora.get("head")) else []),
-              *([f"| stack | combined with a {spec.stack.baseline} model (`{spec.stack.model_file}`, skops) by a "
-                 f"logistic regression: `SentimentClassifier` applies it; the plain-transformers snippet below "
-                 f"gives the LLM's part alone |"] if spec.stack else []),
-              "", "## Labels and prompt", "", "| class | label word | token id |", "|---|---|---|"]
-    lines += [f"| {i} | {w} | {t} |" for i, (w, t) in enumerate(zip(words, spec.label_token_ids))]
-    lines += ["", "Template (`{text}` is the input):", "", "```", spec.prompt.template, "```", ""]
-    if metrics.get("n"):
-        lo, hi = metrics["accuracy_ci95"]
-        lines += ["## Evaluation", "",
-                  f"On {metrics['n']} held-out test examples of `{dataset}` "
-                  f"(split `{spec.data.get('test_split', 'test')}`):",
-                  "", "| metric | value |", "|---|---|",
-                  f"| accuracy (95% Wilson interval) | {metrics['accuracy']:.4f} ({lo:.3f}-{hi:.3f}) |",
-                  f"| macro F1 | {_pct(metrics.get('macro_f1'))} |", f"| ROC-AUC | {_pct(metrics.get('roc_auc'))} |",
-                  f"| expected calibration error | {_pct(metrics.get('ece'))} |", ""]
-    lines += ["## Intended use and limits", "",
-              f"- Classifying texts like those of `{dataset}` into {', '.join(words)}. Texts from another domain, "
-              f"language or length can be scored with lower accuracy: measure on your own data first "
-              f"(`sentiment-lora evaluate`).",
-              f"- Inputs longer than {spec.prompt.max_length} tokens are cut; the label may depend on the cut part.",
-              "- The probabilities are the model's, calibrated only by the threshold; check the reliability "
-              "diagram (calibration.png) before reading them as frequencies.",
-              "- It inherits the base model's biases; it is not meant for decisions about people.", "",
-              "## How to load", "", "With sentiment-lora:", "", "```python",
-              "from sentiment_lora import SentimentClassifier", "",
-              'clf = SentimentClassifier.load("path/to/this/folder")',
-              'clf.predict(["A wonderful, moving film."])        # label words',
-              'clf.predict_proba(["A wonderful, moving film."])  # columns in label-word order', "```", ""]
-    if merged:
-        ids = list(spec.label_token_ids)
-        rule = (f"words[int(probs[1] >= {spec.threshold!r})]" if len(words) == 2 else "words[int(probs.argmax())]")
-        lines += ["With plain transformers (no sentiment-lora):", "", "```python", "import torch",
-                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder").eval()',
-                  'tok = AutoTokenizer.from_pretrained("path/to/this/folder")',
-                  f"words, ids = {words!r}, {ids!r}",
-                  f"prompt = {spec.prompt.template!r}.format(text=\"A wonderful, moving film.\")",
-                  f"batch = tok(prompt, return_tensors=\"pt\", add_special_tokens={adds_bos})",
-                  "with torch.no_grad():", "    logits = model(**batch).logits[0, -1]",
-                  # The temperature fitted on validation is part of the classifier's probabilities.
-                  f"probs = torch.softmax(logits[ids] / {float(spec.temperature)!r}, dim=-1)", f"label = {rule}",
-                  "```", "",
-                  "sentiment-lora also replaces `<br />` with spaces, and cuts texts longer than the max length "
-                  "inside the text only; the snippet does neither."]
-    return "\n".join(lines) + "\n"
+    rule = f"words[int(probs[1] >= {spec.threshold!r})]" if len(words) == 2 else "words[int(probs.argmax())]"
+    return env.get_template(CARD_TEMPLATE).render(
+        spec=spec, metrics=metrics, merged=merged, lora=lora, adds_bos=adds_bos, words=words, rule=rule,
+        data=metrics.get("data", {}), dataset=spec.data.get("dataset", "unknown"),
+        origin=spec.base_model.origin or "unknown", adapter_dir=ADAPTER_DIR,
+        head_row=bool(spec.head or (merged and lora and lora.get("head"))))
