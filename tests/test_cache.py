@@ -73,12 +73,12 @@ def test_miss_then_hit_gives_the_same_model(tiny_gguf_dir, cache, gguf_loads):
     import sentiment_lora.cache as cache_mod
 
     hashed = []
-    real_hash = cache_mod.hash_file
-    cache_mod.hash_file = lambda p: (hashed.append(p), real_hash(p))[1]
+    real_hash = cache_mod.sha256_file
+    cache_mod.sha256_file = lambda p: (hashed.append(p), real_hash(p))[1]
     try:
         tok2, warm = load(cfg)
     finally:
-        cache_mod.hash_file = real_hash
+        cache_mod.sha256_file = real_hash
     assert gguf_loads == {"model": 1, "tokenizer": 1}  # nothing dequantized again
     assert hashed == []  # and nothing hashed: the entry's files are memoized under their final paths
     assert tok2("the film was great").input_ids == tok("the film was great").input_ids

@@ -19,13 +19,14 @@ built once into a folder here (safetensors, config, tokenizer) and loaded from t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .integrity import entry as file_entry
+from .integrity import manifest_problem, sha256_file
 from .storage import read_json, write_dir, write_json
 
 MANIFEST = "manifest.json"
@@ -46,17 +47,6 @@ def warn(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         print(f"warning: {message}", file=sys.stderr)
-
-
-def hash_file(path: str | Path) -> str:
-    """sha256 of a file's content, hex, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def _stat_key(st: os.stat_result) -> list[int]:
@@ -92,7 +82,7 @@ def file_sha256(path: str | Path) -> str:
     seen = _read_memo().get(str(path))
     if isinstance(seen, dict) and seen.get("stat") == _stat_key(path.stat()) and isinstance(seen.get("sha256"), str):
         return seen["sha256"]
-    digest = hash_file(path)
+    digest = sha256_file(path)
     _remember({path: digest})
     return digest
 
@@ -100,24 +90,10 @@ def file_sha256(path: str | Path) -> str:
 def check_entry(folder: Path) -> str | None:
     """None when ``folder`` matches its manifest, else what is wrong with it."""
     try:
-        manifest = read_json(folder / MANIFEST)
-        files = manifest["files"]
+        files = read_json(folder / MANIFEST)["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return "its manifest is missing or unreadable"
-    if not isinstance(files, dict) or not files:
-        return "its manifest lists no files"
-    for name, want in files.items():
-        path = folder / name
-        try:
-            if path.stat().st_size != want["size"]:
-                return f"{name} has the wrong size"
-            if file_sha256(path) != want["sha256"]:
-                return f"{name} has the wrong content"
-        except OSError:
-            return f"{name} is missing"
-        except (KeyError, TypeError):
-            return "its manifest is malformed"
-    return None
+    return manifest_problem(folder, files, sha256=file_sha256)
 
 
 def cached_folder(kind: str, key: str, build: Callable[[Path], None], what: str) -> Path:
@@ -162,8 +138,7 @@ def _build_entry(parent: Path, key: str, build: Callable[[Path], None], what: st
 
         def fill(tmp: Path) -> None:
             build(tmp)
-            files.update({p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": hash_file(p)}
-                          for p in sorted(tmp.rglob("*")) if p.is_file()})
+            files.update({p.relative_to(tmp).as_posix(): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()})
             write_json(tmp / MANIFEST, {"what": what, "key": key, "files": files})
 
         # write_dir builds in a temporary folder (``.{key}.*.tmp``, the name swept above), gives

@@ -25,6 +25,7 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import UserError
+from .integrity import sha256_bytes, sha256_file
 from .layout import CHECKPOINT_MANIFEST, CHECKPOINTS, CONFIG, LAST, PREVIOUS, RESULT_FILES, RUN_FILES, SPEC, TRAIN_LOG
 from .storage import write_json
 
@@ -205,7 +206,6 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
     manifest, and only then moved in place. A failure at any point (a full disk, a kill)
     leaves both earlier checkpoints as they were and readable; a write that fails is one
     UserError saying so."""
-    import hashlib
     import io
     import os
     import tempfile
@@ -226,7 +226,7 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
             data = buffer.getbuffer()
             with open(tmp, "wb") as f:
                 f.write(data)
-            entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "step": int(state["step"])}
+            entry = {"sha256": sha256_bytes(data), "size": len(data), "step": int(state["step"])}
             # Kept: the new file's entry and those of the two files it may still be beside if a
             # crash comes before the renames (a kill between them must not orphan either).
             earlier = _manifest(folder)
@@ -251,9 +251,7 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    from .cache import hash_file  # not memoized: a damaged checkpoint may keep its size and time
-
-    return hash_file(path)
+    return sha256_file(path)  # not memoized: a damaged checkpoint may keep its size and time
 
 
 def _manifest(folder: Path) -> list[dict] | None:

@@ -307,26 +307,14 @@ class Config:
     def save(self, path: str | Path) -> None:
         """Write the config as YAML between a header and a checksum line, so a truncated or
         corrupted run config is an error when ``--resume`` reads it, not a silent default."""
-        import hashlib
-
+        from .integrity import signed
         from .storage import write_text
 
-        body = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-        write_text(path, f"{_HEADER}\n{body}{_SUM}{digest}\n")
+        write_text(path, signed(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), _HEADER, _SUM))
 
 
 _HEADER = "# sentiment-lora run config (to edit it, delete this line and the sha256 line at the end)"
 _SUM = "# sha256: "
-
-
-def _matches_sum(text: str) -> bool:
-    """Whether ``text`` is a header, a body and the sha256 line of that body, as ``Config.save`` writes."""
-    import hashlib
-
-    body, _, last = text[len(_HEADER) + 1:].rstrip("\n").rpartition("\n")
-    body += "\n" if body else ""
-    return last.startswith(_SUM) and hashlib.sha256(body.encode("utf-8")).hexdigest() == last[len(_SUM):]
 
 
 def is_saved_config(path: str | Path) -> bool:
@@ -337,14 +325,18 @@ def is_saved_config(path: str | Path) -> bool:
             text = f.read(1 << 20)  # a run config is a few KB; a larger file is not one
     except (OSError, UnicodeDecodeError):
         return False
-    return text.startswith(_HEADER + "\n") and _matches_sum(text)
+    from .integrity import signature_holds
+
+    return signature_holds(text, _HEADER, _SUM)
 
 
 def _check_saved(path: Path, text: str) -> None:
     """A config written by ``Config.save`` must still match its checksum line."""
     if not text.startswith(_HEADER + "\n"):
         return
-    if not _matches_sum(text):
+    from .integrity import signature_holds
+
+    if not signature_holds(text, _HEADER, _SUM):
         raise UserError(f"config file {str(path)!r} is damaged (it does not match its sha256 line); restore it, or "
                         f"if you edited it on purpose, delete its first and last comment lines")
 

@@ -176,13 +176,12 @@ def fingerprint(cfg: ModelConfig) -> str | None:
     A GGUF base is its file's hash; a folder hashes ``name:sha256`` of config.json and each
     weight file, so renaming nothing and changing one tensor changes the fingerprint.
     """
-    import hashlib
-
     from .cache import file_sha256
+    from .integrity import PREFIX, sha256_bytes
 
     gguf = _gguf_path(cfg)
     if gguf is not None:
-        return "sha256:" + file_sha256(gguf)
+        return PREFIX + file_sha256(gguf)
     path = Path(resolve_path(cfg.name_or_path)).expanduser()
     if not path.is_dir():
         return None
@@ -190,10 +189,7 @@ def fingerprint(cfg: ModelConfig) -> str | None:
                    if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
     if not files:
         return None
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.name}:{file_sha256(p)}\n".encode())
-    return "sha256:" + h.hexdigest()
+    return PREFIX + sha256_bytes("".join(f"{p.name}:{file_sha256(p)}\n" for p in files).encode())
 
 
 def add_lora(model, cfg: LoraConfig):

@@ -334,19 +334,16 @@ def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_w
 
 
 def classifier_identity(clf) -> str:
-    """What makes two classifiers give the same predictions: spec, dtype and adapter weights."""
-    import hashlib
+    """What makes two classifiers give the same predictions: spec, decision, dtype and adapter weights."""
+    from .cache import file_sha256
+    from .integrity import json_digest
 
-    h = hashlib.sha256(json.dumps(clf.spec.to_dict() if clf.spec else {}, sort_keys=True).encode())
-    h.update(f"{clf.threshold}|{clf.method}|{next(clf.model.parameters()).dtype}".encode())
-    folder = getattr(clf, "folder", None)
-    if folder is not None and clf.spec is not None and clf.spec.adapter is not None:
-        from .cache import file_sha256
-
-        weights = Path(folder) / clf.spec.adapter / "adapter_model.safetensors"
-        if weights.is_file():
-            h.update(file_sha256(weights).encode())
-    return h.hexdigest()
+    weights = None
+    if clf.folder is not None and clf.spec is not None and clf.spec.adapter is not None:
+        path = Path(clf.folder) / clf.spec.adapter / "adapter_model.safetensors"
+        weights = file_sha256(path) if path.is_file() else None
+    return json_digest({"spec": clf.spec.to_dict() if clf.spec else {}, "threshold": clf.threshold,
+                        "method": clf.method, "dtype": str(next(clf.model.parameters()).dtype), "weights": weights})
 
 
 def _identity(path: Path, field: str, id_field: str | None, classifier: str | None) -> dict:
@@ -359,15 +356,11 @@ _CONSUMED = ("rows", "sha256")  # the sidecar's record of the input rows read so
 
 
 def records_digest(records: Iterable[Record], digest=None):
-    """sha256 over records' content (row, text, id, error), updated in place: which input rows an
+    """A running sha256 over records' content (row, text, id, error): which input rows an
     output was made from, whatever their file's size or modification time says."""
-    import hashlib
+    from .integrity import rows_digest
 
-    digest = digest or hashlib.sha256()
-    for r in records:
-        digest.update(json.dumps([r.row, r.text, r.id, r.error], default=str).encode("utf-8", "surrogatepass"))
-        digest.update(b"\n")
-    return digest
+    return rows_digest(([r.row, r.text, r.id, r.error] for r in records), digest)
 
 
 def complete_lines(output: str | Path) -> int:

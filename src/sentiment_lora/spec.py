@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import PromptConfig
 from .errors import UserError, brief
+from .integrity import PREFIX, json_digest, sha256_file
 from .layout import ADAPTER_DIR, CONFIG, FIGURE_FILES, SPEC
 from .storage import path_problem, read_json, write_json
 
@@ -181,10 +182,8 @@ class ClassifierSpec:
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/classifier.json`` atomically, with the sha256 of each model file in
         ``folder``. Written last, it marks a complete folder."""
-        from .cache import hash_file
-
         folder = Path(folder)
-        self.files = {name: "sha256:" + hash_file(folder / name) for name in self.model_files(folder)}
+        self.files = {name: PREFIX + sha256_file(folder / name) for name in self.model_files(folder)}
         return write_json(folder / SPEC, self.to_dict())
 
     @classmethod
@@ -240,7 +239,7 @@ class ClassifierSpec:
                 raise UserError(f"{path} {problem}; the classifier folder is incomplete: restore the file, or "
                                 f"train (or export) again")
             try:
-                have = "sha256:" + file_sha256(path)
+                have = PREFIX + file_sha256(path)
             except OSError as exc:
                 raise UserError(f"{path} cannot be read ({exc.strerror}); check its permissions") from None
             if have != want:
@@ -364,11 +363,8 @@ class _Fields:
 
 
 def checksum(d: dict) -> str:
-    """sha256 of a spec's canonical JSON (sorted keys, no spaces)."""
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"),
-                                                 ensure_ascii=True).encode()).hexdigest()
+    """sha256 of a spec's canonical JSON: its own checksum field."""
+    return json_digest(d)
 
 
 def _inside(name: str) -> bool:
