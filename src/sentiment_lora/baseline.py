@@ -54,7 +54,7 @@ class NBScaler(BaseEstimator, TransformerMixin):
 def tfidf_pipeline(nb: bool, C: float, seed: int = 42, classes: int = 2) -> Pipeline:
     """Word unigrams + bigrams, sublinear TF-IDF, logistic regression (optionally NB-weighted).
 
-    Two classes: liblinear, as the IMDB figures were measured; more: multinomial (lbfgs),
+    Two classes: liblinear, which the IMDB presets use; more: multinomial (lbfgs),
     since liblinear is binary only."""
     steps = [("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True,
                                        strip_accents="unicode", token_pattern=r"(?u)\b\w[\w']*\b|[!?]"))]

@@ -109,8 +109,8 @@ class SentimentClassifier:
              merge: bool = True) -> SentimentClassifier:
         """A classifier from its folder: a training run, or the output of ``sentiment-lora export``.
 
-        ``merge`` folds the LoRA weights into the base for inference (about 6% faster scoring
-        on a CPU, benchmarks/bench_scoring.py); ``merge=False`` keeps the adapter separate, as
+        ``merge`` folds the LoRA weights into the base for inference (faster scoring: one matmul
+        per layer instead of two; docs/performance.md); ``merge=False`` keeps the adapter separate, as
         ``save_pretrained`` needs.
         """
         return cls.from_spec(ClassifierSpec.load(folder), folder, device=device, dtype=dtype, batch_size=batch_size,
@@ -156,8 +156,8 @@ class SentimentClassifier:
     def compile(self) -> SentimentClassifier:
         """Compile the model's forward pass (``torch.compile``, dynamic shapes) for long scoring jobs.
 
-        On a 2-core CPU it scored 1.09x faster than the uncompiled model, after a warm-up of
-        about 100 s (benchmarks/bench_scoring.py), so it pays off only over thousands of texts.
+        Compiling costs a warm-up of a minute or two on a CPU, so it pays off only over thousands
+        of texts; docs/performance.md has the measured figures and their command.
         """
         import torch
 

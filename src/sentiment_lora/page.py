@@ -133,7 +133,7 @@ def card_html(f: dict, run_dir: str | Path) -> str:
             part = parts.get(name)
             return _num(part.get("accuracy")) if isinstance(part, dict) else "n/a"
 
-        # The test figures above are the LLM's own; the stack decides now, so it comes first.
+        # The test figures above are the LLM's own; the stack decides, so it comes first.
         items.insert(3, ("Stacked with " + escape(f["stack"]),
                          escape(f"test accuracy {acc_of('stack')} (LLM alone {acc_of('llm')}, "
                                 f"{f['stack']} alone {acc_of('baseline')})")))
