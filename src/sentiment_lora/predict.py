@@ -65,25 +65,27 @@ def _too_long(where: str, limit: int) -> str:
     return f"{where} is longer than {limit:,} bytes; split it, or raise the limit with --max-line-bytes"
 
 
-def _lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, decoded line or None, error) of non-blank lines. Binary mode splits on \\n
-    only, so a carriage return or U+2028 inside a line never splits one text into two."""
+def _lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | None, str | None, bool]]:
+    """(line number, decoded line or None, error, whether the error is the line's length) of
+    non-blank lines. Binary mode splits on \\n only, so a carriage return or U+2028 inside a
+    line never splits one text into two."""
     for number, raw in enumerate(raw_lines(stream, limit), 1):
         if raw is None:
-            yield number, None, _too_long(f"{name}:{number}", limit)
+            yield number, None, _too_long(f"{name}:{number}", limit), True
             continue
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
-            yield number, None, f"{name}:{number} is not UTF-8 (byte {exc.start + 1} of the line); convert it to UTF-8"
+            error = f"{name}:{number} is not UTF-8 (byte {exc.start + 1} of the line); convert it to UTF-8"
+            yield number, None, error, False
             continue
         line = line.removesuffix("\n").removesuffix("\r")
         if line.strip():
-            yield number, line, None
+            yield number, line, None, False
 
 
-def _error(row: int, error: str) -> Record:
-    return Record(row, None, error=error, too_long=error.endswith("--max-line-bytes"))
+def _error(row: int, error: str, too_long: bool = False) -> Record:
+    return Record(row, None, error=error, too_long=too_long)
 
 
 def record_of(row: int, value, rid=None, where: str = "") -> Record:
@@ -99,14 +101,14 @@ def record_of(row: int, value, rid=None, where: str = "") -> Record:
 
 def iter_text_lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[Record]:
     """Records of a binary stream holding one text per line (a .txt file, standard input)."""
-    for row, (number, line, error) in enumerate(_lines(stream, name, limit)):
-        yield _error(row, error) if error else record_of(row, line, where=f"{name}:{number}")
+    for row, (number, line, error, too_long) in enumerate(_lines(stream, name, limit)):
+        yield _error(row, error, too_long) if error else record_of(row, line, where=f"{name}:{number}")
 
 
 def _iter_jsonl(stream, name: str, field: str, id_field: str | None, limit: int) -> Iterator[Record]:
-    for row, (number, line, error) in enumerate(_lines(stream, name, limit)):
+    for row, (number, line, error, too_long) in enumerate(_lines(stream, name, limit)):
         if error:
-            yield _error(row, error)
+            yield _error(row, error, too_long)
             continue
         try:
             obj = json.loads(line)
@@ -174,7 +176,7 @@ def _csv_records(path: Path, reader, lines: _CsvLines, header: list[str], field:
     for values in reader:
         if lines.cut > seen_cut:
             seen_cut = lines.cut
-            yield _error(row, _too_long(f"{path}:{lines.number}", limit))
+            yield _error(row, _too_long(f"{path}:{lines.number}", limit), too_long=True)
         elif values:
             cell = dict(zip(header, values))  # as csv.DictReader: a repeated column name, the last wins
             yield record_of(row, cell.get(field), cell.get(id_field) if id_field else None, f"{path}:{lines.number}")
@@ -210,7 +212,7 @@ def _iter_parquet(path: Path, field: str, id_field: str | None, limit: int, batc
         ids = chunk.column(id_field).to_pylist() if id_field else [None] * len(texts)
         for text, rid, cut in zip(texts, ids, long.to_pylist()):
             where = f"{path} row {row + 1}"
-            yield _error(row, _too_long(where, limit)) if cut else record_of(row, text, rid, where)
+            yield _error(row, _too_long(where, limit), too_long=True) if cut else record_of(row, text, rid, where)
             row += 1
 
 
