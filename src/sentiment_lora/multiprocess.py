@@ -49,3 +49,9 @@ def agreed(accelerator, value: float, how: str) -> float:
     x = torch.tensor(value, dtype=torch.float64, device=accelerator.device)
     dist.all_reduce(x, op=dist.ReduceOp.MAX if how == "max" else dist.ReduceOp.SUM)
     return float(x) / (world if how == "mean" else 1)
+
+
+def release(accelerator) -> None:
+    """Close this process's process group (a no-op with one process, or twice)."""
+    if accelerator.num_processes > 1:
+        accelerator.state.destroy_process_group()

@@ -49,7 +49,7 @@ from .model import (
     pick_device,
     pick_dtype,
 )
-from .multiprocess import agreed, gathered, shared_score
+from .multiprocess import agreed, gathered, release, shared_score
 from .page import write_report
 from .perf import peak_memory_mb, reset_peak_memory
 from .prompt import Prompt
@@ -520,6 +520,12 @@ class Recipe:
                 "train_reviews_per_s": round(self.reviews / s, 3) if s else None,
                 "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
 
+    def cleanup(self) -> None:
+        """Every process closes its process group before it exits, the main one after its
+        saving: a worker that exits with the group open can abort in the backend's threads."""
+        if self.accelerator is not None:
+            release(self.accelerator)
+
     # --- finalize -------------------------------------------------------------------------------
 
     def finalize(self, train_stats: dict) -> dict:
@@ -621,9 +627,11 @@ def check_fits(state: dict, path: Path, model, run_dir: Path) -> None:
 def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Train, calibrate, evaluate, save and verify a classifier. Returns metrics.json's content."""
     recipe = Recipe(cfg, Path(output_dir) if output_dir else default_output_dir(), resume)
-    recipe.setup()
-    train_stats = recipe.train()
-    return recipe.finalize(train_stats)
+    try:
+        recipe.setup()
+        return recipe.finalize(recipe.train())
+    finally:
+        recipe.cleanup()
 
 
 def fit(model, tok, prompt: Prompt, train_ids: list[list[int]], train_labels: list[int], cfg: Config,
