@@ -8,6 +8,7 @@ folder's ``classifier.json`` is read and written through ``spec.ClassifierSpec``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from .data import check_text, clean_text
 from .decision import UNDECIDED, decide
 from .errors import UserError
 from .layout import ADAPTER_DIR, HEAD_FILE, MODEL_CARD
+from .page import write_report
 from .prompt import Prompt
 from .spec import BaseModelRef, ClassifierSpec
 
@@ -190,10 +192,9 @@ class SentimentClassifier:
             import shutil  # an exported classifier's base model travels with it
 
             shutil.copytree(self.folder / base.name_or_path, Path(folder) / base.name_or_path, dirs_exist_ok=True)
-        self.save_adapter(folder)
-        dataclasses.replace(self.spec, adapter=ADAPTER_DIR, head=head_path(self.model), threshold=self.threshold,
-                            temperature=self.temperature, batch_size=self.batch_size,
-                            max_batch_tokens=self.max_batch_tokens).save(folder)
+        spec = dataclasses.replace(self.spec, threshold=self.threshold, temperature=self.temperature,
+                                   batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens)
+        write_classifier(folder, spec, self, report=False)
 
     # --- classifying --------------------------------------------------------------------
 
@@ -266,6 +267,25 @@ class SentimentClassifier:
             d["dataset"] = dataset
         keys = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "ordinal")
         return DataConfig(**{k: d[k] for k in keys if k in d}, train_size=None, test_size=None)
+
+
+def write_classifier(folder: str | Path, spec: ClassifierSpec, clf: SentimentClassifier | None = None,
+                     extras: Callable[[Path], None] | None = None, report: bool = True) -> ClassifierSpec:
+    """The one writer of a classifier folder (train, stack, export and ``save_pretrained`` use
+    it), in the order that keeps it loadable: ``clf``'s LoRA weights and label head; then
+    ``extras(folder)``, whatever else the folder gains (outputs, metrics, a card, other weights);
+    the report page; and classifier.json, with the sha256 of every model file, last, because
+    its presence marks a whole folder. Returns the spec as written."""
+    folder = Path(folder)
+    if clf is not None:
+        clf.save_adapter(folder)
+        spec = dataclasses.replace(spec, adapter=ADAPTER_DIR, head=head_path(clf.model))
+    if extras is not None:
+        extras(folder)
+    if report:
+        write_report(folder, spec)
+    spec.save(folder)
+    return spec
 
 
 def relocatable_adapter(adapter_dir: Path, spec: ClassifierSpec | None) -> None:

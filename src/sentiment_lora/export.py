@@ -15,10 +15,9 @@ import math
 import shutil
 from pathlib import Path
 
-from .classifier import SentimentClassifier, base_model_config, relocatable_adapter
+from .classifier import SentimentClassifier, base_model_config, relocatable_adapter, write_classifier
 from .errors import UserError
 from .layout import ADAPTER_DIR, BASE_DIR, CONFIG, METRICS, MODEL_CARD, PLOTS
-from .page import write_report
 from .spec import BaseModelRef, ClassifierSpec
 from .storage import read_json, write_dir
 
@@ -46,7 +45,8 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
     metrics = read_json(run_dir / METRICS) if METRICS in copied else {}
     origin = _origin(spec)
 
-    def fill(tmp: Path) -> None:
+    def fill(tmp: Path) -> ClassifierSpec:
+        """Everything but the report and classifier.json; returns the folder's spec."""
         if merge:
             bake_label_head(clf.model)  # a trained head becomes the saved LM head's label rows
             clf.model.save_pretrained(tmp)  # load() merged the LoRA weights into the base (merge_and_unload)
@@ -72,10 +72,9 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
         (tmp / MODEL_CARD).write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
                                                   adds_bos=bool(clf.prompt.lead)),
                                        encoding="utf-8")
-        write_report(tmp, new)
-        new.save(tmp)  # last, as in a run folder
+        return new
 
-    return write_dir(out, fill)
+    return write_dir(out, lambda tmp: write_classifier(tmp, fill(tmp)))
 
 
 def _readable(path: Path) -> bool:

@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from .baseline import fit_tfidf, pick_c
-from .classifier import SentimentClassifier, save_stack_model
+from .classifier import SentimentClassifier, save_stack_model, write_classifier
 from .config import DataConfig, load_config
 from .data import DataBundle, Sample, label_mapper, load_splits, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
 from .layout import CONFIG, METRICS, STACK_DIR
 from .metrics import compute_metrics
-from .page import write_report
 from .spec import BASELINES, ClassifierSpec, StackSpec
 from .storage import read_json, write_json
 
@@ -112,14 +111,12 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     new = dataclasses.replace(spec, threshold=0.5, stack=StackSpec(
         baseline=baseline, model_file=name, coef=coef, intercept=intercept, pool=pool, train_rows=len(train),
         llm_threshold=llm_threshold))
-    new.save(run_dir)
-    _remove_stale(run_dir, keep=name)
     section = {"baseline": baseline, "pool": pool, "baseline_train_rows": len(train),
                "pool_rows_dropped_as_val_or_test": dropped, "baseline_C": chosen["C"], "combiner": combiner,
                "val_n": len(data.val), "val": val, "test": test,
                "wall_seconds": round(time.perf_counter() - started, 1)}
-    _write_metrics(run_dir, section)
-    write_report(run_dir, new)
+    write_classifier(run_dir, new, extras=lambda folder: _write_metrics(folder, section))
+    _remove_stale(run_dir, keep=name)
     return section
 
 
@@ -175,10 +172,8 @@ def unstack(run_dir: str | Path) -> None:
     if spec.stack is None:
         raise UserError(f"{str(run_dir)!r} has no stack to remove")
     new = dataclasses.replace(spec, threshold=spec.stack.llm_threshold, stack=None)
-    new.save(run_dir)
+    write_classifier(run_dir, new, extras=lambda folder: _write_metrics(folder, None))
     _remove_stale(run_dir, keep=None)
-    _write_metrics(run_dir, None)
-    write_report(run_dir, new)
 
 
 def _remove_stale(run_dir: Path, keep: str | None) -> None:

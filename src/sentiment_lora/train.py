@@ -30,7 +30,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .classifier import SentimentClassifier, head_path, spec_for_run
+from .classifier import SentimentClassifier, head_path, spec_for_run, write_classifier
 from .config import Config
 from .data import DataBundle, prepare_data
 from .decision import UNDECIDED, apply_temperature, best_threshold, decide, decision_margin, fit_temperature, log_loss
@@ -50,7 +50,6 @@ from .model import (
     pick_dtype,
 )
 from .multiprocess import agreed, gathered, release, shared_score
-from .page import write_report
 from .perf import peak_memory_mb, reset_peak_memory
 from .prompt import Prompt
 from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
@@ -572,11 +571,15 @@ class Recipe:
         return clf, metrics, probs
 
     def save(self, clf: SentimentClassifier, metrics: dict, probs: np.ndarray) -> None:
-        """Adapter, predictions and plots; the reload check; metrics.json, the report, and
-        classifier.json last; the checkpoints go once the folder is complete."""
+        """The classifier folder, verified by reloading it before classifier.json seals it; the
+        checkpoints go once the folder is complete."""
+        write_classifier(self.run_dir, clf.spec, clf, extras=lambda run_dir: self.save_results(clf, metrics, probs))
+        remove_checkpoints(self.run_dir)
+
+    def save_results(self, clf: SentimentClassifier, metrics: dict, probs: np.ndarray) -> None:
+        """Predictions and plots, the reload check of the saved weights, and metrics.json."""
         cfg, run_dir, test_data = self.cfg, self.run_dir, self.data.test
         preds = decide(probs, clf.threshold)
-        clf.save_adapter(run_dir)
         save_outputs(run_dir, self.data, self.log, metrics, preds, probs, cfg.prompt.label_words)
         if cfg.eval.verify_samples and cfg.eval.method == "logits":
             n = min(cfg.eval.verify_samples, len(test_data))
@@ -588,9 +591,6 @@ class Recipe:
             self.accelerator.end_training()
         metrics["wall_seconds"] = round(time.perf_counter() - self.started, 1)
         write_json(run_dir / METRICS, metrics)
-        write_report(run_dir, clf.spec)
-        clf.spec.save(run_dir)  # last: classifier.json marks a complete, verified run folder
-        remove_checkpoints(run_dir)
 
     def stack(self, metrics: dict, temperature: float, probs: np.ndarray) -> dict:
         """The configured stack on the saved classifier. Its combiner must be fitted on what the
