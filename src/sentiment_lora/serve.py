@@ -1,10 +1,9 @@
 """``sentiment-lora serve``: one long-lived process, the classifier loaded once, over HTTP.
 
-FastAPI + uvicorn with a small asyncio batcher, rather than LitServe: the batching rule we
-need (close a batch on a text count, a padded-token budget or a wait of a few
-milliseconds, whichever comes first; sort by length) is twenty lines over an asyncio
-queue, and the HTTP contract (Text Embeddings Inference's ``/predict``, the Inference
-API's ``POST /``) wants full control of request parsing and error shapes.
+FastAPI + uvicorn with a small asyncio batcher, rather than LitServe: our batching rule (close
+a batch on a text count, a padded-token budget or a few milliseconds' wait; sort by length) is
+short over an asyncio queue, and the HTTP contract (Text Embeddings Inference's ``/predict``,
+the Inference API's ``POST /``) wants full control of request parsing and error shapes.
 
 - ``POST /predict``: ``{"inputs": "text" | ["a", "b"]}`` -> for each input, every label
   with its score, highest first (a flat list for one string input, as TEI answers).
@@ -39,12 +38,10 @@ class ServeConfig:
     host: str = "127.0.0.1"
     """Address to bind; 127.0.0.1 serves this machine only."""
     port: int = 8000
-    """TCP port."""
     max_batch_texts: int | None = None
     """Most texts scored in one model call (None: the classifier's batch_size)."""
     max_batch_tokens: int | None = None
-    """A batch also closes before its padded size (texts x longest prompt) passes this (None:
-    the classifier's max_batch_tokens, else 8192)."""
+    """Most padded tokens (texts x longest prompt) in one model call (None: the classifier's, else 8192)."""
     max_wait_ms: float = 5.0
     """How long the worker waits for more texts before scoring a batch that is not full."""
     max_queue: int = 1024
@@ -56,9 +53,9 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     """A larger request body gets 413."""
     api_key: str | None = None
-    """When set, every route but /health needs ``Authorization: Bearer <key>``. Letters, digits and
-    ASCII punctuation only: HTTP clients send other characters in a header differently, if at all
-    (UTF-8, Latin-1, or an encoding error), and strip blanks at its ends."""
+    """When set, every route but /health needs ``Authorization: Bearer <key>``. ASCII letters, digits and
+    punctuation only: clients send other characters in a header differently (UTF-8, Latin-1, an error), if at
+    all, and strip blanks at its ends."""
 
     def __post_init__(self):
         from .errors import UserError
@@ -88,13 +85,9 @@ class Rejected(Exception):
 
 
 class Batcher:
-    """Texts from concurrent requests, scored together.
-
-    ``submit`` queues a request's prompts and waits for their probabilities; one worker
-    task takes what is queued (up to ``max_batch_texts`` and ``max_batch_tokens``, waiting
-    at most ``max_wait_ms`` for more), oldest text first with the waiting texts nearest to
-    it in length, sorts the batch by length and scores it in a thread.
-    """
+    """Texts from concurrent requests, scored together: ``submit`` queues a request's prompts and
+    waits for their probabilities; one worker task batches what is queued (``_pick``, waiting at
+    most ``max_wait_ms`` for more), sorts the batch by length and scores it in a thread."""
 
     def __init__(self, score, cfg: ServeConfig, metrics: Metrics | None = None):
         self.score = score  # list of prompt ids -> probabilities (n, labels)
@@ -221,10 +214,7 @@ class Metrics:
 
 
 def parse_inputs(body: bytes, cfg: ServeConfig) -> tuple[list[str], bool, dict]:
-    """(texts, whether ``inputs`` was one string, parameters) of a request body, or Rejected."""
-    if len(body) > cfg.max_body_bytes:
-        raise Rejected(413, f"the request body has {len(body)} bytes, more than the {cfg.max_body_bytes} allowed",
-                       "payload_too_large")
+    """(texts, whether ``inputs`` was one string, parameters) of a body read_body bounded, or Rejected."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -273,9 +263,8 @@ def _parameters(data: dict) -> dict:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, counted as it arrives and refused (413) as soon as it passes ``limit``
-    bytes: a chunked body declares no length, and reading it whole first would let one request
-    hold as much memory as it likes."""
+    """The request body, refused (413) as soon as it passes ``limit`` bytes: a chunked body declares
+    no length, and reading it whole first would let one request hold as much memory as it likes."""
     from starlette.requests import ClientDisconnect
 
     chunks, size = [], 0
@@ -360,9 +349,8 @@ def error_response(status: int, message: str, kind: str, headers: dict | None = 
 
 
 class Service:
-    """What serving one classifier needs, on one object: the model once loaded (or why it
-    failed), the batcher, the metrics and the limits. The app's routes and middleware call
-    its methods."""
+    """One classifier's serving state (the model once loaded, or why it failed; the batcher, metrics,
+    limits), whose methods the app's routes and middleware call."""
 
     def __init__(self, run_dir: Path, cfg: ServeConfig, spec, load):
         self.run_dir, self.cfg, self.spec, self.load = run_dir, cfg, spec, load
@@ -517,10 +505,9 @@ def _routes(app, service: Service) -> None:
 
     @app.get("/health")
     async def health():
-        if service.clf is not None:
-            return {"status": "ok"}
-        exc = service.unavailable()
-        return error_response(exc.status, str(exc), exc.kind, exc.headers)
+        if service.clf is None:
+            raise service.unavailable()
+        return {"status": "ok"}
 
     app.get("/info")(service.info)
 
