@@ -1,20 +1,15 @@
-"""The user cache: content hashes of large files, and folders that are slow to build.
-
-A GGUF base model takes seconds to dequantize on every start; its dequantized weights are
-built once into a folder here (safetensors, config, tokenizer) and loaded from there.
+"""The user cache: content hashes of large files, and folders that are slow to build (a GGUF
+model dequantized once into safetensors, config and tokenizer, instead of on every start).
 
 - Where: ``$SENTIMENT_LORA_CACHE``, else ``~/.cache/sentiment-lora``.
 - Keys: the source file's sha256 and the dtype, so an edited or replaced file gets a new entry.
-- Atomic: an entry is built in a temporary folder and renamed into place, under a file
-  lock, so two processes starting together build it once and never see half of it.
-- Checked on read: every file's size and sha256 against the entry's manifest. A content
-  hash is recomputed whenever the file's size, mtime or inode changed, and memoized
-  otherwise (``hashes.json``), so a warm start does not hash half a gigabyte. A damaged
-  entry is rebuilt with a one-line warning. (A change that keeps a file's size and all its
-  timestamps, such as bit rot on the disk, is therefore not seen.)
-- Shared: entries get the usual umask-based modes, so one user's warm cache serves another.
-  A cache that cannot be written (another user's, a read-only disk) costs the slow path and
-  one warning per process.
+- Atomic: built in a temporary folder and renamed into place under a file lock, so processes
+  starting together build an entry once and never see half of it.
+- Checked on read against the entry's manifest; a damaged entry is rebuilt with a warning. A
+  hash is memoized (``hashes.json``) while the file's size, times and inode are unchanged, so a
+  warm start hashes nothing, and a change that keeps them all (bit rot) is not seen.
+- Shared: entries get umask-based modes, so one user's warm cache serves another; a cache that
+  cannot be written costs the slow path and one warning per process.
 """
 
 from __future__ import annotations
@@ -42,8 +37,7 @@ _WARNED: set[str] = set()
 
 
 def warn(message: str) -> None:
-    """Print a warning once per process: one cause met again (an unwritable cache, for the
-    tokenizer and then the model) would only repeat it."""
+    """Print a warning once per process: one cause (an unwritable cache) meets the tokenizer, then the model."""
     if message not in _WARNED:
         _WARNED.add(message)
         print(f"warning: {message}", file=sys.stderr)
@@ -98,11 +92,8 @@ def check_entry(folder: Path) -> str | None:
 
 def cached_folder(kind: str, key: str, build: Callable[[Path], None], what: str) -> Path:
     """The folder ``kind/key`` of the cache, built by ``build(tmp_folder)`` when missing or damaged.
-
-    Raises OSError when the cache cannot be written; callers fall back to the slow path. The
-    error names the cache folder rather than the entry's own file (its lock, its temporary
-    folder), so that one cause gives one message whichever entry met it.
-    """
+    An OSError (the cache cannot be written; callers fall back to the slow path) names the cache
+    folder, not the entry's lock or temporary folder, so one cause gives one message."""
     parent = cache_root() / kind
     entry = parent / key
     if entry.is_dir() and check_entry(entry) is None:
@@ -141,11 +132,7 @@ def _build_entry(parent: Path, key: str, build: Callable[[Path], None], what: st
             files.update({p.relative_to(tmp).as_posix(): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()})
             write_json(tmp / MANIFEST, {"what": what, "key": key, "files": files})
 
-        # write_dir builds in a temporary folder (``.{key}.*.tmp``, the name swept above), gives
-        # it the usual umask-based modes, not mkdtemp's 0700, so another user can read a warm
-        # cache, and renames it into place.
-        write_dir(entry, fill)
-        # Renaming the folder leaves its files' stat as it was: memoize the hashes just taken
-        # under the final paths, so the next start checks the entry without hashing it again.
+        write_dir(entry, fill)  # in ``.{key}.*.tmp`` (swept above), with umask modes, not mkdtemp's 0700
+        # The rename keeps the files' stat: memoize the hashes under the final paths.
         _remember({(entry / name).resolve(): f["sha256"] for name, f in files.items()})
     return entry

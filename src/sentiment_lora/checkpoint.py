@@ -1,21 +1,18 @@
-"""Training checkpoints, and what state a training run folder is in.
+"""Training checkpoints (this module alone owns ``checkpoints/*.pt``), and a run folder's state.
 
-This module is the one owner of ``checkpoints/*.pt``. A checkpoint holds only tensors and
-plain values, and is read with ``torch.load(weights_only=True)``: opening a run folder never
-unpickles code. The previous checkpoint is kept beside the last one, so a checkpoint torn
-by a crash or a full disk costs one save interval, not the run.
+A checkpoint holds only tensors and plain values, read with ``torch.load(weights_only=True)``,
+so opening a run folder never unpickles code. The previous one is kept beside the last, so a
+checkpoint torn by a crash or a full disk costs one save interval, not the run.
 
-A run folder is in one of these states, and each tells the user what to run next:
+A run folder's state says what to run next:
 
 - ``new``: missing or empty; a fresh run starts there.
 - ``finished``: ``classifier.json`` is there (it is written last).
 - ``resumable``: a checkpoint is there; ``train --resume`` continues from it.
-- ``restartable``: a run that stopped before its first checkpoint, and provably one of
-  ``train``'s: its ``config.yaml`` as ``Config.save`` wrote it (header and sha256 line),
-  results only beside the training log, and nothing else; a fresh run, or ``--resume``,
-  starts it over.
-- ``foreign``: anything else that is not empty (another verb's output, a user's files);
-  nothing touches it.
+- ``restartable``: stopped before its first checkpoint, and provably ``train``'s: its
+  ``config.yaml`` as ``Config.save`` wrote it, results only beside the training log, nothing
+  else; a fresh run, or ``--resume``, starts it over.
+- ``foreign``: anything else not empty (another verb's output, a user's files); never touched.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from pathlib import Path
 from .errors import UserError
 from .integrity import sha256_bytes, sha256_file
 from .layout import CHECKPOINT_MANIFEST, CHECKPOINTS, CONFIG, LAST, PREVIOUS, RESULT_FILES, RUN_FILES, SPEC, TRAIN_LOG
-from .storage import write_json
+from .storage import read_json, write_json
 
 
 class FolderState(str, Enum):
@@ -118,9 +115,8 @@ def folder_state(run_dir: str | Path) -> FolderState:
 
 
 def plan_run(run_dir: str | Path, resume: bool) -> Plan:
-    """Check the run folder before any heavy work; return the Plan: fresh, restart (clear the
-    folder's leftovers and start from step 0) or resume. Anything else is a UserError
-    that says which command to run instead."""
+    """Check the run folder before any heavy work and return the Plan; anything else is a
+    UserError that says which command to run instead."""
     run_dir = Path(run_dir)
     state = folder_state(run_dir)
     where = str(run_dir)
@@ -200,12 +196,9 @@ def remove_checkpoints(run_dir: str | Path) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
-    """Write a new last checkpoint; the one before it becomes ``previous.pt``.
-
-    The new file is written and hashed under a temporary name first, then recorded in the
-    manifest, and only then moved in place. A failure at any point (a full disk, a kill)
-    leaves both earlier checkpoints as they were and readable; a write that fails is one
-    UserError saying so."""
+    """Write a new last checkpoint; the one before it becomes ``previous.pt``. It is written and
+    hashed under a temporary name, recorded in the manifest, then moved in place, so a failure
+    at any point leaves both earlier checkpoints readable; a failed write is one UserError."""
     import io
     import os
     import tempfile
@@ -219,19 +212,19 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
         os.close(fd)
         tmp = Path(name)
         try:
-            # Serialized in memory and written by Python: torch's own file writer turns a full
-            # disk into an opaque RuntimeError, Python into an OSError that names the cause.
+            # Serialized in memory and written by Python: torch's file writer turns a full disk
+            # into an opaque RuntimeError, Python into an OSError that names the cause.
             buffer = io.BytesIO()
             torch.save(state, buffer)
             data = buffer.getbuffer()
-            with open(tmp, "wb") as f:
-                f.write(data)
+            tmp.write_bytes(data)
             entry = {"sha256": sha256_bytes(data), "size": len(data), "step": int(state["step"])}
-            # Kept: the new file's entry and those of the two files it may still be beside if a
-            # crash comes before the renames (a kill between them must not orphan either).
+            # Kept: the new entry and those of the two files beside it until the renames (a kill
+            # between them must orphan neither).
             earlier = _manifest(folder)
             if earlier is None:  # a run folder of an older version: record what is there now
-                earlier = [{"sha256": _sha256(p), "size": p.stat().st_size, "step": None} for p in checkpoints(run_dir)]
+                earlier = [{"sha256": sha256_file(p), "size": p.stat().st_size, "step": None}
+                           for p in checkpoints(run_dir)]
             kept = [entry] + [e for e in earlier if e["sha256"] != entry["sha256"]][:2]
             write_json(folder / CHECKPOINT_MANIFEST, {"format": CHECKPOINT_FORMAT, "checkpoints": kept})
             if (folder / LAST).is_file():
@@ -250,23 +243,14 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
     return folder / LAST
 
 
-def _sha256(path: Path) -> str:
-    return sha256_file(path)  # not memoized: a damaged checkpoint may keep its size and time
-
-
 def _manifest(folder: Path) -> list[dict] | None:
-    """The manifest's entries; None when there is none (a run of an older version) or it cannot
-    be read."""
-    import json
-
+    """The manifest's entries; None when there is none (a run of an older version) or it is unreadable."""
     try:
-        data = json.loads((folder / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
-        entries = data["checkpoints"]
-        if not all(isinstance(e["sha256"], str) and isinstance(e["size"], int) for e in entries):
-            return None
-        return entries
+        entries = read_json(folder / CHECKPOINT_MANIFEST)["checkpoints"]
+        valid = all(isinstance(e["sha256"], str) and isinstance(e["size"], int) for e in entries)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return entries if valid else None
 
 
 def _check_manifest(path: Path, entries: list[dict] | None) -> None:
@@ -278,7 +262,7 @@ def _check_manifest(path: Path, entries: list[dict] | None) -> None:
     if not any(e["size"] == size for e in entries):
         raise ValueError(f"its size, {size} bytes, is not the one recorded in {CHECKPOINT_MANIFEST}: it is "
                          f"truncated or was changed")
-    if not any(e["sha256"] == _sha256(path) for e in entries):
+    if not any(e["sha256"] == sha256_file(path) for e in entries):  # not memoized: damage may keep size and time
         raise ValueError(f"its sha256 is not the one recorded in {CHECKPOINT_MANIFEST}: it was changed after it was "
                          f"written")
 

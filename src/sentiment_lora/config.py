@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from .errors import UserError, brief
+from .integrity import signature_holds, signed
+from .storage import path_problem, write_text
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit; also the cap of any whole-number field
 
@@ -31,11 +33,15 @@ def _check_seed(value: int, key: str) -> None:
     _check(0 <= value <= SEED_MAX, key, f"is {value}; use a whole number from 0 to {SEED_MAX}")
 
 
+def _one_of(value: Any, key: str, allowed: tuple) -> None:
+    names = ["null" if a is None else a for a in allowed]
+    _check(value in allowed, key, f"is {value!r}; use {', '.join(names[:-1])} or {names[-1]}")
+
+
 def check_template(template: str, key: str = "prompt.template") -> None:
     """A prompt template holds exactly one plain ``{text}`` field; other braces are doubled."""
     try:
-        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
-                  if name is not None]
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise UserError(f"config: {key} has a stray brace ({exc}); write literal braces as {{{{ and }}}}") from None
     if fields.count(("text", "", None)) != 1:
@@ -43,8 +49,7 @@ def check_template(template: str, key: str = "prompt.template") -> None:
     if len(fields) != 1:
         name, spec, conv = next(f for f in fields if f != ("text", "", None))
         other = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-        raise UserError(f"config: {key} has the field {other} besides {{text}}; write literal braces as "
-                        f"{{{{ and }}}}")
+        raise UserError(f"config: {key} has the field {other} besides {{text}}; write literal braces as {{{{ and }}}}")
 
 
 @dataclass
@@ -62,8 +67,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _check(bool(self.name_or_path), "model.name_or_path", "must not be empty")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
-               f"is {self.dtype!r}; use auto, float32, bfloat16 or float16")
+        _one_of(self.dtype, "model.dtype", ("auto", "float32", "bfloat16", "float16"))
         _check(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                "model.device", f"is {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
 
@@ -102,8 +106,7 @@ class DataConfig:
     clean_html: bool = True
     """Replace HTML line breaks (<br />) with spaces."""
     ordinal: bool = False
-    """The labels are ordered (star ratings, very negative ... very positive): metrics add the
-    mean absolute error in classes."""
+    """The labels are ordered (star ratings): metrics add the mean absolute error in classes."""
     seed: int = 42
     """Seed of the sampling."""
 
@@ -113,8 +116,7 @@ class DataConfig:
             value = getattr(self, key)
             _check(value is None or value > 0, f"data.{key}", f"is {value}; use a positive number or null")
         _check(self.val_size >= 0, "data.val_size", f"is {self.val_size}; use 0 or more")
-        _check(self.sampling in ("balanced", "stratified", "all"), "data.sampling",
-               f"is {self.sampling!r}; use balanced, stratified or all")
+        _one_of(self.sampling, "data.sampling", ("balanced", "stratified", "all"))
         _check(self.val_split is None or bool(self.val_split.strip()), "data.val_split",
                "must be a split name or null")
         _check_seed(self.seed, "data.seed")
@@ -142,8 +144,7 @@ class PromptConfig:
         _check(all(w.strip() for w in self.label_words), "prompt.label_words", "must not contain empty words")
         _check(len(set(self.label_words)) == len(self.label_words), "prompt.label_words", "must be distinct")
         _check(self.max_length >= 16, "prompt.max_length", f"is {self.max_length}; use 16 or more")
-        _check(self.truncation in ("head", "tail", "head+tail"), "prompt.truncation",
-               f"is {self.truncation!r}; use head, tail or head+tail")
+        _one_of(self.truncation, "prompt.truncation", ("head", "tail", "head+tail"))
 
 
 @dataclass
@@ -211,11 +212,9 @@ class TrainConfig:
         _check(self.grad_accum > 0, "train.grad_accum", f"is {self.grad_accum}; use 1 or more")
         _check(0 < self.lr <= 1, "train.lr", f"is {self.lr:g}; use a positive number up to 1 (LoRA usually "
                f"trains at 1e-4 to 1e-3; larger rates only blow the weights up)")
-        _check(self.scheduler in ("cosine", "linear", "constant"), "train.scheduler",
-               f"is {self.scheduler!r}; use cosine, linear or constant")
+        _one_of(self.scheduler, "train.scheduler", ("cosine", "linear", "constant"))
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"is {self.warmup_ratio}; use [0, 1)")
-        _check(self.mixed_precision in ("auto", "no", "fp16", "bf16"), "train.mixed_precision",
-               f"is {self.mixed_precision!r}; use auto, no, fp16 or bf16")
+        _one_of(self.mixed_precision, "train.mixed_precision", ("auto", "no", "fp16", "bf16"))
         for key in ("logging_steps", "eval_steps", "save_steps", "weight_decay", "max_grad_norm"):
             _check(getattr(self, key) >= 0, f"train.{key}", "must not be negative")
         _check_seed(self.seed, "train.seed")
@@ -236,23 +235,19 @@ class EvalConfig:
     calibrate: bool = False
     """Fit eval.calibration on the validation sample (needs data.val_size > 0 or data.val_split)."""
     calibration: str = "temperature"
-    """What calibrate fits: temperature (any number of classes: one scalar T, probabilities
-    softmax(log p / T), the validation log-loss minimised; decisions unchanged), threshold (two
-    classes: the decision threshold that maximises validation accuracy) or both (temperature
-    first, then the threshold on the scaled probabilities). With more than two classes,
-    threshold means temperature. Temperature is the default because on the IMDB demo protocol
-    it kept the accuracy (0.884) and lowered the test ECE from 0.057 to 0.033, while the
-    threshold fitted on 128 reviews lost a point (0.874); see benchmarks/calibration_imdb.py."""
+    """What calibrate fits: temperature (one scalar T for any number of classes, softmax(log p / T)
+    fitted to the validation log-loss; decisions unchanged), threshold (two classes: the one that
+    maximises validation accuracy; more classes: temperature) or both (temperature, then threshold).
+    Temperature is the default: it keeps the accuracy, while a threshold fitted on a small validation
+    sample can cost some."""
     max_new_tokens: int = 5
     """Tokens generated per review by the generate method."""
     verify_samples: int = 16
     """Test reviews re-scored after reloading the saved classifier; 0 skips the check."""
 
     def __post_init__(self):
-        _check(self.calibration in ("threshold", "temperature", "both"), "eval.calibration",
-               f"is {self.calibration!r}; use threshold, temperature or both")
-        _check(self.method in ("logits", "generate"), "eval.method",
-               f"is {self.method!r}; use logits or generate")
+        _one_of(self.calibration, "eval.calibration", ("threshold", "temperature", "both"))
+        _one_of(self.method, "eval.method", ("logits", "generate"))
         _check(self.batch_size > 0, "eval.batch_size", f"is {self.batch_size}; use 1 or more")
         _check(self.max_batch_tokens is None or self.max_batch_tokens > 0, "eval.max_batch_tokens",
                f"is {self.max_batch_tokens}; use a positive number or null")
@@ -267,13 +262,11 @@ class StackConfig:
     """After training, stack the classifier with this bag-of-words model (tfidf, or tfidf-nb for
     two classes), as ``sentiment-lora stack`` does; null: the LLM alone."""
     pool: str | None = None
-    """Train that model on more labelled rows than the run's: all (every row of the run's own
-    train split) or a dataset (its train split); either way less the run's validation and test
-    rows. null: on the run's training sample."""
+    """Train that model on more labelled rows: all (every row of the run's train split) or a dataset
+    (its train split), less the run's validation and test rows; null: the run's training sample."""
 
     def __post_init__(self):
-        _check(self.baseline in (None, "tfidf", "tfidf-nb"), "stack.baseline",
-               f"is {self.baseline!r}; use tfidf, tfidf-nb or null")
+        _one_of(self.baseline, "stack.baseline", ("tfidf", "tfidf-nb", None))
         _check(self.pool is None or self.baseline is not None, "stack.pool", "needs stack.baseline")
 
 
@@ -307,9 +300,6 @@ class Config:
     def save(self, path: str | Path) -> None:
         """Write the config as YAML between a header and a checksum line, so a truncated or
         corrupted run config is an error when ``--resume`` reads it, not a silent default."""
-        from .integrity import signed
-        from .storage import write_text
-
         write_text(path, signed(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), _HEADER, _SUM))
 
 
@@ -325,18 +315,12 @@ def is_saved_config(path: str | Path) -> bool:
             text = f.read(1 << 20)  # a run config is a few KB; a larger file is not one
     except (OSError, UnicodeDecodeError):
         return False
-    from .integrity import signature_holds
-
     return signature_holds(text, _HEADER, _SUM)
 
 
 def _check_saved(path: Path, text: str) -> None:
     """A config written by ``Config.save`` must still match its checksum line."""
-    if not text.startswith(_HEADER + "\n"):
-        return
-    from .integrity import signature_holds
-
-    if not signature_holds(text, _HEADER, _SUM):
+    if text.startswith(_HEADER + "\n") and not signature_holds(text, _HEADER, _SUM):
         raise UserError(f"config file {str(path)!r} is damaged (it does not match its sha256 line); restore it, or "
                         f"if you edited it on purpose, delete its first and last comment lines")
 
@@ -394,7 +378,6 @@ def _coerce_number(value: Any, tp: type, key: str) -> int | float:
     if abs(whole) > SEED_MAX:
         raise UserError(f"config: {key} is {whole}; that is out of range (at most {SEED_MAX})")
     return whole
-
 
 
 def _section(cls: type, data: Any, name: str):
@@ -459,8 +442,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a YAML preset (or the defaults) and apply ``section.key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        from .storage import path_problem
-
         path = Path(path)
         problem = path_problem(path)
         if problem is not None:

@@ -83,7 +83,10 @@ def looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
-def _read_aclimdb(root: Path, split: str) -> dict[str, list]:
+def _read_aclimdb(root: Path, split: str, name: str) -> dict[str, list]:
+    if not (root / split / "pos").is_dir():
+        raise UserError(f"dataset {name!r}: aclImdb folder has no {split}/pos; "
+                        f"set data.train_split/test_split to one of its folders")
     texts, labels = [], []
     for label, sub in ((0, "neg"), (1, "pos")):
         for f in sorted((root / split / sub).glob("*.txt"), key=lambda p: p.name):
@@ -97,13 +100,7 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]
     name = cfg.dataset
     path = Path(name).expanduser()
     if path.is_dir() and (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir():
-        out = {}
-        for split in splits:
-            if not (path / split / "pos").is_dir():
-                raise UserError(f"dataset {name!r}: aclImdb folder has no {split}/pos; "
-                                f"set data.train_split/test_split to one of its folders")
-            out[split] = _read_aclimdb(path, split)
-        return out
+        return {split: _read_aclimdb(path, split, name) for split in splits}
     if looks_local(name) and not path.exists():
         raise UserError(f"dataset {name!r} not found; pass an existing folder (e.g. DATA=../shared/imdb "
                         f"or --set data.dataset=PATH) or a Hub id like stanfordnlp/imdb")
@@ -133,8 +130,7 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]
 
 
 def check_datasets_cache() -> None:
-    """A UserError naming the datasets library's cache folder when it cannot be made or written
-    (an unwritable HOME, say); nothing when it can. Nothing is created: this only diagnoses."""
+    """A UserError naming the datasets cache folder when it cannot be made or written; creates nothing."""
     import datasets.config
 
     folder = Path(datasets.config.HF_DATASETS_CACHE).expanduser().absolute()
@@ -255,27 +251,22 @@ def draw(cfg: DataConfig, labels: list[int], n: int | None, num_classes: int, rn
 
 
 def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
-    """Load both splits, clean, de-duplicate, and draw balanced seeded samples."""
+    """Load the splits, clean, de-duplicate, and draw seeded samples by ``data.sampling``."""
     k = len(label_words)
     splits = [cfg.train_split, cfg.test_split] + ([cfg.val_split] if cfg.val_split else [])
     raw = load_splits(cfg, splits)
     to_class = label_mapper(cfg, label_words)
-    train_all = prepare_split(raw[cfg.train_split], cfg.train_split, cfg, to_class)
-    test_all = prepare_split(raw[cfg.test_split], cfg.test_split, cfg, to_class)
-    val_all = prepare_split(raw[cfg.val_split], cfg.val_split, cfg, to_class) if cfg.val_split else None
+    train_all, test_all, *own_val = (prepare_split(raw[s], s, cfg, to_class) for s in splits)
+    val_all = own_val[0] if own_val else None
 
-    seen: set[str] = set()
-    train_dupes: set[int] = set()
-    for i, text in enumerate(train_all.texts):
-        if text in seen:
-            train_dupes.add(i)
-        seen.add(text)
-    test_in_train = {i for i, t in enumerate(test_all.texts) if t in seen}
+    first = {t: i for i, t in reversed(list(enumerate(train_all.texts)))}  # each text's first row
+    train_dupes = {i for i, t in enumerate(train_all.texts) if first[t] != i}
+    test_in_train = {i for i, t in enumerate(test_all.texts) if t in first}
     test_dupes = len(test_all.texts) - len(set(test_all.texts))
 
     rng = np.random.default_rng(cfg.seed)
     if val_all is not None:  # the dataset's own validation split; rows also in train are dropped
-        val_in_train = {i for i, t in enumerate(val_all.texts) if t in seen}
+        val_in_train = {i for i, t in enumerate(val_all.texts) if t in first}
         val = val_all.take(draw(cfg, val_all.labels, cfg.val_size or None, k, rng, val_in_train,
                                 "validation sample"))
         val_idx = []

@@ -21,13 +21,14 @@ def _umask() -> int:
     return mask
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+def write_with(path: str | Path, save: Callable[[Path], None]) -> Path:
+    """Let ``save(tmp_path)`` write a file (e.g. ``plt.savefig``), then move it in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        save(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
@@ -37,7 +38,7 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def json_text(data: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> str:
@@ -45,8 +46,7 @@ def json_text(data: Any, indent: int | None = None, default: Callable[[Any], Any
     and characters a terminal would act on (DEL, C1 controls, line and paragraph separators,
     bidi overrides) are escaped, so printing a file never runs escape sequences."""
     return _TERMINAL.sub(lambda m: f"\\u{ord(m.group()):04x}",
-                         json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False,
-                                                    default=default))
+                         json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False, default=default))
 
 
 _TERMINAL = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -58,11 +58,6 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return write_text(path, "".join(json_text(r) + "\n" for r in rows))
-
-
-def write_with(path: str | Path, save: Callable[[Path], None]) -> Path:
-    """Let ``save(tmp_path)`` write a file (e.g. ``plt.savefig``), then move it in place."""
-    return _atomic(path, save)
 
 
 def write_dir(path: str | Path, save: Callable[[Path], None], replace: bool = False) -> Path:
