@@ -1,7 +1,6 @@
 """Baselines a fine-tuned LLM has to beat: TF-IDF + logistic regression, and the zero-shot base model.
 
-Both write the same ``metrics.json`` (and ``predictions.jsonl``) as a fine-tuned run, so
-their numbers sit beside each other without conversion.
+Both write the same ``metrics.json`` and ``predictions.jsonl`` as a fine-tuned run, for comparison as is.
 """
 
 from __future__ import annotations
@@ -52,10 +51,8 @@ class NBScaler(BaseEstimator, TransformerMixin):
 
 
 def tfidf_pipeline(nb: bool, C: float, seed: int = 42, classes: int = 2) -> Pipeline:
-    """Word unigrams + bigrams, sublinear TF-IDF, logistic regression (optionally NB-weighted).
-
-    Two classes: liblinear, which the IMDB presets use; more: multinomial (lbfgs),
-    since liblinear is binary only."""
+    """Word unigrams + bigrams, sublinear TF-IDF, logistic regression (optionally NB-weighted):
+    liblinear for two classes, as the IMDB presets use; multinomial lbfgs beyond (liblinear is binary)."""
     steps = [("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True,
                                        strip_accents="unicode", token_pattern=r"(?u)\b\w[\w']*\b|[!?]"))]
     if nb:
@@ -74,31 +71,28 @@ CV_FOLDS = 5
 
 def fit_tfidf(train: Sample, nb: bool, val_size: int = 2500, seed: int = 42, classes: int = 2,
               val: Sample | None = None) -> tuple[Pipeline, dict]:
-    """Choose C on validation (the dataset's own split when given, else a sample carved from
-    train: balanced for two classes, stratified beyond; on small data, cross-validation), then
-    refit on all of train."""
-    rng = np.random.default_rng(seed)
-    if val is not None:
-        return _choose_c(train, val, train, nb, seed, classes)
-    val_size = min(val_size, len(train) // 5)
-    if val_size < MIN_HELD_OUT_PER_CLASS * classes:
-        return _choose_c_by_cv(train, nb, seed, classes)
-    pick = balanced_indices if classes == 2 else stratified_indices
-    val_idx = pick(train.labels, val_size, classes, rng, what="TF-IDF validation sample")
-    held = set(val_idx)
-    fit_idx = [i for i in range(len(train)) if i not in held]
-    return _choose_c(train.take(fit_idx), train.take(val_idx), train, nb, seed, classes)
+    """Choose C on validation (the dataset's own split, else a sample carved from train: balanced for two
+    classes, stratified beyond; on small data, cross-validation), then refit on all of train."""
+    fit_part = train
+    if val is None:
+        val_size = min(val_size, len(train) // 5)
+        if val_size < MIN_HELD_OUT_PER_CLASS * classes:
+            return _choose_c_by_cv(train, nb, seed, classes)
+        pick = balanced_indices if classes == 2 else stratified_indices
+        val_idx = pick(train.labels, val_size, classes, np.random.default_rng(seed), what="TF-IDF validation sample")
+        held = set(val_idx)
+        fit_part, val = train.take([i for i in range(len(train)) if i not in held]), train.take(val_idx)
+    model, best, scores = _choose_c(train, [(fit_part, val)], nb, seed, classes)
+    return model, {"C": best, "val_accuracy_by_C": scores, "val_size": len(val)}
 
 
 def pick_c(scores: dict[float, float]) -> float:
-    """The regularisation strength with the best score; among equals the one nearest C=1, the
-    smallest departure from scikit-learn's default."""
+    """The C with the best score; among equals the one nearest scikit-learn's default, C=1."""
     return max(scores, key=lambda c: (scores[c], -abs(np.log(c))))
 
 
 def fit_pipeline(model: Pipeline, texts: list[str], labels: list[int], what: str = "training texts") -> Pipeline:
-    """``model.fit``, with a vocabulary left empty by pruning (min_df=2 on a handful of short
-    texts) as a one-line error instead of scikit-learn's."""
+    """``model.fit``; a vocabulary left empty by pruning (min_df=2 on a few short texts) is a one-line error."""
     try:
         return model.fit(texts, labels)
     except ValueError:
@@ -110,20 +104,24 @@ def fit_pipeline(model: Pipeline, texts: list[str], labels: list[int], what: str
         raise
 
 
-def _choose_c(fit_part: Sample, val_part: Sample, train: Sample, nb: bool, seed: int,
-              classes: int) -> tuple[Pipeline, dict]:
+def _choose_c(train: Sample, splits: list[tuple[Sample, Sample]], nb: bool, seed: int, classes: int,
+              what: str = "training texts") -> tuple[Pipeline, float, dict[str, float]]:
+    """The C of C_GRID with the best accuracy over the held parts of ``splits`` (fit part, held
+    part), the model refitted with it on all of ``train``, and each C's accuracy."""
     scores = {}
     for C in C_GRID:
-        model = fit_pipeline(tfidf_pipeline(nb, C, seed, classes), fit_part.texts, fit_part.labels)
-        scores[C] = float((model.predict(val_part.texts) == np.asarray(val_part.labels)).mean())
+        hits = []
+        for part, held in splits:
+            model = fit_pipeline(tfidf_pipeline(nb, C, seed, classes), part.texts, part.labels, what)
+            hits.append(model.predict(held.texts) == np.asarray(held.labels))
+        scores[C] = float(np.concatenate(hits).mean())
     best = pick_c(scores)
     model = fit_pipeline(tfidf_pipeline(nb, best, seed, classes), train.texts, train.labels)
-    return model, {"C": best, "val_accuracy_by_C": {str(k): v for k, v in scores.items()}, "val_size": len(val_part)}
+    return model, best, {str(k): v for k, v in scores.items()}
 
 
 def _choose_c_by_cv(train: Sample, nb: bool, seed: int, classes: int) -> tuple[Pipeline, dict]:
-    """C by stratified k-fold accuracy, with as many folds (up to CV_FOLDS) as the smallest class
-    has rows: every fold must hold each class on both sides."""
+    """C by stratified k-fold accuracy; folds (up to CV_FOLDS) as the smallest class has rows, so each holds all."""
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(np.asarray(train.labels, dtype=int), minlength=classes)
@@ -131,31 +129,19 @@ def _choose_c_by_cv(train: Sample, nb: bool, seed: int, classes: int) -> tuple[P
         raise UserError(f"the TF-IDF baseline needs at least 2 training rows of every class to choose its C "
                         f"({2 * classes} rows in all); class {int(counts.argmin())} has {int(counts.min())}")
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, int(counts.min())), shuffle=True, random_state=seed)
-    splits = list(folds.split(np.zeros(len(train)), train.labels))
-    scores = {}
-    for C in C_GRID:
-        right = 0
-        for fit_idx, val_idx in splits:
-            part, held = train.take(fit_idx), train.take(val_idx)
-            model = fit_pipeline(tfidf_pipeline(nb, C, seed, classes), part.texts, part.labels,
-                                 "training texts of a cross-validation fold")
-            right += int((model.predict(held.texts) == np.asarray(held.labels)).sum())
-        scores[C] = right / len(train)
-    best = pick_c(scores)
-    model = fit_pipeline(tfidf_pipeline(nb, best, seed, classes), train.texts, train.labels)
-    return model, {"C": best, "cv_accuracy_by_C": {str(k): v for k, v in scores.items()}, "cv_folds": len(splits)}
+    splits = [(train.take(f), train.take(v)) for f, v in folds.split(np.zeros(len(train)), train.labels)]
+    model, best, scores = _choose_c(train, splits, nb, seed, classes, "training texts of a cross-validation fold")
+    return model, {"C": best, "cv_accuracy_by_C": scores, "cv_folds": len(splits)}
 
 
 def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, seed: int = 42,
               label_words: tuple[str, ...] | list[str] = ("Negative", "Positive")) -> dict:
-    """Train on the whole train split, score the whole test split (less the rows also in train, as
-    every run does), write metrics.json. ``data``
-    is a dataset path or Hub id, or a DataConfig (columns, label values, splits, subset)."""
+    """Train on the whole train split, score the test split less the rows also in train (as every
+    run does), write metrics.json. ``data``: a dataset path or Hub id, or a DataConfig."""
     out = Path(output_dir)
     check_output_folder(out, "output folder")
     cfg = data if isinstance(data, DataConfig) else DataConfig(dataset=data)
     words = list(label_words)
-    k = len(words)
     started = time.perf_counter()
     splits = [cfg.train_split, cfg.test_split] + ([cfg.val_split] if cfg.val_split else [])
     raw = load_splits(cfg, splits)
@@ -163,7 +149,7 @@ def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, 
     train, test_all = (prepare_split(raw[s], s, cfg, to_class) for s in (cfg.train_split, cfg.test_split))
     test = unseen(test_all, train)
     val = unseen(prepare_split(raw[cfg.val_split], cfg.val_split, cfg, to_class), train) if cfg.val_split else None
-    model, chosen = fit_tfidf(train, nb, seed=seed, classes=k, val=val)
+    model, chosen = fit_tfidf(train, nb, seed=seed, classes=len(words), val=val)
     train_seconds = time.perf_counter() - started
     probs = model.predict_proba(test.texts)
     preds = decide(probs)
@@ -196,9 +182,8 @@ def zero_shot_probs(cfg: Config, samples: list[Sample]) -> list[np.ndarray]:
 
 
 def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
-    """Score the config's validation and test samples with the base model, calibrated on
-    validation (uncalibrated, a small model often prefers one label): the threshold for two
-    classes, per-class logit offsets beyond."""
+    """Score the config's validation and test samples with the base model, calibrated on validation (a small
+    model often prefers one label): the threshold for two classes, per-class logit offsets beyond."""
     from .data import prepare_data
 
     out = Path(output_dir)
@@ -209,8 +194,6 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
     words = cfg.prompt.label_words
     data = prepare_data(cfg.data, words)
     val_probs, raw = zero_shot_probs(cfg, [data.val, data.test])
-    # Two classes: the threshold; more: per-class logit offsets (the same job: undo the
-    # model's preference for some label words), both fitted on validation.
     if len(words) == 2:
         threshold, bias, test_probs = best_threshold(val_probs, data.val.labels), None, raw
     else:
@@ -218,10 +201,9 @@ def run_zero_shot(cfg: Config, output_dir: str | Path) -> dict:
         threshold, test_probs = 0.5, apply_bias(raw, bias)
     preds = decide(test_probs, threshold)
     metrics = compute_metrics(data.test.labels, preds, test_probs, words, cfg.data.ordinal)
-    plain = decide(raw, 0.5)
     metrics.update({"method": "zero-shot", "model": cfg.model.name_or_path, "threshold": threshold,
                     **({"label_bias": [round(float(b), 4) for b in bias]} if bias is not None else {}),
-                    "accuracy_uncalibrated": float((plain == np.asarray(data.test.labels)).mean()),
+                    "accuracy_uncalibrated": float((decide(raw, 0.5) == np.asarray(data.test.labels)).mean()),
                     "data": data.stats, "wall_seconds": round(time.perf_counter() - started, 1)})
     write_dir(out, lambda tmp: (write_jsonl(tmp / PREDICTIONS, prediction_rows(data.test, preds, test_probs,
                                                                                       words)),

@@ -1,7 +1,6 @@
 """The one rule that turns class probabilities into labels, and fitting its threshold.
 
-Kept free of heavy imports: the server, the CLI and the baselines all decide through here.
-"""
+No heavy imports: the server, the CLI and the baselines all decide through here."""
 
 from __future__ import annotations
 
@@ -12,12 +11,8 @@ UNDECIDED = -1
 
 
 def decide(probs, threshold: float = 0.5) -> np.ndarray:
-    """Class index per row of ``probs`` (n, k).
-
-    Binary tasks predict the second class when its probability reaches ``threshold``;
-    otherwise the most probable class wins. A row holding NaN gets ``UNDECIDED``: it is
-    never silently counted as class 0.
-    """
+    """Class index per row of ``probs`` (n, k): the second class when its probability reaches ``threshold``
+    (two classes), else the most probable. A row holding NaN is ``UNDECIDED``, never silently class 0."""
     probs = np.asarray(probs, dtype=float)
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise ValueError(f"probabilities must have shape (n, k >= 2), got {probs.shape}")
@@ -35,7 +30,7 @@ def best_threshold(probs, labels) -> float:
     p = np.asarray(probs, dtype=float)[:, 1]
     y = np.asarray(labels)
     cuts = np.unique(p)
-    candidates = np.concatenate([[0.5], (cuts[:-1] + cuts[1:]) / 2]) if len(cuts) > 1 else np.array([0.5])
+    candidates = np.concatenate([[0.5], (cuts[:-1] + cuts[1:]) / 2])
     candidates = candidates[(candidates > 0) & (candidates < 1)]
     pairs = np.stack([1 - p, p], axis=1)
     accs = np.array([(decide(pairs, t) == y).mean() for t in candidates])
@@ -54,14 +49,15 @@ def decision_margin(probs, threshold: float = 0.5) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
-def apply_temperature(probs, temperature: float) -> np.ndarray:
-    """Probabilities with their logits divided by ``temperature`` (softmax(log p / T)): above 1
-    softer, below 1 sharper; the ranking, and so the most probable class, is unchanged."""
-    probs = np.asarray(probs, dtype=float)
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise; scipy.special.softmax would cost every importer of this module scipy."""
+    out = np.exp(logits - logits.max(axis=1, keepdims=True))
     return out / out.sum(axis=1, keepdims=True)
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """softmax(log p / T): above 1 softer, below 1 sharper; the ranking, so the top class, is unchanged."""
+    return _softmax(np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0)) / temperature)
 
 
 def log_loss(probs, labels) -> float:
@@ -72,8 +68,7 @@ def log_loss(probs, labels) -> float:
 
 
 def fit_temperature(probs, labels) -> float:
-    """Temperature scaling (Guo et al., 2017): the one scalar T that minimises the validation
-    log-loss of ``apply_temperature(probs, T)``; any number of classes."""
+    """Temperature scaling (Guo et al., 2017): the T minimising the validation log-loss of ``apply_temperature``."""
     from scipy.optimize import minimize_scalar
 
     probs = np.asarray(probs, dtype=float)
@@ -89,16 +84,12 @@ def fit_temperature(probs, labels) -> float:
 
 def apply_bias(probs, bias) -> np.ndarray:
     """Probabilities with a per-class offset added to their logits: softmax(log p + b)."""
-    logits = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0)) + np.asarray(bias, dtype=float)
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
+    return _softmax(np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0)) + np.asarray(bias, dtype=float))
 
 
 def fit_bias(probs, labels) -> np.ndarray:
-    """Per-class logit offsets (the first fixed at 0) that minimise the validation log-loss:
-    it undoes a model's preference for some label words, as the threshold does for two
-    classes; for any number of classes (the zero-shot baseline's calibration)."""
+    """Per-class logit offsets (the first fixed at 0) that minimise the validation log-loss: they
+    undo a model's preference for some label words, as the threshold does for two classes."""
     from scipy.optimize import minimize
 
     probs = np.asarray(probs, dtype=float)
@@ -125,7 +116,5 @@ def stack_features(*parts) -> np.ndarray:
 
 def stack_proba(features, coef, intercept) -> np.ndarray:
     """The combiner's probabilities: softmax(features @ coef.T + intercept), one row of coef per class."""
-    logits = np.asarray(features, dtype=float) @ np.asarray(coef, dtype=float).T + np.asarray(intercept, dtype=float)
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
+    return _softmax(np.asarray(features, dtype=float) @ np.asarray(coef, dtype=float).T
+                    + np.asarray(intercept, dtype=float))

@@ -13,8 +13,7 @@ class UserError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal (SIGINT, SIGTERM) that a long step finished before stopping; ``signum``
-    says which, so the exit status can too."""
+    """A stop signal (SIGINT, SIGTERM) a long step finished first; ``signum`` says which, for the exit status."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

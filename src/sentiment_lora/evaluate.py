@@ -26,8 +26,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     if output_dir is not None:
         check_output_folder(output_dir, "output_dir")
     clf = SentimentClassifier.load(run_dir, device=device, dtype=dtype, batch_size=batch_size)
-    data_cfg = clf.data_config(dataset=dataset)
-    data_cfg = DataConfig(**{**data_cfg.__dict__, "seed": seed})
+    data_cfg = DataConfig(**{**clf.data_config(dataset=dataset).__dict__, "seed": seed})
     clf.method = method or clf.method
     EvalConfig(method=clf.method)  # validates the name
     raw = load_splits(data_cfg, [split])[split]
@@ -57,8 +56,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
 
 
 def new_evaluation_dir(run_dir: Path, split: str) -> Path:
-    """``RUN/evaluations/SPLIT-TIMESTAMP``, with a counter when one of that second exists:
-    a second evaluation never lands in the first one's folder."""
+    """``RUN/evaluations/SPLIT-TIMESTAMP``, plus a counter if taken: never another evaluation's folder."""
     stem = run_dir / EVALUATIONS / f"{split}-{datetime.now():%Y%m%d-%H%M%S}"
     out, n = stem, 1
     while out.exists():
@@ -67,21 +65,15 @@ def new_evaluation_dir(run_dir: Path, split: str) -> Path:
     return out
 
 
-def _excerpt(text: str, n: int = 300) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
 def prediction_rows(sample, preds, probs, label_words) -> list[dict]:
     """predictions.jsonl: id, the text's first 300 characters, gold and predicted label, the
-    prediction's probability, all probabilities.
-
-    An undecided prediction (a generated answer naming no label) has ``pred`` and ``prob`` null.
-    """
+    prediction's probability, all probabilities; ``pred`` and ``prob`` null when undecided."""
     rows = []
-    for i in range(len(sample)):
+    for i, text in enumerate(sample.texts):
         p = int(preds[i])
         decided = p != UNDECIDED
-        rows.append({"id": sample.ids[i], "text": _excerpt(sample.texts[i]), "gold": label_words[sample.labels[i]],
+        rows.append({"id": sample.ids[i], "text": text if len(text) <= 300 else text[:297] + "...",
+                     "gold": label_words[sample.labels[i]],
                      "pred": label_words[p] if decided else None,
                      "prob": float(probs[i, p]) if decided else None,
                      "probs": [round(float(x), 6) if np.isfinite(x) else None for x in probs[i]]})

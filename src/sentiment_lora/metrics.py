@@ -19,11 +19,8 @@ def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple
 
 
 def reliability(labels: list[int], probs: np.ndarray, bins: int = 10) -> list[dict]:
-    """Equal-width bins of the predicted probability against the observed frequency.
-
-    Binary tasks bin p(class 1) against how often class 1 occurs; otherwise the top
-    class's probability against how often the top class is right.
-    """
+    """Equal-width bins of the predicted probability against the observed frequency: p(class 1)
+    and how often class 1 occurs for two classes, else the top class's probability and how often it is right."""
     y = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
     if probs.shape[1] == 2:
@@ -45,8 +42,7 @@ def expected_calibration_error(labels: list[int], probs: np.ndarray, bins: int =
 
 
 def mean_class_error(y: np.ndarray, yhat: np.ndarray) -> float | None:
-    """Ordinal labels (star ratings): the mean distance in classes between gold and prediction,
-    over decided rows."""
+    """Ordinal labels (star ratings): the mean distance in classes from gold, over decided rows."""
     decided = yhat >= 0
     return float(np.abs(y[decided] - yhat[decided]).mean()) if decided.any() else None
 
@@ -56,17 +52,14 @@ def roc_auc(y: np.ndarray, probs: np.ndarray, classes: list[int]) -> tuple[float
     missing = [c for c in classes if not (y == c).any()]
     if missing:  # sklearn would return NaN (not JSON) or raise
         return None, f"undefined: no example of class {missing[0]} among the {len(y)} labels"
-    if len(classes) == 2:
-        auc = float(roc_auc_score(y, probs[:, 1]))
-    else:
-        auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=classes))
+    auc = float(roc_auc_score(y, probs[:, 1]) if len(classes) == 2
+                else roc_auc_score(y, probs, multi_class="ovr", labels=classes))
     return (auc, None) if math.isfinite(auc) else (None, "undefined for these labels")
 
 
 def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, label_words: list[str],
                     ordinal: bool = False) -> dict:
-    """Accuracy (with 95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, calibration
-    error (ECE, with its reliability table), confusion matrix."""
+    """Accuracy (95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, ECE (reliability table), confusions."""
     y = np.asarray(labels, dtype=int)
     yhat = np.asarray(preds, dtype=int)  # UNDECIDED (-1) rows count as wrong for every class
     probs = np.asarray(probs, dtype=float)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,8 +12,6 @@ import torch
 from .config import LoraConfig, ModelConfig
 from .errors import UserError
 from .layout import HEAD_FILE
-
-log = logging.getLogger(__name__)
 
 
 def resolve_path(name_or_path: str) -> str:
@@ -65,8 +62,7 @@ def _gguf_path(cfg: ModelConfig) -> Path | None:
 
 
 def _cached_gguf(cfg: ModelConfig, part: str, build, what: str) -> tuple[str, dict]:
-    """The cache folder holding ``part`` of a local GGUF model, built on first use; the GGUF
-    file itself when there is no local file or the cache cannot be written."""
+    """The cache folder of ``part`` of a local GGUF model, built on first use; else the model's own source."""
     from .cache import cached_folder, file_sha256, warn
 
     gguf = _gguf_path(cfg)
@@ -90,8 +86,7 @@ def _fail_loading(what: str, cfg: ModelConfig, exc: Exception) -> UserError:
 
 
 def tokenizer_from(source: tuple[str, dict], cfg: ModelConfig):
-    """The tokenizer at ``source`` (a path and from_pretrained's keyword arguments): every
-    tokenizer load goes through here, the seam a test wraps to count loads from GGUF."""
+    """The tokenizer at ``source`` (path, from_pretrained kwargs): the one seam tests wrap to count loads."""
     from transformers import AutoTokenizer
 
     path, kwargs = source
@@ -123,8 +118,7 @@ def model_from(source: tuple[str, dict], cfg: ModelConfig, dtype: torch.dtype):
 
 @contextmanager
 def _quiet_gguf(active: bool):
-    """transformers' GGUF loader draws a progress bar of its own that ignores
-    ``disable_progress_bar()``; silence it when the other bars are off."""
+    """Silence the GGUF loader's own progress bar (it ignores ``disable_progress_bar()``) when the others are off."""
     from transformers.utils import logging as hf_logging
 
     if not active or hf_logging.is_progress_bar_enabled():
@@ -141,8 +135,7 @@ def _quiet_gguf(active: bool):
 
 
 def load_tokenizer(cfg: ModelConfig):
-    source = _cached_gguf(cfg, "tokenizer", lambda src, tmp: tokenizer_from(src, cfg).save_pretrained(tmp),
-                          "tokenizer") if cfg.gguf_file else _source(cfg)
+    source = _cached_gguf(cfg, "tokenizer", lambda src, tmp: tokenizer_from(src, cfg).save_pretrained(tmp), "tokenizer")
     tok = tokenizer_from(source, cfg)
     if tok.pad_token is None:
         # Padding is masked out, so any existing token serves; adding one would resize
@@ -155,12 +148,9 @@ def load_tokenizer(cfg: ModelConfig):
 
 def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, pad_token_id: int | None):
     """The base model on ``device``; a GGUF file is dequantized once into the cache, then loaded from there."""
-    if cfg.gguf_file:
-        name = str(dtype).removeprefix("torch.")
-        source = _cached_gguf(cfg, name, lambda src, tmp: model_from(src, cfg, dtype).save_pretrained(tmp),
-                              f"{name} weights of {cfg.gguf_file}")
-    else:
-        source = _source(cfg)
+    name = str(dtype).removeprefix("torch.")
+    source = _cached_gguf(cfg, name, lambda src, tmp: model_from(src, cfg, dtype).save_pretrained(tmp),
+                          f"{name} weights of {cfg.gguf_file}")
     model = model_from(source, cfg, dtype)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
@@ -171,11 +161,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def fingerprint(cfg: ModelConfig) -> str | None:
-    """``sha256:...`` over a local base model's weights and config; None for a Hub id.
-
-    A GGUF base is its file's hash; a folder hashes ``name:sha256`` of config.json and each
-    weight file, so renaming nothing and changing one tensor changes the fingerprint.
-    """
+    """``sha256:...`` over a local base model's weights and config (a GGUF base: its file's hash;
+    a folder: ``name:sha256`` of config.json and each weight file); None for a Hub id."""
     from .cache import file_sha256
     from .integrity import PREFIX, sha256_bytes
 
@@ -205,19 +192,12 @@ def add_lora(model, cfg: LoraConfig):
         raise UserError(f"config: lora.target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
 
 
-"""The trained label rows of the LM head (``lora.head``), saved inside the adapter folder."""
-
-
 class LabelRows(torch.nn.Module):
-    """The LM head with the label words' rows made trainable: a linear classification head over
-    the last position's hidden state, initialised from those rows (``lora.head``).
+    """The LM head with the label words' rows made trainable (``lora.head``), initialised from them.
 
-    It keeps the full vocabulary output, so scoring, training and generation read it as they
-    read the LM head. It has no bias on purpose: without one it is the LM head with some rows
-    changed, which a merged export writes as a plain untied LM head (``bake_label_head``).
-    Its rows stay in float32 whatever the model's dtype, as peft keeps LoRA weights: a bf16
-    row would round most small updates away, and fp16 gradients break the grad scaler.
-    """
+    Full vocabulary output, so everything reads it as the LM head; no bias, so a merged export writes it
+    as a plain untied LM head (``bake_label_head``). Rows stay float32, as peft keeps LoRA weights: bf16
+    rounds most small updates away, fp16 breaks the grad scaler."""
 
     def __init__(self, lm_head: torch.nn.Module, token_ids: list[int], weight: torch.Tensor | None = None):
         super().__init__()
@@ -234,19 +214,17 @@ class LabelRows(torch.nn.Module):
 
 
 def _transformer(model):
-    """The transformers model under a peft wrapper (or the model itself)."""
+    """The transformers model under a peft wrapper, or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def label_head(model) -> LabelRows | None:
-    """The model's trainable label rows, if it has them."""
     head = _transformer(model).get_output_embeddings()
     return head if isinstance(head, LabelRows) else None
 
 
 def add_label_head(model, token_ids: list[int], weight: torch.Tensor | None = None) -> LabelRows:
-    """Put ``LabelRows`` in place of the LM head: trainable (after peft froze the base) unless
-    the caller freezes it; ``weight`` restores saved rows."""
+    """``LabelRows`` in place of the LM head, trainable even after peft froze the base; ``weight``: saved rows."""
     base = _transformer(model)
     if label_head(model) is not None:
         raise ValueError("the model already has a label head")
@@ -269,13 +247,12 @@ def load_label_head(model, path: str | Path, token_ids: list[int]) -> LabelRows:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    base = _transformer(model)
     try:
         saved = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise UserError(f"the label head {str(path)!r} cannot be read ({str(exc).splitlines()[0][:120]}); "
                         f"train again") from None
-    lm_head = base.get_output_embeddings()
+    lm_head = _transformer(model).get_output_embeddings()
     weight, ids = saved.get("weight"), saved.get("token_ids")
     if (weight is None or ids is None or ids.tolist() != list(token_ids)
             or tuple(weight.shape) != (len(token_ids), lm_head.weight.shape[1])):
@@ -287,8 +264,7 @@ def load_label_head(model, path: str | Path, token_ids: list[int]) -> LabelRows:
 
 
 def bake_label_head(model) -> None:
-    """Write a label head into a plain, untied LM head, so a merged model folder holds it and
-    loads with ``AutoModelForCausalLM`` alone (the input embeddings stay as they were)."""
+    """Write a label head into a plain, untied LM head, so a merged folder loads with ``AutoModelForCausalLM`` alone."""
     head = label_head(model)
     if head is None:
         return
@@ -332,12 +308,9 @@ def collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[s
 
 def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  label_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the label tokens at each prompt's last position, shape (batch, labels).
-
-    Only the last position goes through the LM head (``logits_to_keep=1``): the full
-    vocabulary for every position would cost batch x length x vocab floats for nothing.
-    Positions count from each prompt's first real token so left padding changes nothing.
-    """
+    """Logits of the label tokens at each prompt's last position, shape (batch, labels). Only that position
+    reaches the LM head (all would cost batch x length x vocab floats for nothing); positions count from each
+    prompt's first real token, so left padding changes nothing."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=1, use_cache=False)

@@ -6,6 +6,7 @@ import ctypes
 import gc
 import resource
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -20,44 +21,29 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    _release_free_heap()
-    try:  # Linux: writing 5 resets the process's peak RSS (VmHWM) to its current RSS
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        pass  # elsewhere the peak stays the whole process's
-
-
-def _release_free_heap() -> None:
-    # glibc keeps freed memory mapped; without this a phase's "peak" would start at the
-    # high-water mark of whatever ran before it.
-    try:
+    # glibc keeps freed memory mapped: untrimmed, a phase's peak would start at the previous high-water mark.
+    with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    with suppress(OSError):  # Linux: "5" resets peak RSS (VmHWM) to the current RSS; elsewhere the peak stays
+        _CLEAR_REFS.write_text("5")
 
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak since the last reset: allocated GPU memory on CUDA, resident set size otherwise."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
+    with suppress(OSError):
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def forward_flops_per_token(config, length: float) -> float:
-    """Forward FLOPs per real token of a decoder at sequence length ``length``.
-
-    2 x the parameters of the transformer blocks' matmuls (the embedding lookup and the LM
-    head are left out: a classifier needs the head at one position only), plus causal
-    attention's QK^T and AV, which average 2 x layers x attention width x length per token.
-    The same formula is applied to every side of a comparison, so work one side wastes
-    (padding, logits nobody reads) does not count as useful FLOPs.
-    """
+    """Forward FLOPs per real token of a decoder at sequence length ``length``: 2 x the block matmuls'
+    parameters (no embedding or LM head: a classifier needs the head at one position only), plus causal
+    attention's QK^T and AV, 2 x layers x attention width x length per token on average. Every side of a
+    comparison gets this formula, so wasted work (padding, logits nobody reads) is not counted as useful."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     d, layers = cfg.hidden_size, cfg.num_hidden_layers
     head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
@@ -76,10 +62,9 @@ def sequence_flops(config, lengths: list[int], backward: bool = False) -> float:
 
 
 def matmul_flops(device: torch.device, seconds: float = 2.0) -> tuple[float, str]:
-    """The machine's dense matmul limit as measured now: FLOP/s of the best square matmul
-    (fp32 on CPU, bf16 on GPU) and the dtype used."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    sizes = (8192,) if device.type == "cuda" else (1024, 2048, 4096)
+    """The machine's dense matmul limit now: best square matmul FLOP/s (CPU fp32, GPU bf16) and the dtype."""
+    cuda = device.type == "cuda"
+    dtype, sizes, reps = (torch.bfloat16, (8192,), 10) if cuda else (torch.float32, (1024, 2048, 4096), 1)
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -90,11 +75,10 @@ def matmul_flops(device: torch.device, seconds: float = 2.0) -> tuple[float, str
         deadline = time.perf_counter() + seconds / len(sizes)
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            for _ in range(10 if device.type == "cuda" else 1):
+            for _ in range(reps):
                 a @ b
             _sync(device)
-            elapsed = time.perf_counter() - start
-            best = max(best, (10 if device.type == "cuda" else 1) * 2 * n**3 / elapsed)
+            best = max(best, reps * 2 * n**3 / (time.perf_counter() - start))
         del a, b
     return best, str(dtype).removeprefix("torch.")
 

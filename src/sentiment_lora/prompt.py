@@ -1,9 +1,8 @@
 """Turning texts into prompt token ids, and finding the token that stands for each label.
 
-The classifier reads the model's next-token distribution at the end of the prompt and
-compares the first tokens of the label words there. Two things must hold, and are
-checked here with the real tokenizer: each label word starts with its own token, and
-truncation shortens only the text, never the template.
+The classifier compares the label words' first tokens in the next-token distribution at the
+prompt's end. Checked here with the real tokenizer: each label word starts with its own token,
+and truncation shortens only the text, never the template.
 """
 
 from __future__ import annotations
@@ -20,12 +19,6 @@ _CANDIDATES = [(w, w.title()) for w in ("terrible", "awful", "horrible", "bad", 
                                          "excellent", "amazing", "perfect")]
 _SAMPLE_TEXT = "An example review."
 _SPARE = 64  # tokens kept beyond the budget at each cut, so a cut never reaches the tokens kept
-
-
-def _longest_token(tokenizer) -> int:
-    """Characters in the longest token string of the vocabulary (special tokens included)."""
-    vocab = tokenizer.get_vocab()
-    return max(1, max(map(len, vocab), default=1))
 
 
 @dataclass
@@ -47,24 +40,21 @@ class Prompt:
         # Keep the tokenizer's leading special tokens (BOS) but never a trailing EOS:
         # the label is read at the last position, which must be the template's end.
         self.lead = list(full[: len(full) - len(plain)]) if full[-len(plain):] == plain else []
-        """Leading special tokens (BOS) the tokenizer adds, kept at the start of every prompt."""
         overhead = len(self.ids(cfg.template.format(text="")))
         self.budget = cfg.max_length - overhead
         if self.budget < 8:
             raise UserError(f"config: prompt.max_length={cfg.max_length} leaves {self.budget} tokens for the "
                             f"text after the template's {overhead}; raise it")
         self.label_token_ids = self._label_ids()
-        self.char_limit: int | None = 2 * (self.budget + _SPARE) * _longest_token(tokenizer)
-        """Characters kept from each end of a text before it is tokenized (None: all). A token
-        spans at most as many characters as its own string has (twice that, allowing for a
-        normalizer that merges characters), so this keeps the budget's tokens and more: the
-        tokens kept are those of the whole text, at a cost bounded whatever its length. (Only a
-        single run of thousands of one repeated character, which BPE merges from its start,
-        may tokenize differently at the cut.)"""
+        longest = max(1, max(map(len, tokenizer.get_vocab()), default=1))  # characters, special tokens included
+        self.char_limit: int | None = 2 * (self.budget + _SPARE) * longest
+        """Characters kept from each end of a text before tokenizing (None: all). A token spans at
+        most its own string's characters (x2 for a normalizer that merges characters), so the tokens
+        kept are the whole text's, at a bounded cost. (Only a run of thousands of one repeated
+        character, which BPE merges from its start, may tokenize differently at the cut.)"""
 
     def ids(self, prompt: str) -> list[int]:
-        """Token ids of a whole prompt, as the classifier feeds it: the leading special tokens,
-        then the prompt's own tokens."""
+        """Token ids of a whole prompt as the classifier feeds it: ``lead``, then the prompt's own tokens."""
         return self.lead + self.tok(prompt, add_special_tokens=False).input_ids
 
     def _label_ids(self) -> list[int]:
@@ -79,22 +69,19 @@ class Prompt:
                 raise UserError(f"label word {word!r} merges with the end of the template when tokenized; "
                                 f"end prompt.template with a separator and no trailing space, e.g. 'Sentiment:'")
             ids.append(full[len(base)])
-        seen: dict[int, str] = {}
-        for word, tid in zip(self.cfg.label_words, ids):
-            if tid in seen:
-                piece = self.tok.convert_ids_to_tokens(tid)
+        for i, (word, tid) in enumerate(zip(self.cfg.label_words, ids)):
+            if tid in ids[:i]:
+                first, piece = self.cfg.label_words[ids.index(tid)], self.tok.convert_ids_to_tokens(tid)
                 hint = ", ".join(self.single_token_words(prompt + sep, set(ids)))
-                raise UserError(f"label words {seen[tid]!r} and {word!r} both start with token {piece!r} "
+                raise UserError(f"label words {first!r} and {word!r} both start with token {piece!r} "
                                 f"(id {tid}); a class is scored by its word's first token, so choose words whose "
                                 f"first tokens differ" + (f", e.g. these single-token words: {hint}" if hint else ""))
-            seen[tid] = word
         return ids
 
     def single_token_words(self, prefix: str, taken: set[int], limit: int = 10) -> list[str]:
-        """Words from a list of sentiment and rating words that this tokenizer encodes as one
-        token after ``prefix`` (the template's end), other than the ``taken`` tokens; one case
-        per word, spread from negative to positive."""
-        base = self.ids(prefix.rstrip(" ") if prefix.endswith(" ") else prefix)
+        """Sentiment and rating words this tokenizer encodes as one token after ``prefix`` (the template's
+        end), other than the ``taken`` tokens; one case per word, spread from negative to positive."""
+        base = self.ids(prefix.rstrip(" "))
         found, used = [], set(taken)
         for variants in _CANDIDATES:
             for word in variants:
@@ -108,19 +95,15 @@ class Prompt:
         return [found[round(i * (len(found) - 1) / (limit - 1))] for i in range(limit)]
 
     def _cut(self, ids: list[int], keep: int) -> str:
-        mode = self.cfg.truncation
-        if mode == "head":
-            return self.tok.decode(ids[:keep])
+        mode, tail = self.cfg.truncation, keep // 2
         if mode == "tail":
             return self.tok.decode(ids[-keep:])
-        tail = keep // 2
-        if tail == 0:
+        if mode == "head" or tail == 0:
             return self.tok.decode(ids[:keep])
         return self.tok.decode(ids[: keep - tail]) + _CUT + self.tok.decode(ids[-tail:])
 
     def clip(self, text: str) -> str:
-        """The part of ``text`` the prompt can keep (head, tail or both, by the truncation
-        mode), cut by characters before any tokenizing; a text within the limit is unchanged."""
+        """The part of ``text`` (head, tail or both) the prompt can keep, cut by characters before tokenizing."""
         n = self.char_limit
         if n is None or len(text) <= (2 * n if self.cfg.truncation == "head+tail" else n):
             return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,8 +39,6 @@ def plot_training_curves(log: list[dict], path: str | Path) -> None:
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:
     """Counts and row-normalised shares (the recall of each actual class), coloured by share, so
     unbalanced classes stay readable; it grows with the number of classes."""
-    import numpy as np
-
     m = np.asarray(matrix, dtype=float)
     shares = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     k = len(labels)
@@ -60,9 +59,8 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str 
 
 def plot_calibration(table: list[dict], path: str | Path, title: str = "",
                      xlabel: str = "predicted probability") -> None:
-    """Reliability diagram: observed frequency per probability bin; the diagonal is perfect.
-    The bins are ``metrics.reliability``'s: p(second class) for two classes, else the top
-    label's confidence, which ``xlabel`` should name."""
+    """Reliability diagram of ``metrics.reliability``'s bins (the diagonal is perfect): p(second
+    class) for two classes, else the top label's confidence, which ``xlabel`` should name."""
     used = [b for b in table if b["n"]]
     fig, ax = plt.subplots(figsize=(4.4, 4.2))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")

@@ -1,7 +1,6 @@
 """Scoring prompts with a model: label-token probabilities in length-sorted batches.
 
-The one place that runs the classifier's forward pass for inference. It imports only the
-model helpers below it; training, evaluation, prediction and the baselines call it.
+The classifier's one inference forward pass; it imports only the model helpers below it.
 """
 
 from __future__ import annotations
@@ -16,12 +15,9 @@ from .model import collate, label_logits
 
 
 def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Indices cut into batches of at most ``batch_size`` texts, longest first.
-
-    Similar lengths share a batch (little padding), and a memory problem shows up on the
-    first batch, not the last. With ``max_tokens``, a batch also closes before its padded
-    size (rows x longest length) would pass that budget, so short texts go in larger batches.
-    """
+    """Indices cut into batches of at most ``batch_size`` texts, longest first: little padding, and
+    a memory problem shows on the first batch, not the last. With ``max_tokens``, a batch also closes
+    before its padded size (rows x longest) would pass it, so short texts go in larger batches."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     if max_tokens is None:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -56,17 +52,13 @@ def score(model, input_ids: list[list[int]], label_ids: list[int], pad_id: int, 
 @torch.inference_mode()
 def score_generate(model, tokenizer, input_ids: list[list[int]], label_words: list[str], pad_id: int,
                    batch_size: int, max_new_tokens: int, progress: str | None = None) -> tuple[np.ndarray, int]:
-    """The seed's fallback: generate a few tokens and look for a label word in them.
-
-    Returns one-hot rows, and NaN rows for answers that name no label word (counted in the
-    returned number): ``decision.decide`` leaves those undecided instead of guessing.
-    """
+    """The seed's fallback: generate a few tokens and look for a label word in them. One-hot rows,
+    NaN rows (counted) for answers naming no label: ``decision.decide`` leaves those undecided."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     probs = np.full((len(input_ids), len(label_words)), np.nan)
     patterns = [re.compile(rf"\b{re.escape(w.lower())}\b") for w in label_words]
-    unparsed = 0
     for idx in tqdm(length_batches([len(x) for x in input_ids], batch_size), desc=progress,
                     disable=progress is None, unit="batch", leave=False):
         batch = collate([input_ids[i] for i in idx], pad_id, device)
@@ -77,7 +69,5 @@ def score_generate(model, tokenizer, input_ids: list[list[int]], label_words: li
             if hits:
                 probs[i] = 0.0
                 probs[i, min(hits)[1]] = 1.0
-            else:
-                unparsed += 1
     model.train(was_training)
-    return probs, unparsed
+    return probs, int(np.isnan(probs).any(axis=1).sum())

@@ -1,16 +1,12 @@
 """Stop signals (SIGINT, SIGTERM): what every command does with them, in one place.
 
-- Outside training, both end a command as Ctrl-C does: ``terminate_as_interrupt`` makes
-  SIGTERM raise ``Interrupted`` (a KeyboardInterrupt), so the same cleanup and the same
-  message run, and ``exit_status`` says which signal it was.
-- While training, ``StopRequest`` defers them: the step under way finishes and is saved
-  before the run stops; a second signal stops at once.
-- While serving, uvicorn handles them itself (stop accepting, finish what is in flight) and
-  then raises the signal again for the handlers it found; ``served`` makes those no-ops, so a
-  clean stop exits 0.
+- Outside training, both end a command as Ctrl-C does: ``terminate_as_interrupt`` makes SIGTERM
+  raise ``Interrupted`` (a KeyboardInterrupt), so the same cleanup and message run.
+- While training, ``StopRequest`` defers them: the step under way finishes and is saved first.
+- While serving, uvicorn handles them (stop accepting, finish what is in flight), then raises the
+  signal again for the handlers it found; ``served`` makes those no-ops, so a clean stop exits 0.
 
-Signals can be caught in the main thread only; elsewhere (a test's thread, a notebook's
-worker) nothing is changed.
+Signals can be caught in the main thread only; elsewhere nothing is changed.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from .errors import Interrupted
 
@@ -30,8 +26,7 @@ def _main_thread() -> bool:
 
 
 def exit_status(exc: BaseException | None = None) -> int:
-    """128 + the stopping signal's number, as a shell reports it; a plain KeyboardInterrupt
-    (Ctrl-C) is SIGINT."""
+    """128 + the stopping signal's number, as a shell reports it; a plain KeyboardInterrupt is SIGINT."""
     return 128 + int(getattr(exc, "signum", None) or signal.SIGINT)
 
 
@@ -44,36 +39,32 @@ def _raise(signum, frame) -> None:
 
 
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def _handling(signals: tuple[int, ...], handler) -> Iterator[None]:
+    """``handler`` for ``signals`` while active, then the previous handlers again."""
+    if not _main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def terminate_as_interrupt() -> AbstractContextManager[None]:
     """SIGTERM (a job scheduler, ``kill``) raises ``Interrupted`` while this is active."""
-    if not _main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return _handling((signal.SIGTERM,), _raise)
 
 
-@contextmanager
-def served() -> Iterator[None]:
+def served() -> AbstractContextManager[None]:
     """Run a server that handles SIGINT and SIGTERM itself; the handlers it calls afterwards do nothing."""
-    if not _main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _handling(STOP_SIGNALS, lambda *_: None)
 
 
 class StopRequest:
-    """While training, SIGINT and SIGTERM ask for a stop instead of raising at once: ``signum``
-    says which came, the loop finishes its step, saves it and raises ``Interrupted``. A second
-    signal stops at once."""
+    """SIGINT and SIGTERM ask for a stop: ``signum`` says which came, the loop finishes its step,
+    saves it and raises ``Interrupted``. A second signal stops at once."""
 
     def __init__(self):
         self.signum: int | None = None
