@@ -1,10 +1,7 @@
-"""``predict --engine ray``: classify a large dataset across a Ray cluster with Ray Data.
-
-Ray Data reads the input (parquet, jsonl or csv; a file, a folder, a glob, local or any
-filesystem Ray reads such as ``s3://``), hands batches to a pool of actors that each load
-the classifier once, and writes the results as parquet shards, each row with the input's
-id. Without ``--address`` a Ray instance is started on this machine for the run.
-"""
+"""``predict --engine ray``: Ray Data reads the input (parquet, jsonl or csv; a file, folder or
+glob, local or any filesystem Ray reads such as ``s3://``), hands batches to actors that each load
+the classifier once, and writes parquet shards, each row with the input's id. Without ``--address``
+a Ray instance is started on this machine for the run."""
 
 from __future__ import annotations
 
@@ -78,15 +75,10 @@ def input_format(paths: list[str]) -> str:
 
 @contextmanager
 def quiet_ray() -> Iterator[None]:
-    """Ray's own chatter (INFO lines, progress logged line by line, notes about its settings)
-    kept off the terminal, as the rest of the tool keeps libraries quiet, and put back after;
-    errors still show, and Ray Data's log files keep everything. ``SENTIMENT_LORA_VERBOSE``
-    (which ``--verbose`` sets) leaves it all on.
-
-    Ray's C++ core still prints its error-level notes (one about actors' constructor
-    arguments comes with every actor pool): RAY_BACKEND_LOG_LEVEL would hide them only by
-    lowering, too, what the raylet and GCS this process starts write to their log files, which
-    are what a failed run is debugged from."""
+    """Ray's INFO lines and progress kept off the terminal, as other libraries are, and put back
+    after; errors still show, Ray Data's log files keep everything, and ``SENTIMENT_LORA_VERBOSE``
+    leaves it all on. Ray's C++ core still prints its error-level notes: RAY_BACKEND_LOG_LEVEL
+    would also thin the raylet and GCS log files a failed run is debugged from."""
     if os.environ.get("SENTIMENT_LORA_VERBOSE"):
         yield
         return
@@ -135,56 +127,40 @@ class Scorer:
                    for i, (text, rid) in enumerate(zip(batch[self.field].tolist(), ids))]
         words = self.clf.label_words
         rows = [output_row(*result, words) for result in classify_chunk(self.clf, records)]
-        # One schema for every batch: a batch whose column is all null must not make a shard
-        # whose type differs from the others'.
-        return pa.table({self.id_field: pa.array(ids), "label": pa.array([r["label"] for r in rows], pa.string()),
-                         "prob": pa.array([r["prob"] for r in rows], pa.float64()),
-                         "probs": pa.array([r["probs"] for r in rows], pa.struct([(w, pa.float64()) for w in words])),
-                         "error": pa.array([r.get("error") for r in rows], pa.string())})
-
-
-def _parquet_rows(folder: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet")) if folder.is_dir() else 0
+        # One schema for every batch: a column all null must not give a shard a type of its own.
+        schema = pa.schema([("label", pa.string()), ("prob", pa.float64()),
+                            ("probs", pa.struct([(w, pa.float64()) for w in words])), ("error", pa.string())])
+        return pa.Table.from_pylist(rows, schema=schema).add_column(0, self.id_field, pa.array(ids))
 
 
 def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str = "text", id_field: str = "id",
                 batch_size: int = 64, concurrency: int = 2, address: str | None = None, device: str = "cpu",
                 cpus_per_actor: float = 1.0, model_batch_size: int | None = None,
                 rows_per_shard: int = 100_000) -> dict:
-    """Classify every row of ``paths`` into parquet shards under ``output``, of about
-    ``rows_per_shard`` rows each; returns counts and seconds. A local ``output`` appears whole or
-    not at all."""
+    """Classify every row of ``paths`` into parquet shards of about ``rows_per_shard`` rows under
+    ``output``, which (when local) appears whole or not at all; returns counts and seconds."""
     from .spec import ClassifierSpec
 
     ClassifierSpec.load(run_dir)  # a bad folder is an error now, not in every actor
     kind = input_format(paths)
-    local = not _remote(output)
-    if local and Path(output).exists() and (not Path(output).is_dir() or any(Path(output).iterdir())):
+    if not _remote(output) and Path(output).exists() and (not Path(output).is_dir() or any(Path(output).iterdir())):
         raise UserError(f"--output {output!r} exists and is not empty; choose a new folder for the parquet shards")
     ray = require_ray()
     started = time.perf_counter()
-    # A local instance gets one logical CPU more than the actors reserve: Ray Data's read and
-    # write tasks need one too, and would wait for ever behind actors holding every core.
+    # One logical CPU more than the actors reserve, or Ray Data's read and write tasks wait for ever.
     cpus = None if address else max(os.cpu_count() or 1, int(np.ceil(concurrency * cpus_per_actor)) + 1)
     with quiet_ray():
         ray.init(address=address, num_cpus=cpus, ignore_reinit_error=True, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
         ds = _read_input(paths, kind, field, id_field)
-        # Ray Data hands an actor a whole block per task, and a small file reads as one block: cut
-        # the input into blocks of one batch each, or a single actor would score everything.
+        # An actor gets a whole block per task and a small file is one block: one batch a block, or one actor does all.
         ds = ds.repartition(target_num_rows_per_block=batch_size)
-        scored = ds.map_batches(Scorer, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()),
-                                                               "device": device, "field": field,
-                                                               "id_field": id_field, "batch_size": model_batch_size},
-                                batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                                num_cpus=cpus_per_actor,
+        scorer = {"run_dir": str(Path(run_dir).resolve()), "device": device, "field": field, "id_field": id_field,
+                  "batch_size": model_batch_size}
+        scored = ds.map_batches(Scorer, fn_constructor_kwargs=scorer, batch_size=batch_size,
+                                compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=cpus_per_actor,
                                 num_gpus=1 if device.startswith("cuda") else 0, batch_format="pandas")
-        _write_shards(scored, ds, paths, output, rows_per_shard, on_cluster=address is not None)
-    rows = shards = 0
-    if local:
-        shards, rows = len(list(Path(output).glob("*.parquet"))), _parquet_rows(Path(output))
+        shards, rows = _write_shards(scored, ds, paths, output, rows_per_shard, on_cluster=address is not None)
     return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "output": output}
 
 
@@ -207,9 +183,11 @@ def _read_input(paths: list[str], kind: str, field: str, id_field: str):
     return ds
 
 
-def _write_shards(scored, ds, paths: list[str], output: str, rows_per_shard: int, on_cluster: bool) -> None:
-    """Write ``scored`` to ``output``: a remote URI directly, a local folder through a temporary
-    one renamed into place once every row is there."""
+def _write_shards(scored, ds, paths: list[str], output: str, rows_per_shard: int, on_cluster: bool) -> tuple[int, int]:
+    """Write ``scored`` to a remote URI directly, to a local folder through a temporary one renamed
+    into place once every row is there; (shards, rows) written locally."""
+    import pyarrow.parquet as pq
+
     local = not _remote(output)
     target = output
     if local:
@@ -218,25 +196,26 @@ def _write_shards(scored, ds, paths: list[str], output: str, rows_per_shard: int
         # A fresh name of its own: a folder of that name already there may be someone else's.
         target = tempfile.mkdtemp(prefix=f".{Path(output).name}.", suffix=".tmp", dir=parent)
     try:
-        # The blocks are one batch each (predict_ray cuts them so); written as they come, millions of rows would
-        # make tens of thousands of tiny files.
+        # The blocks are one batch each: written as they come, they would make myriads of tiny files.
         scored.write_parquet(target, min_rows_per_file=rows_per_shard)
-        if local:
-            here = _parquet_rows(Path(target))
-            # Ray's workers write a local path on their own nodes, so on a remote cluster the
-            # shards may be there and not here (the driver may even have made the folder, empty).
-            # Counting the input again costs a read, paid only with --address or when nothing is here.
-            expected = ds.count() if on_cluster or not here else here
-            if expected == 0:
-                raise UserError(f"{', '.join(paths)} has no rows: nothing to classify")
-            if here != expected:
-                raise UserError(f"only {here} of the {expected} rows' predictions for --output {output!r} are on "
-                                f"this machine (a remote cluster's nodes write local paths to their own disks); "
-                                f"with --address give --output a folder every node shares or a remote URI such "
-                                f"as s3://bucket/predictions")
-            if Path(output).is_dir():
-                Path(output).rmdir()  # empty, checked above
-            os.replace(target, output)
+        if not local:
+            return 0, 0
+        shards = list(Path(target).glob("*.parquet"))
+        here = sum(pq.ParquetFile(f).metadata.num_rows for f in shards)
+        # On a remote cluster the workers write a local path on their own nodes, not here (the driver
+        # may even have made it, empty); the input is counted again only then, or when nothing is here.
+        expected = ds.count() if on_cluster or not here else here
+        if expected == 0:
+            raise UserError(f"{', '.join(paths)} has no rows: nothing to classify")
+        if here != expected:
+            raise UserError(f"only {here} of the {expected} rows' predictions for --output {output!r} are on this "
+                            f"machine (a remote cluster's nodes write local paths to their own disks); with "
+                            f"--address give --output a folder every node shares or a remote URI such as "
+                            f"s3://bucket/predictions")
+        if Path(output).is_dir():
+            Path(output).rmdir()  # empty, checked above
+        os.replace(target, output)
+        return len(shards), here
     finally:
         if local:
             shutil.rmtree(target, ignore_errors=True)

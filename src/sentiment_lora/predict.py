@@ -1,10 +1,9 @@
 """Predicting over files of any size: streamed input, appended output, resumable.
 
-Input is read record by record (.txt one per line, .jsonl, .csv, .parquet) and scored in
-chunks, so memory stays flat however large the file is. With an output file, each chunk's
-lines are appended and flushed to disk as soon as it is scored; a sidecar
-``OUTPUT.partial`` says the output is unfinished and which input it belongs to, so an
-interrupted run continues where it stopped, with no line written twice or skipped.
+Records are read one by one (.txt one per line, .jsonl, .csv, .parquet) and scored in chunks, so
+memory stays flat. Each chunk's output lines are appended and flushed as soon as it is scored; a
+sidecar ``OUTPUT.partial`` marks the output unfinished and names its input, so an interrupted run
+continues where it stopped, with no line written twice or skipped.
 """
 
 from __future__ import annotations
@@ -23,27 +22,19 @@ import numpy as np
 
 from .data import is_blank, text_problem
 from .errors import UserError
-from .storage import json_text, path_problem, read_json, write_json, write_problem
+from .storage import MAX_LINE_BYTES, json_text, path_problem, read_json, write_json, write_problem
 
 SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 PARTIAL = ".partial"
-MAX_LINE_BYTES = 10_000_000
-"""A longer line (or parquet text) is a row with an error: it is never held in memory whole,
-and the prompt would keep only a few hundred tokens of it anyway."""
 
 
 @dataclass
 class Record:
-    row: int
-    """0-based position among the input's records (blank lines of .txt / .jsonl are not records)."""
-    text: str | None
-    """None when the record holds no usable text (empty, or not a string)."""
-    id: Any = None
-    """The record's own id, from ``id_field``, when one was asked for."""
-    error: str | None = None
-    """Why the record could not be read (a malformed line); it gets a null label, not a crash."""
-    too_long: bool = False
-    """The error is a line over the length limit: a fact of the data, not a sign of a wrong file."""
+    row: int  # 0-based among the input's records (blank lines of .txt / .jsonl are none)
+    text: str | None  # None when the record holds no usable text (empty, or not a string)
+    id: Any = None  # the record's own id, from ``id_field``, when one was asked for
+    error: str | None = None  # why it could not be read (a malformed line): a null label, not a crash
+    too_long: bool = False  # the error is the line's length: a fact of the data, not a sign of a wrong file
 
 
 def raw_lines(stream, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
@@ -65,23 +56,21 @@ def _too_long(where: str, limit: int) -> str:
     return f"{where} is longer than {limit:,} bytes; split it, or raise the limit with --max-line-bytes"
 
 
-def _lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | None, str | None, bool]]:
-    """(line number, decoded line or None, error, whether the error is the line's length) of
-    non-blank lines. Binary mode splits on \\n only, so a carriage return or U+2028 inside a
-    line never splits one text into two."""
+def _lines(stream, name: str, limit: int) -> Iterator[tuple[str, str | None, str | None, bool]]:
+    """(where, decoded line or None, error, whether the error is the line's length) of non-blank
+    lines. Split on \\n only, so a carriage return or U+2028 inside a line never splits a text."""
     for number, raw in enumerate(raw_lines(stream, limit), 1):
+        where = f"{name}:{number}"
         if raw is None:
-            yield number, None, _too_long(f"{name}:{number}", limit), True
+            yield where, None, _too_long(where, limit), True
             continue
         try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").removesuffix("\n").removesuffix("\r")
         except UnicodeDecodeError as exc:
-            error = f"{name}:{number} is not UTF-8 (byte {exc.start + 1} of the line); convert it to UTF-8"
-            yield number, None, error, False
+            yield where, None, f"{where} is not UTF-8 (byte {exc.start + 1} of the line); convert it to UTF-8", False
             continue
-        line = line.removesuffix("\n").removesuffix("\r")
         if line.strip():
-            yield number, line, None, False
+            yield where, line, None, False
 
 
 def _error(row: int, error: str, too_long: bool = False) -> Record:
@@ -99,32 +88,39 @@ def record_of(row: int, value, rid=None, where: str = "") -> Record:
     return Record(row, value, rid)
 
 
-def iter_text_lines(stream, name: str, limit: int = MAX_LINE_BYTES) -> Iterator[Record]:
-    """Records of a binary stream holding one text per line (a .txt file, standard input)."""
-    for row, (number, line, error, too_long) in enumerate(_lines(stream, name, limit)):
-        yield _error(row, error, too_long) if error else record_of(row, line, where=f"{name}:{number}")
-
-
-def _iter_jsonl(stream, name: str, field: str, id_field: str | None, limit: int) -> Iterator[Record]:
-    for row, (number, line, error, too_long) in enumerate(_lines(stream, name, limit)):
+def iter_text_lines(stream, name: str, limit: int = MAX_LINE_BYTES, field: str | None = None,
+                    id_field: str | None = None) -> Iterator[Record]:
+    """Records of a binary stream of one text per line (a .txt file, standard input), or with
+    ``field`` of one JSON object per line (a .jsonl file)."""
+    for row, (where, line, error, too_long) in enumerate(_lines(stream, name, limit)):
         if error:
             yield _error(row, error, too_long)
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):  # also a 5000-digit number, or [[[[... 2000 deep
-            yield Record(row, None, error=f"{name}:{number} is not valid JSON; write one JSON object per line")
-            continue
-        if not isinstance(obj, dict) or field not in obj or not (obj[field] is None or isinstance(obj[field], str)):
-            yield Record(row, None, error=f"{name}:{number} has no string field {field!r}; write "
-                                          f"{{\"{field}\": \"...\"}} or choose the field with --field")
-            continue
-        yield record_of(row, obj[field], obj.get(id_field) if id_field else None, f"{name}:{number}")
+        elif field is None:
+            yield record_of(row, line, where=where)
+        else:
+            yield _json_record(row, line, where, field, id_field)
 
 
-def _names(names) -> str:
-    shown = ", ".join(repr(n) for n in list(names)[:20])
-    return shown if len(shown) <= 300 else shown[:297] + "..."
+def _json_record(row: int, line: str, where: str, field: str, id_field: str | None) -> Record:
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):  # also a 5000-digit number, or [[[[... 2000 deep
+        return _error(row, f"{where} is not valid JSON; write one JSON object per line")
+    if not isinstance(obj, dict) or field not in obj or not (obj[field] is None or isinstance(obj[field], str)):
+        return _error(row, f"{where} has no string field {field!r}; write {{\"{field}\": \"...\"}} or choose the "
+                           f"field with --field")
+    return record_of(row, obj[field], obj.get(id_field) if id_field else None, where)
+
+
+def _check_columns(path: Path, columns: list[str], field: str, id_field: str | None, csv_file: bool) -> None:
+    """The text and id columns are there; a CSV's may be missing for want of a header row."""
+    for name in (field, id_field):
+        if name and name not in columns:
+            shown = ", ".join(repr(n) for n in columns[:20])
+            shown = shown if len(shown) <= 300 else shown[:297] + "..."
+            fix = f"add a header row with a {name!r} column, or " if csv_file else ""
+            raise UserError(f"{path} has no column {name!r} (columns: {shown}); {fix}choose it with --field / "
+                            f"--id-field")
 
 
 class _CsvLines:
@@ -133,19 +129,14 @@ class _CsvLines:
 
     def __init__(self, stream, limit: int):
         self.lines = raw_lines(stream, limit)
-        self.number = 0
-        self.cut = 0
+        self.number = self.cut = 0
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        raw = next(self.lines)
-        self.number += 1
-        if raw is None:
-            self.cut += 1
-            return "\n"
-        return raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
+    def __iter__(self) -> Iterator[str]:
+        for raw in self.lines:
+            self.number += 1
+            if raw is None:
+                self.cut += 1
+            yield "\n" if raw is None else raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
 
 
 def _iter_csv(path: Path, field: str, id_field: str | None, limit: int) -> Iterator[Record]:
@@ -157,10 +148,7 @@ def _iter_csv(path: Path, field: str, id_field: str | None, limit: int) -> Itera
             header = next(reader, None)
             if header is None:
                 return
-            for name in (field, id_field):
-                if name and name not in header:
-                    raise UserError(f"{path} has no column {name!r} (columns: {_names(header)}); add a header "
-                                    f"row with a {name!r} column, or choose it with --field / --id-field")
+            _check_columns(path, header, field, id_field, csv_file=True)
             yield from _csv_records(path, reader, lines, header, field, id_field, limit)
         except UnicodeDecodeError as exc:
             raise UserError(f"input file {str(path)!r} is not UTF-8 near line {lines.number} (byte {exc.start}); "
@@ -195,10 +183,7 @@ def _iter_parquet(path: Path, field: str, id_field: str | None, limit: int, batc
     except Exception as exc:  # pyarrow raises several types; all mean "not a readable parquet file"
         raise UserError(f"input file {str(path)!r} is not a readable parquet file ({exc}); check the file") from None
     schema = pf.schema_arrow
-    for name in (field, id_field):
-        if name and name not in schema.names:
-            raise UserError(f"{path} has no column {name!r} (columns: {_names(schema.names)}); choose it with "
-                            f"--field / --id-field")
+    _check_columns(path, schema.names, field, id_field, csv_file=False)
     kind = schema.field(field).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise UserError(f"{path}: column {field!r} holds {kind}, not text; choose the text column with --field")
@@ -222,18 +207,15 @@ def iter_records(path: str | Path, field: str = "text", id_field: str | None = N
     longer than ``max_line_bytes`` is a record with an error."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".txt", ""):
-        with open(path, "rb") as f:
-            yield from iter_text_lines(f, str(path), max_line_bytes)
-    elif suffix == ".jsonl":
-        with open(path, "rb") as f:
-            yield from _iter_jsonl(f, str(path), field, id_field, max_line_bytes)
-    elif suffix == ".csv":
+    if suffix not in (*SUFFIXES, ""):
+        raise UserError(f"input file {str(path)!r}: unknown type {path.suffix!r}; use {', '.join(SUFFIXES)}")
+    if suffix == ".csv":
         yield from _iter_csv(path, field, id_field, max_line_bytes)
     elif suffix == ".parquet":
         yield from _iter_parquet(path, field, id_field, max_line_bytes)
     else:
-        raise UserError(f"input file {str(path)!r}: unknown type {suffix!r}; use {', '.join(SUFFIXES)}")
+        with open(path, "rb") as f:
+            yield from iter_text_lines(f, str(path), max_line_bytes, field if suffix == ".jsonl" else None, id_field)
 
 
 def check_input(path: str | Path, field: str = "text", id_field: str | None = None,
@@ -244,8 +226,6 @@ def check_input(path: str | Path, field: str = "text", id_field: str | None = No
     if problem is not None:
         raise UserError(f"input file {str(path)!r} {problem}; pass a .txt, .jsonl, .csv or .parquet file "
                         f"(or pipe texts to standard input)")
-    if path.suffix.lower() not in (*SUFFIXES, ""):
-        raise UserError(f"input file {str(path)!r}: unknown type {path.suffix!r}; use {', '.join(SUFFIXES)}")
     try:
         first = list(itertools.islice(iter_records(path, field, id_field, max_line_bytes), 64))
     except OSError as exc:
@@ -259,9 +239,8 @@ def check_input(path: str | Path, field: str = "text", id_field: str | None = No
 def _check_first(first: list[Record], name: str) -> None:
     if not first or all(r.text is None and r.error is None for r in first):
         raise UserError(f"{name} holds no texts")
-    # Later malformed records get a null label and an "error" in the output; the first ones
-    # are the likeliest sign of a wrong file or --field, so they stop the run before it starts.
-    # A line too long is a fact of the data, wherever it stands: its row says so.
+    # Later malformed records get a null label and an "error"; the first ones are the likeliest sign of a wrong
+    # file or --field, so they stop the run before it starts. A line too long is a fact of the data, anywhere.
     bad = next((r for r in first if r.error and not r.too_long), None)
     if bad is not None:
         raise UserError(bad.error)
@@ -288,6 +267,17 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     return texts
 
 
+def _newlines(f) -> tuple[int, int]:
+    """(newlines in a binary file read from its start, the offset just past the last one)."""
+    n = pos = end = 0
+    while block := f.read(1 << 22):
+        n += block.count(b"\n")
+        if (i := block.rfind(b"\n")) >= 0:
+            end = pos + i + 1
+        pos += len(block)
+    return n, end
+
+
 def count_records(path: str | Path) -> int | None:
     """About how many records a file holds, cheaply (for the progress bar's ETA)."""
     path = Path(path)
@@ -295,12 +285,9 @@ def count_records(path: str | Path) -> int | None:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    n, last = 0, b"\n"
     with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n") - (path.suffix.lower() == ".csv")  # a last line without \n; a csv header
+        n, end = _newlines(f)
+        return n + (end != f.tell()) - (path.suffix.lower() == ".csv")  # a last line without \n; a csv header
 
 
 def chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -349,8 +336,8 @@ def classifier_identity(clf) -> str:
 
 
 def _identity(path: Path, field: str, id_field: str | None, classifier: str | None) -> dict:
-    """What a ``.partial`` sidecar must match for its output to be continued; the input's
-    content is checked too, by ``records_digest`` over the rows already consumed."""
+    """What a ``.partial`` sidecar must match for its output to be continued (the input's content
+    is checked by ``records_digest``)."""
     return {"input": path.name, "field": field, "id_field": id_field, "classifier": classifier}
 
 
@@ -358,8 +345,8 @@ _CONSUMED = ("rows", "sha256")  # the sidecar's record of the input rows read so
 
 
 def records_digest(records: Iterable[Record], digest=None):
-    """A running sha256 over records' content (row, text, id, error): which input rows an
-    output was made from, whatever their file's size or modification time says."""
+    """A running sha256 over records' content: which input rows an output was made from, whatever
+    their file's size or modification time says."""
     from .integrity import rows_digest
 
     return rows_digest(([r.row, r.text, r.id, r.error] for r in records), digest)
@@ -369,7 +356,7 @@ def complete_lines(output: str | Path) -> int:
     """Complete (newline-ended) lines of a predictions file; 0 when it does not exist."""
     try:
         with open(output, "rb") as f:
-            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 22), b""))
+            return _newlines(f)[0]
     except OSError:
         return 0
 
@@ -390,20 +377,13 @@ def _last_line(f, end: int) -> bytes:
 def _resume_point(f, output: Path, sidecar: Path) -> int:
     """Under the lock: drop a half-written last line (the process died mid-write), check the
     rows are whole, and return how many are done."""
-    end = f.seek(0, os.SEEK_END)
     f.seek(0)
-    n, pos, last_newline = 0, 0, -1
-    while block := f.read(1 << 22):
-        n += block.count(b"\n")
-        i = block.rfind(b"\n")
-        if i >= 0:
-            last_newline = pos + i
-        pos += len(block)
-    if last_newline + 1 != end:
-        f.truncate(last_newline + 1)
+    n, end = _newlines(f)
+    if end != f.tell():
+        f.truncate(end)
     if n:
         try:
-            ok = json.loads(_last_line(f, last_newline + 1))["row"] == n - 1
+            ok = json.loads(_last_line(f, end))["row"] == n - 1
         except (ValueError, KeyError, TypeError):
             ok = False
         if not ok:
@@ -416,11 +396,9 @@ def prepare_output(input_path: str | Path, output: str | Path, field: str = "tex
                    classifier: str | None = None) -> bool:
     """Check the output file, writing nothing; True when it is an unfinished run to continue.
 
-    A finished output is never overwritten; an unfinished one (its ``.partial`` sidecar is
-    there) is continued, provided it belongs to the same input and options (and, when
-    ``classifier`` is given, the same classifier); the input's content is checked when the
-    run starts (``predict_file``).
-    """
+    A finished output is never overwritten; an unfinished one (with its ``.partial`` sidecar) is
+    continued only for the same input, options and (when given) ``classifier``; ``predict_file``
+    checks the input's content when the run starts."""
     input_path, output = Path(input_path), Path(output)
     _check_output_path(input_path, output)
     if not output.exists():
@@ -470,11 +448,8 @@ def _same_run(saved, want: dict) -> bool:
 
 def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "text", id_field: str | None = None,
                  chunk_size: int = 1024, progress: bool = True, max_line_bytes: int = MAX_LINE_BYTES) -> dict:
-    """Classify every record of ``input_path`` into ``output`` (JSON lines), resuming an unfinished one.
-
-    Returns counts: rows written now, rows found done, rows without a label (empty or
-    unreadable), and seconds.
-    """
+    """Classify every record of ``input_path`` into ``output`` (JSON lines), resuming an unfinished
+    one; returns counts (rows written now, found done, without a label) and seconds."""
     import time
 
     from tqdm.auto import tqdm
@@ -495,8 +470,7 @@ def predict_file(clf, input_path: str | Path, output: str | Path, field: str = "
                    disable=not progress, dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
         with bar:
             for chunk in chunked(records, chunk_size):
-                # The sidecar first: it then names every row the output may hold, so a resumed run
-                # can check them all against the input.
+                # The sidecar first, so it names every row the output may hold for a resumed run to check.
                 records_digest([r for r in chunk if r.row >= hashed], digest)
                 hashed = max(hashed, chunk[-1].row + 1)
                 write_json(sidecar, {**identity, "rows": hashed, "sha256": digest.hexdigest()})
@@ -534,9 +508,9 @@ def _locked_output(output: Path, sidecar: Path, identity: dict, resuming: bool):
 
 
 def _verified_input(records: Iterator[Record], saved: dict | None, done: int, output: Path, sidecar: Path):
-    """(the records still to classify, the digest of those read, how many were read) after
-    checking that the rows an unfinished output was made from are still the input's first rows:
-    a file replaced by another of the same size and time must not be continued."""
+    """(records still to classify, digest of those read, how many were read), once the rows an
+    unfinished output was made from are checked to be still the input's first rows: a file
+    replaced by another of the same size and time must not be continued."""
     digest = records_digest([])
     if saved is None:
         return records, digest, 0

@@ -14,6 +14,11 @@ from typing import Any
 
 from .errors import UserError
 
+# A longer input line (or parquet text) is a row with an error: it is never held in memory whole,
+# and the prompt would keep only a few hundred tokens of it anyway. Here, not in predict, so the
+# CLI can show it without importing numpy.
+MAX_LINE_BYTES = 10_000_000
+
 
 def _umask() -> int:
     mask = os.umask(0)

@@ -1,6 +1,5 @@
-"""``sentiment-lora``: a thin command line. Each verb is a small module here (its arguments and
-its function, which calls one function of the package); this module assembles them, keeps
-libraries quiet, and turns every way a verb can end into one line and an exit status."""
+"""``sentiment-lora``: one small module per verb (its arguments, and a function calling the package);
+this one assembles them, keeps libraries quiet, and turns every end of a verb into one line and a status."""
 
 from __future__ import annotations
 
@@ -12,6 +11,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..errors import UserError, printable
+from ..signals import exit_status, terminate_as_interrupt
 from . import baseline, evaluate, export, predict, report, serve, stack, train
 from .common import Parser, flags, format_metric
 
@@ -30,12 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..signals import terminate_as_interrupt
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # argparse stops filling `texts` at the first option: `predict RUN --json "text"`
-    # leaves "text" over; it belongs to the texts.
+    # argparse stops filling `texts` at the first option: `predict RUN --json "text"` leaves "text" over.
     if extra and args.command == "predict" and not any(e.startswith("-") for e in extra):
         args.texts = [*args.texts, *extra]
     elif extra:
@@ -45,11 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet() -> None:
-    """Library chatter (progress bars of weight loading, deprecation notes) hides the figures
-    users came for, and would make an error more than one line; --verbose brings it back."""
+    """Library chatter hides the figures users came for and would make an error more than one
+    line; --verbose brings it back."""
     warnings.filterwarnings("ignore")
-    # Read by transformers, datasets and huggingface_hub when first imported; importing them
-    # here would cost every command a second or two, even those that fail on their input.
+    # Read when those libraries are imported; importing them here would cost every command seconds.
     for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
                         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
                         ("DATASETS_VERBOSITY", "error"), ("HF_HUB_VERBOSITY", "error"),
@@ -65,8 +62,8 @@ def _quiet() -> None:
 
 @contextmanager
 def _verbosity(verbose: bool) -> Iterator[None]:
-    """Libraries quiet unless asked; SENTIMENT_LORA_VERBOSE carries the choice to what quiets a
-    library itself (cluster.quiet_ray), for this call only (a test, a notebook calls again)."""
+    """Libraries quiet unless asked; SENTIMENT_LORA_VERBOSE carries the choice to cluster.quiet_ray,
+    for this call only (a test, a notebook calls again)."""
     saved = os.environ.get("SENTIMENT_LORA_VERBOSE")
     if verbose:
         os.environ["SENTIMENT_LORA_VERBOSE"] = "1"
@@ -83,9 +80,6 @@ def _verbosity(verbose: bool) -> Iterator[None]:
 
 def _run(args) -> int:
     """The verb, with every way it can end turned into one line and an exit status."""
-    from ..errors import UserError, printable
-    from ..signals import exit_status
-
     try:
         return args.func(args)
     except UserError as exc:
@@ -114,9 +108,8 @@ def entry() -> None:
     """The console script: ``main``, then exit with its status."""
     code = main()
     if code in (130, 143):
-        # After a handled Ctrl-C, CPython can still re-raise SIGINT on its way out (a flag set
-        # when the interrupt crossed a C-level eval), turning 143 into a SIGINT death; the
-        # files are closed and written atomically, so leave with the status we chose.
+        # After a handled Ctrl-C, CPython can re-raise SIGINT on its way out, turning 143 into a
+        # SIGINT death; the files are closed and written atomically, so leave with our status.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

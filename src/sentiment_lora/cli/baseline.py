@@ -18,7 +18,7 @@ def add(sub, parents: list) -> None:
 
 
 def run(args) -> int:
-    m = _tfidf(args) if args.kind == "tfidf" else _zero_shot(args)
+    m = _baseline(args)
     lo, hi = m["accuracy_ci95"]
     print(f"{m['method']}: accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} test reviews, "
           f"ROC-AUC {format_metric(m['roc_auc'])}, ECE {format_metric(m['ece'])}")
@@ -32,31 +32,22 @@ def run(args) -> int:
     return 0
 
 
-def _tfidf(args) -> dict:
+def _baseline(args) -> dict:
     from ..config import load_config
     from ..storage import check_output_folder
 
-    if not args.dataset and not args.config:
+    tfidf = args.kind == "tfidf"
+    if tfidf and not args.dataset and not args.config:
         raise usage("baseline tfidf needs --dataset (a Hub id or a local folder such as ../shared/imdb) or a "
                     "--config whose data section names one")
-    # The config's data section (columns, label values, splits) and label words, when given.
-    cfg = load_config(args.config, ([f"data.dataset={args.dataset}"] if args.dataset else []) + args.set)
-    out = args.output_dir or f"runs/baseline-tfidf{'-nb' if args.nb else ''}"
-    check_output_folder(out, "--output-dir")
-    from ..baseline import run_tfidf
-
-    return run_tfidf(cfg.data, out, nb=args.nb, label_words=cfg.prompt.label_words)
-
-
-def _zero_shot(args) -> dict:
-    from ..config import load_config
-    from ..storage import check_output_folder
-
-    if args.nb:
+    if args.nb and not tfidf:
         raise usage("--nb applies to baseline tfidf only")
+    # tfidf takes the config's data section (columns, label values, splits) and label words, when given.
     cfg = load_config(args.config, ([f"data.dataset={args.dataset}"] if args.dataset else []) + args.set)
-    out = args.output_dir or "runs/baseline-zero-shot"
+    out = args.output_dir or f"runs/baseline-{args.kind}{'-nb' if args.nb else ''}"
     check_output_folder(out, "--output-dir")
-    from ..baseline import run_zero_shot
+    from ..baseline import run_tfidf, run_zero_shot
 
+    if tfidf:
+        return run_tfidf(cfg.data, out, nb=args.nb, label_words=cfg.prompt.label_words)
     return run_zero_shot(cfg, out)

@@ -6,19 +6,16 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..errors import UserError, printable
+from ..storage import MAX_LINE_BYTES
+
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
+usage = UserError  # a command line that cannot work as given: one line, exit status 2
 
 
 def format_metric(x) -> str:
     """A metric for printing; undefined ones (ROC-AUC with one class present, NaN) print as n/a."""
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
-
-
-def usage(message: str):
-    """The UserError of a command line that cannot work as given (one line, exit status 2)."""
-    from ..errors import UserError
-
-    return UserError(message)
 
 
 def positive_int(text: str) -> int:
@@ -33,8 +30,6 @@ def positive_int(text: str) -> int:
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other error, instead of usage + error
-        from ..errors import printable
-
         self.exit(2, f"error: {printable(message)} (see '{self.prog} --help')\n")
 
 
@@ -89,5 +84,5 @@ def add_input(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-field", help="field or column copied to each output line as its id")
     p.add_argument("--chunk-size", type=positive_int, help="texts read and scored at a time (default: 1024; with "
                    "--engine ray, rows per Ray Data batch, 64)")
-    p.add_argument("--max-line-bytes", type=positive_int, default=10_000_000,
+    p.add_argument("--max-line-bytes", type=positive_int, default=MAX_LINE_BYTES,
                    help="a longer line (or text) is not read: its row gets an error instead")

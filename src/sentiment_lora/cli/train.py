@@ -35,12 +35,14 @@ def run(args) -> int:
 
 
 def _config(args):
+    from datetime import datetime
+
     from ..checkpoint import plan_run, run_config
     from ..config import load_config
 
     if not args.resume:
         cfg = load_config(args.config, args.set)
-        args.output_dir = args.output_dir or _default_run_dir()
+        args.output_dir = args.output_dir or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
         plan_run(args.output_dir, resume=False)
         return cfg
     if not args.output_dir:
@@ -50,12 +52,6 @@ def _config(args):
                     "with --set KEY=VALUE")
     plan_run(args.output_dir, resume=True)
     return run_config(args.output_dir, args.set)
-
-
-def _default_run_dir() -> str:
-    from datetime import datetime
-
-    return str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
 def _interrupted(output_dir: str) -> None:
