@@ -54,6 +54,28 @@ def test_last_position_logits_match_a_full_forward_pass(tiny):
     torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("head", [False, True])
+def test_scoring_path_matches_the_training_forward(tiny_model_dir, head):
+    """Scoring multiplies the last hidden state by the label rows alone; training runs the model's
+    forward. Both give the same logits, with the base LM head or a trained label head."""
+    from sentiment_lora.model import add_label_head
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), device="cpu")
+    tok = load_tokenizer(cfg)
+    model = load_base_model(cfg, torch.device("cpu"), torch.float32, tok.pad_token_id).eval()
+    prompt = Prompt(tok, PromptConfig(max_length=64))
+    if head:
+        rows = torch.randn(len(prompt.label_token_ids), model.config.hidden_size)
+        add_label_head(model, prompt.label_token_ids, rows)
+    batch = collate(prompt.encode(["a fine film", "dull and long, a waste"]).input_ids, tok.pad_token_id,
+                    torch.device("cpu"))
+    labels = torch.tensor(prompt.label_token_ids)
+    with torch.no_grad():
+        scoring = label_logits(model, batch["input_ids"], batch["attention_mask"], labels)
+    training = label_logits(model, batch["input_ids"], batch["attention_mask"], labels).detach()
+    torch.testing.assert_close(scoring, training, atol=1e-5, rtol=1e-5)
+
+
 def test_collate_pads_on_the_left():
     batch = collate([[5, 6, 7], [8]], pad_id=0, device=torch.device("cpu"))
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]

@@ -308,11 +308,34 @@ def collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[s
 
 def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  label_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the label tokens at each prompt's last position, shape (batch, labels). Only that position
-    reaches the LM head (all would cost batch x length x vocab floats for nothing); positions count from each
-    prompt's first real token, so left padding changes nothing."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=1, use_cache=False)
-    return out.logits[:, -1, :].index_select(-1, label_ids).float()
+    """Logits of the label tokens at each prompt's last position, shape (batch, labels), in float32.
+    Positions count from each prompt's first real token, so left padding changes nothing.
 
+    Scoring multiplies the last hidden state by the label words' rows alone, in float32: the full
+    vocabulary is never computed, and a bf16 or int8 body still ends in an exact head. Training
+    keeps the model's own forward (DDP's gradient hooks live there), reaching the LM head at the
+    last position only."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    rows = None if torch.is_grad_enabled() else _label_rows(model, label_ids)
+    if rows is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    logits_to_keep=1, use_cache=False)
+        return out.logits[:, -1, :].index_select(-1, label_ids).float()
+    body = _transformer(model).get_decoder()
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state[:, -1]
+    return torch.nn.functional.linear(hidden.float(), rows)
+
+
+def _label_rows(model, label_ids: torch.Tensor) -> torch.Tensor | None:
+    """The LM head's rows for the label tokens in float32, or None where the head is more than a
+    linear map without bias (a softcap or scale in the config, an unknown module)."""
+    base = _transformer(model)
+    config, head = getattr(base, "config", None), base.get_output_embeddings()
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    if isinstance(head, LabelRows) and torch.equal(head.token_ids, label_ids):
+        return head.weight.detach().float()
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    return head.weight.detach().index_select(0, label_ids).float()
