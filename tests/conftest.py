@@ -5,10 +5,16 @@ Everything is built from scratch on disk, so the tests need no network and no do
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+CPUINFO = Path(__file__).resolve().parent / "cpuinfo"
+# Every test (and every CLI it starts) sees a processor without bf16 or int8 units, so the
+# precision defaults are fp32 whatever machine runs the suite; test_precision.py simulates the others.
+os.environ["SENTIMENT_LORA_CPUINFO"] = str(CPUINFO / "plain.txt")
 
 POSITIVE = ["great", "wonderful", "superb", "brilliant", "moving", "delightful", "excellent", "loved"]
 NEGATIVE = ["awful", "boring", "terrible", "dull", "mess", "waste", "horrible", "hated"]

@@ -97,6 +97,8 @@ class SentimentClassifier:
         self.spec = spec
         self.folder: Path | None = None
         """The folder it was loaded from, if any."""
+        self.precision = "fp32"
+        """The CPU precision its model scores in (``precision.apply_precision``)."""
         self.stack_model = None
         """The TF-IDF model of ``spec.stack``, once loaded (``from_spec`` does it)."""
 
@@ -108,22 +110,26 @@ class SentimentClassifier:
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-             merge: bool = True) -> SentimentClassifier:
+             merge: bool = True, precision: str | None = None) -> SentimentClassifier:
         """A classifier from its folder: a training run, or the output of ``sentiment-lora export``.
 
         ``merge`` folds the LoRA weights into the base for inference (faster scoring: one matmul
         per layer instead of two; docs/performance.md); ``merge=False`` keeps the adapter separate, as
-        ``save_pretrained`` needs.
+        ``save_pretrained`` needs, in fp32. ``precision`` (auto, fp32, bf16, int8) is the CPU scoring
+        precision; None keeps the one the classifier was calibrated in (``precision.scoring_precision``).
         """
         return cls.from_spec(ClassifierSpec.load(folder), folder, device=device, dtype=dtype, batch_size=batch_size,
-                             merge=merge)
+                             merge=merge, precision=precision)
 
     from_pretrained = load
 
     @classmethod
     def from_spec(cls, spec: ClassifierSpec, folder: str | Path, device: str = "auto", dtype: str = "auto",
-                  batch_size: int | None = None, merge: bool = True) -> SentimentClassifier:
+                  batch_size: int | None = None, merge: bool = True,
+                  precision: str | None = None) -> SentimentClassifier:
+        from .cache import warn
         from .model import load_adapter, load_base_model, load_label_head, load_tokenizer, pick_device, pick_dtype
+        from .precision import apply_precision, scoring_precision
 
         folder = Path(folder)
         if spec.adapter is not None and not (folder / spec.adapter / "adapter_config.json").is_file():
@@ -138,6 +144,7 @@ class SentimentClassifier:
                             f"{prompt.label_token_ids}, the saved classifier to {spec.label_token_ids}: "
                             f"it is not the base model this adapter was trained on")
         torch_device = pick_device(model_cfg.device)
+        chosen = scoring_precision(precision, torch_device.type, model_cfg.dtype, spec.precision, say=warn)
         model = load_base_model(model_cfg, torch_device, pick_dtype(model_cfg.dtype, torch_device), tok.pad_token_id)
         if spec.adapter is not None:
             model = load_adapter(model, folder / spec.adapter)
@@ -145,12 +152,13 @@ class SentimentClassifier:
                 model = model.merge_and_unload()
         if spec.head is not None:  # after merging: peft merges its own layers, not this one
             load_label_head(model, folder / spec.head, spec.label_token_ids)
-        model.eval()
+        chosen = chosen if merge or spec.adapter is None else "fp32"  # an adapter to save stays fp32
+        model = apply_precision(model.eval(), chosen)
         clf = cls(model, tok, prompt, threshold=spec.threshold, method=spec.method, temperature=spec.temperature,
                   batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
                   clean_html=spec.data.get("clean_html", True), spec=spec,
                   max_batch_tokens=None if batch_size else spec.max_batch_tokens)
-        clf.folder = folder
+        clf.folder, clf.precision = folder, chosen
         if spec.stack is not None:
             clf.stack_model = load_stack_model(folder / spec.stack.model_file)
         return clf
@@ -311,7 +319,7 @@ def head_path(model) -> str | None:
 
 def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, method: str, batch_size: int,
                  max_new_tokens: int, data: dict, max_batch_tokens: int | None = None,
-                 temperature: float = 1.0, head: str | None = None) -> ClassifierSpec:
+                 temperature: float = 1.0, head: str | None = None, precision: str = "fp32") -> ClassifierSpec:
     """The spec of a freshly trained classifier; the base model is recorded as given, with its fingerprint."""
     from .model import fingerprint
 
@@ -320,7 +328,7 @@ def spec_for_run(model_cfg: ModelConfig, prompt: Prompt, threshold: float, metho
         prompt=prompt.cfg, label_token_ids=list(prompt.label_token_ids), threshold=threshold,
         temperature=temperature, method=method,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_new_tokens=max_new_tokens, data=data,
-        head=head)
+        head=head, precision=precision)
 
 
 # --- the seed notebook's names, kept working -------------------------------------------

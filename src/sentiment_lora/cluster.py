@@ -105,7 +105,8 @@ def quiet_ray() -> Iterator[None]:
 class Scorer:
     """A Ray actor: loads the classifier once, then classifies the batches it is handed."""
 
-    def __init__(self, run_dir: str, device: str, field: str, id_field: str, batch_size: int | None):
+    def __init__(self, run_dir: str, device: str, field: str, id_field: str, batch_size: int | None,
+                 precision: str | None = None):
         import ray
         import torch
 
@@ -114,7 +115,7 @@ class Scorer:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus:  # as many threads as CPUs reserved, so actors on one machine do not fight
             torch.set_num_threads(max(1, int(cpus)))
-        self.clf = SentimentClassifier.load(run_dir, device=device, batch_size=batch_size)
+        self.clf = SentimentClassifier.load(run_dir, device=device, batch_size=batch_size, precision=precision)
         self.field, self.id_field = field, id_field
 
     def __call__(self, batch):
@@ -136,7 +137,7 @@ class Scorer:
 def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str = "text", id_field: str = "id",
                 batch_size: int = 64, concurrency: int = 2, address: str | None = None, device: str = "cpu",
                 cpus_per_actor: float = 1.0, model_batch_size: int | None = None,
-                rows_per_shard: int = 100_000) -> dict:
+                rows_per_shard: int = 100_000, precision: str | None = None) -> dict:
     """Classify every row of ``paths`` into parquet shards of about ``rows_per_shard`` rows under
     ``output``, which (when local) appears whole or not at all; returns counts and seconds."""
     from .spec import ClassifierSpec
@@ -156,7 +157,7 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
         # An actor gets a whole block per task and a small file is one block: one batch a block, or one actor does all.
         ds = ds.repartition(target_num_rows_per_block=batch_size)
         scorer = {"run_dir": str(Path(run_dir).resolve()), "device": device, "field": field, "id_field": id_field,
-                  "batch_size": model_batch_size}
+                  "batch_size": model_batch_size, "precision": precision}
         scored = ds.map_batches(Scorer, fn_constructor_kwargs=scorer, batch_size=batch_size,
                                 compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=cpus_per_actor,
                                 num_gpus=1 if device.startswith("cuda") else 0, batch_format="pandas")

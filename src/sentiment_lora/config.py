@@ -244,10 +244,15 @@ class EvalConfig:
     """Tokens generated per review by the generate method."""
     verify_samples: int = 16
     """Test reviews re-scored after reloading the saved classifier; 0 skips the check."""
+    precision: str = "auto"
+    """CPU scoring precision: auto (this processor's default: bf16 where it has AMX or
+    AVX512-BF16, else fp32), fp32, bf16 or int8. Calibration and the test run in it, and
+    classifier.json records it (docs/performance.md)."""
 
     def __post_init__(self):
         _one_of(self.calibration, "eval.calibration", ("threshold", "temperature", "both"))
         _one_of(self.method, "eval.method", ("logits", "generate"))
+        _one_of(self.precision, "eval.precision", ("auto", "fp32", "bf16", "int8"))
         _check(self.batch_size > 0, "eval.batch_size", f"is {self.batch_size}; use 1 or more")
         _check(self.max_batch_tokens is None or self.max_batch_tokens > 0, "eval.max_batch_tokens",
                f"is {self.max_batch_tokens}; use a positive number or null")

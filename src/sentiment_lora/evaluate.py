@@ -15,17 +15,19 @@ from .metrics import compute_metrics
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "test", limit: int | None = None,
                  method: str | None = None, batch_size: int | None = None, device: str = "auto",
-                 dtype: str = "auto", output_dir: str | Path | None = None, seed: int = 42) -> dict:
+                 dtype: str = "auto", output_dir: str | Path | None = None, seed: int = 42,
+                 precision: str | None = None) -> dict:
     """Re-score a saved classifier on a dataset split; writes metrics.json and predictions.jsonl."""
     from .classifier import SentimentClassifier
     from .config import DataConfig, EvalConfig
     from .data import balanced_indices, label_mapper, load_splits, prepare_split
+    from .precision import this_cpu
     from .storage import check_output_folder, write_dir, write_json, write_jsonl
 
     run_dir = Path(run_dir)
     if output_dir is not None:
         check_output_folder(output_dir, "output_dir")
-    clf = SentimentClassifier.load(run_dir, device=device, dtype=dtype, batch_size=batch_size)
+    clf = SentimentClassifier.load(run_dir, device=device, dtype=dtype, batch_size=batch_size, precision=precision)
     data_cfg = DataConfig(**{**clf.data_config(dataset=dataset).__dict__, "seed": seed})
     clf.method = method or clf.method
     EvalConfig(method=clf.method)  # validates the name
@@ -42,6 +44,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     metrics.update({"method": clf.method, "threshold": clf.threshold, "unparsed": int((preds == UNDECIDED).sum()),
                     "dataset": data_cfg.dataset, "split": split,
                     "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),
+                    "precision": clf.precision, "cpu": this_cpu().to_dict(),
                     "seconds": round(seconds, 2),
                     "reviews_per_s": round(len(sample) / seconds, 2) if seconds > 0 else None})
     out = Path(output_dir) if output_dir else new_evaluation_dir(run_dir, split)

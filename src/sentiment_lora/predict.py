@@ -323,7 +323,8 @@ def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_w
 
 
 def classifier_identity(clf) -> str:
-    """What makes two classifiers give the same predictions: spec, decision, dtype and adapter weights."""
+    """What makes two classifiers give the same predictions: spec, decision, dtype, precision and adapter
+    weights."""
     from .cache import file_sha256
     from .integrity import json_digest
 
@@ -332,7 +333,8 @@ def classifier_identity(clf) -> str:
         path = Path(clf.folder) / clf.spec.adapter / "adapter_model.safetensors"
         weights = file_sha256(path) if path.is_file() else None
     return json_digest({"spec": clf.spec.to_dict() if clf.spec else {}, "threshold": clf.threshold,
-                        "method": clf.method, "dtype": str(next(clf.model.parameters()).dtype), "weights": weights})
+                        "method": clf.method, "dtype": str(next(clf.model.parameters()).dtype),
+                        "precision": getattr(clf, "precision", "fp32"), "weights": weights})
 
 
 def _identity(path: Path, field: str, id_field: str | None, classifier: str | None) -> dict:

@@ -316,14 +316,14 @@ def failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def load_classifier(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+def load_classifier(run_dir: str | Path, device: str = "auto", dtype: str = "auto", precision: str | None = None):
     """The classifier in ``run_dir``, or UserError with why it cannot load: a server without its
     model could only answer 503, so ``serve`` stops on the reason instead."""
     from .classifier import SentimentClassifier
     from .errors import UserError
 
     try:
-        return SentimentClassifier.load(run_dir, device=device, dtype=dtype)
+        return SentimentClassifier.load(run_dir, device=device, dtype=dtype, precision=precision)
     except UserError:
         raise
     except Exception as exc:
@@ -442,7 +442,7 @@ class Service:
 
 
 def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str = "auto", dtype: str = "auto",
-               load=None):
+               load=None, precision: str | None = None):
     """The FastAPI app serving the classifier in ``run_dir``. The model loads in a thread when
     the app starts (``/health`` says 503 until then); ``load`` replaces the loader in tests."""
     from fastapi import FastAPI
@@ -456,8 +456,8 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
     # Unset batch limits come from the classifier: the shape its scoring was tuned for.
     cfg = dataclasses.replace(cfg, max_batch_texts=cfg.max_batch_texts or spec.batch_size,
                               max_batch_tokens=cfg.max_batch_tokens or spec.max_batch_tokens or 8192)
-    service = Service(run_dir, cfg, spec, load or (lambda: SentimentClassifier.load(run_dir, device=device,
-                                                                                    dtype=dtype)))
+    service = Service(run_dir, cfg, spec, load or (lambda: SentimentClassifier.load(
+        run_dir, device=device, dtype=dtype, precision=precision)))
     app = FastAPI(title="sentiment-lora", lifespan=service.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve, app.state.metrics, app.state.config = service, service.metrics, cfg
     app.middleware("http")(service.observe)
@@ -526,7 +526,7 @@ ROUTES = {"/", "/predict", "/classify", "/health", "/info", "/metrics"}
 
 
 def serve(run_dir: str | Path, cfg: ServeConfig, device: str = "auto", dtype: str = "auto",
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", precision: str | None = None) -> None:
     """Load the classifier, then serve until Ctrl-C or SIGTERM; then stop accepting, finish what
     is in flight, return. A classifier that cannot load is UserError before anything listens."""
     import uvicorn
@@ -534,8 +534,8 @@ def serve(run_dir: str | Path, cfg: ServeConfig, device: str = "auto", dtype: st
     from .signals import served
 
     print(f"loading {run_dir} ...", flush=True)
-    clf = load_classifier(run_dir, device=device, dtype=dtype)
-    app = create_app(run_dir, cfg, device=device, dtype=dtype, load=lambda: clf)
+    clf = load_classifier(run_dir, device=device, dtype=dtype, precision=precision)
+    app = create_app(run_dir, cfg, load=lambda: clf)
     print(f"serving {run_dir} on http://{cfg.host}:{cfg.port} (the page at /, the API at /predict); "
           f"Ctrl-C stops it", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,

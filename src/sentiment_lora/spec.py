@@ -132,6 +132,9 @@ class ClassifierSpec:
     set by ``save`` and checked by ``load``."""
     stack: StackSpec | None = None
     """A TF-IDF model stacked with the LLM; None: the LLM's probabilities are the answer."""
+    precision: str = "fp32"
+    """CPU scoring precision it was calibrated and tested in (fp32, bf16 or int8); a CPU
+    without the units scores in fp32."""
     head: str | None = None
     """The trained label rows of the LM head (``lora.head``), a safetensors file relative to the
     folder; None: the base model's own LM head."""
@@ -152,6 +155,7 @@ class ClassifierSpec:
             "batch_size": self.batch_size,
             "max_batch_tokens": self.max_batch_tokens,
             "max_new_tokens": self.max_new_tokens,
+            "precision": self.precision,
             "data": {k: self.data[k] for k in DATA_KEYS if k in self.data},
             "files": dict(self.files),
         }
@@ -321,12 +325,16 @@ class _Fields:
         method = self.get(d, "method", str, optional=True, default="logits")
         if method not in ("logits", "generate"):
             raise self.bad(f"method {brief(method)} must be logits or generate")
+        precision = self.get(d, "precision", str, optional=True, default="fp32")
+        if precision not in ("fp32", "bf16", "int8"):
+            raise self.bad(f"precision {brief(precision)} must be fp32, bf16 or int8")
         sizes = {"batch_size": self.get(d, "batch_size", int, optional=True, default=16),
                  "max_new_tokens": self.get(d, "max_new_tokens", int, optional=True, default=5),
                  "max_batch_tokens": self.get(d, "max_batch_tokens", int, optional=True)}
         if any(v is not None and v < 1 for v in sizes.values()):
             raise self.bad("batch_size, max_batch_tokens and max_new_tokens must be 1 or more")
-        return {"threshold": float(threshold), "temperature": float(temperature), "method": method, **sizes}
+        return {"threshold": float(threshold), "temperature": float(temperature), "method": method,
+                "precision": precision, **sizes}
 
     def files(self, d: dict) -> dict:
         files = self.get(d, "files", dict, optional=True, default={})

@@ -74,7 +74,8 @@ def _summary(m: dict) -> dict:
 
 
 def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None, device: str = "auto",
-          llm_probs: tuple[np.ndarray, np.ndarray] | None = None, data: DataBundle | None = None) -> dict:
+          llm_probs: tuple[np.ndarray, np.ndarray] | None = None, data: DataBundle | None = None,
+          precision: str | None = None) -> dict:
     """Fit a stack for the classifier in ``run_dir`` and write it there; returns its metrics
     section (the stack and each part on the run's test sample).
 
@@ -98,7 +99,7 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
         source = cfg.data.dataset if pool == "all" else pool
         train, dropped = pool_sample(source, cfg.data, words, set(data.val.texts) | set(data.test.texts))
     text_model, chosen = fit_tfidf(train, baseline == "tfidf-nb", seed=cfg.data.seed, classes=len(words))
-    llm = _llm_probs(run_dir, device, data, llm_probs)
+    llm, spec.precision = _llm_probs(run_dir, device, data, llm_probs, precision, spec.precision)
     base = tuple(text_model.predict_proba(s.texts) for s in (data.val, data.test))
     coef, intercept, combiner = fit_combiner(stack_features(llm[0], base[0]), data.val.labels, len(words),
                                              cfg.data.seed)
@@ -139,17 +140,18 @@ def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str):
     return cfg
 
 
-def _llm_probs(run_dir: Path, device: str, data: DataBundle, given) -> tuple[np.ndarray, np.ndarray]:
-    """The LLM's own probabilities on the validation and test samples (proba_of_prompts never
-    applies a stack), as serving gives them; scored here unless given."""
+def _llm_probs(run_dir: Path, device: str, data: DataBundle, given, precision: str | None, saved: str):
+    """(the LLM's own probabilities on the validation and test samples, the precision they were
+    scored in): proba_of_prompts never applies a stack, as serving gives them; scored here unless
+    given. The combiner is fitted in that precision, so the classifier records it."""
     if given is None:
-        clf = SentimentClassifier.load(run_dir, device=device)
-        given = tuple(clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test))
+        clf = SentimentClassifier.load(run_dir, device=device, precision=precision)
+        given, saved = tuple(clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test)), clf.precision
     llm_val, llm_test = given
     if (len(llm_val), len(llm_test)) != (len(data.val), len(data.test)):
         raise ValueError(f"llm_probs has {len(llm_val)} and {len(llm_test)} rows; the run's validation and test "
                          f"samples have {len(data.val)} and {len(data.test)}")
-    return llm_val, llm_test
+    return (llm_val, llm_test), saved
 
 
 def _figures(data: DataBundle, llm, base, coef, intercept, llm_threshold: float, words, ordinal) -> tuple[dict, dict]:

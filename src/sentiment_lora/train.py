@@ -51,6 +51,7 @@ from .model import (
 )
 from .multiprocess import agreed, gathered, release, shared_score
 from .perf import peak_memory_mb, reset_peak_memory
+from .precision import apply_precision, scoring_precision, this_cpu, training_precision
 from .prompt import Prompt
 from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
 from .scoring import score, score_generate
@@ -61,14 +62,6 @@ from .storage import write_json, write_jsonl
 
 def default_output_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _mixed_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
 
 
 def step_batches(lengths: list[int], batch_size: int, grad_accum: int, seed: int, world: int = 1, rank: int = 0):
@@ -224,6 +217,7 @@ class Recipe:
         self.bad_in_a_row = 0
         self.stop = StopRequest()
         self.accelerator = None
+        self.precision = "fp32"  # of scoring: finalize chooses it
 
     def say(self, message: str) -> None:
         """A line for the user, from the main process only."""
@@ -258,7 +252,7 @@ class Recipe:
                                 f"CUDA_VISIBLE_DEVICES to choose the GPUs")
             torch.cuda.set_device(requested)  # Accelerate then places the model and batches on it
         self.accelerator = Accelerator(cpu=requested.type == "cpu",
-                                       mixed_precision=_mixed_precision(cfg.train.mixed_precision, requested),
+                                       mixed_precision=training_precision(cfg.train.mixed_precision, requested.type),
                                        log_with=list(cfg.train.report_to) or None, project_dir=self.run_dir / LOGS)
         self.device = self.accelerator.device
         self.dtype = pick_dtype(cfg.model.dtype, self.device)
@@ -517,7 +511,8 @@ class Recipe:
         return {"optimizer_steps": self.step, "skipped_steps": self.skipped, "train_seconds": round(s, 2),
                 "train_tokens_per_s": round(self.tokens / s, 2) if s else None,
                 "train_reviews_per_s": round(self.reviews / s, 3) if s else None,
-                "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
+                "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+                "mixed_precision": self.accelerator.mixed_precision, "cpu": this_cpu().to_dict()}
 
     def cleanup(self) -> None:
         """Every process closes its process group before it exits, the main one after its
@@ -535,22 +530,38 @@ class Recipe:
             self.say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
                      f"or gradient")
         self.model = self.accelerator.unwrap_model(self.model)
+        scorer = self.scoring_model()
         # Every process takes its share of the test sample; only the main one writes.
-        raw, eval_seconds = test(self.model, self.tok, self.prompt, self.cfg, self.enc["test"].input_ids,
+        raw, eval_seconds = test(scorer, self.tok, self.prompt, self.cfg, self.enc["test"].input_ids,
                                  self.accelerator)
         if not self.accelerator.is_main_process:
             return {}
-        clf, metrics, probs = self.evaluate(raw, eval_seconds, train_stats)
+        clf, metrics, probs = self.evaluate(raw, eval_seconds, train_stats, scorer)
         self.save(clf, metrics, probs)
         if self.cfg.stack.baseline:  # a complete LLM classifier first; the stack is a step on top of it
             metrics["stack"] = self.stack(metrics, clf.temperature, probs)
         metrics["run_dir"] = str(self.run_dir)  # returned, not saved: the folder may move
         return metrics
 
-    def evaluate(self, raw: np.ndarray, eval_seconds: float, train_stats: dict):
+    def scoring_model(self):
+        """What the saved classifier will score with, so calibration and the test measure it: the
+        trained model in fp32; else a merged copy in the CPU scoring precision, as
+        ``SentimentClassifier.load`` builds it (the adapter is saved from the fp32 original)."""
+        self.precision = scoring_precision(self.cfg.eval.precision, self.device.type, self.cfg.model.dtype)
+        if self.cfg.eval.method != "logits":
+            self.precision = "fp32"
+        if self.precision == "fp32":
+            return self.model
+        import copy
+
+        self.val_probs = None  # validation is scored again, in the scoring precision
+        merged = copy.deepcopy(self.model).merge_and_unload()
+        return apply_precision(merged.eval(), self.precision)
+
+    def evaluate(self, raw: np.ndarray, eval_seconds: float, train_stats: dict, scorer):
         """(the classifier as trained and calibrated, its test metrics, its test probabilities)."""
         cfg, test_labels = self.cfg, self.data.test.labels
-        threshold, temperature, calibration = calibrate(self.model, self.tok, self.prompt, cfg,
+        threshold, temperature, calibration = calibrate(scorer, self.tok, self.prompt, cfg,
                                                         self.enc["val"].input_ids, self.data.val.labels,
                                                         self.val_probs, self.say)
         probs = apply_temperature(raw, temperature) if temperature != 1.0 and cfg.eval.method == "logits" else raw
@@ -562,10 +573,10 @@ class Recipe:
         metrics.update({"method": cfg.eval.method, "threshold": threshold,
                         "unparsed": int((preds == UNDECIDED).sum()),
                         "eval_reviews_per_s": round(len(test_labels) / eval_seconds, 2) if eval_seconds else None,
-                        "train": train_stats, "data": self.stats})
+                        "precision": self.precision, "train": train_stats, "data": self.stats})
         spec = spec_for_run(cfg.model, self.prompt, threshold, cfg.eval.method, cfg.eval.batch_size,
                             cfg.eval.max_new_tokens, {k: getattr(cfg.data, k) for k in DATA_KEYS},
-                            cfg.eval.max_batch_tokens, temperature, head_path(self.model))
+                            cfg.eval.max_batch_tokens, temperature, head_path(self.model), self.precision)
         clf = SentimentClassifier(self.model, self.tok, self.prompt, threshold=threshold, method=cfg.eval.method,
                                   spec=spec, temperature=temperature)
         return clf, metrics, probs

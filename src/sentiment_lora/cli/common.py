@@ -62,13 +62,16 @@ def add_verb(sub, name: str, parents: list, help: str, run) -> argparse.Argument
 
 
 def add_runtime(p: argparse.ArgumentParser, batch: bool = True, dtype: bool = True) -> None:
-    """Where and how the model runs: --batch-size, --device, --dtype."""
+    """Where and how the model runs: --batch-size, --device, --dtype, --precision."""
     if batch:
         p.add_argument("--batch-size", type=positive_int, help="texts per model call (default: the classifier's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     if dtype:
         p.add_argument("--dtype", choices=DTYPES, default="auto",
-                       help="weights dtype (auto: fp32 on CPU; bfloat16 is faster on CPUs with native bf16)")
+                       help="weights dtype as loaded (auto: fp32 on CPU, where --precision chooses)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"],
+                   help="CPU scoring precision; auto: this processor's default (default: the one the classifier "
+                        "was calibrated in, where this CPU has its units, else fp32)")
 
 
 def add_config(p: argparse.ArgumentParser, config_help: str, set_help: str) -> None:

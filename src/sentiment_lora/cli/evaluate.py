@@ -31,10 +31,11 @@ def run(args) -> int:
 
     m = evaluate_run(args.run_dir, dataset=args.dataset, split=args.split, limit=args.limit, method=args.method,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                     output_dir=args.output_dir)
+                     output_dir=args.output_dir, precision=args.precision)
     lo, hi = m["accuracy_ci95"]
     print(f"accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}) on {m['n']} reviews of {m['split']}, "
-          f"macro F1 {m['macro_f1']:.4f}, ROC-AUC {format_metric(m['roc_auc'])}, {m['reviews_per_s']} reviews/s")
+          f"macro F1 {m['macro_f1']:.4f}, ROC-AUC {format_metric(m['roc_auc'])}, {m['reviews_per_s']} reviews/s "
+          f"in {m['precision']}")
     if m["unparsed"]:
         print(f"{m['unparsed']} answers named no label word (generate method)")
     print(f"written to {m['output_dir']}")

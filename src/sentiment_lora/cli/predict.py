@@ -36,7 +36,8 @@ def run(args) -> int:
     from ..spec import ClassifierSpec
 
     ClassifierSpec.load(args.run_dir)
-    clf = SentimentClassifier.load(args.run_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    clf = SentimentClassifier.load(args.run_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                   precision=args.precision)
     if args.compile:
         clf.compile()
     if args.output:
@@ -126,7 +127,7 @@ def run_ray(args) -> int:
     device = "cpu" if args.device == "auto" else args.device  # an actor takes a GPU only when asked
     r = predict_ray(args.run_dir, paths, args.output, field=args.field, id_field=args.id_field or "id",
                     batch_size=args.chunk_size or 64, concurrency=args.concurrency, address=args.address,
-                    device=device, model_batch_size=args.batch_size)
+                    device=device, model_batch_size=args.batch_size, precision=args.precision)
     print(f"{r['rows']} predictions in {r['shards']} parquet shards in {r['output']} in {r['seconds']:.1f} s "
           f"({args.concurrency} actors)", file=sys.stderr)
     return 0

@@ -38,7 +38,8 @@ def run(args) -> int:
                       api_key=key)
     ClassifierSpec.load(args.run_dir)  # a damaged folder is one line before the server starts
     check_port(cfg.host, cfg.port)
-    serve(args.run_dir, cfg, device=args.device, dtype=args.dtype, log_level="info" if args.verbose else "warning")
+    serve(args.run_dir, cfg, device=args.device, dtype=args.dtype, log_level="info" if args.verbose else "warning",
+          precision=args.precision)
     return 0
 
 

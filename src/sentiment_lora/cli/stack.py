@@ -26,7 +26,7 @@ def run(args) -> int:
         return _remove(args)
     from ..stack import stack
 
-    s = stack(args.run_dir, baseline=args.baseline, pool=args.pool, device=args.device)
+    s = stack(args.run_dir, baseline=args.baseline, pool=args.pool, device=args.device, precision=args.precision)
     print(f"stacked with {args.baseline} trained on {s['baseline_train_rows']} rows; combiner fitted on "
           f"{s['val_n']} validation rows")
     for name, label in (("stack", "stack"), ("llm", "LLM alone"), ("baseline", args.baseline)):
