@@ -9,7 +9,7 @@ SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
 .PHONY: install demo test test-fast lint clean bench-speed bench-quality bench-startup bench-predict-file \
         bench-scoring serve bench-serve bench-sst5 bench-fewshot bench-ray \
-        bench-memory
+        bench-memory bench-precision
 
 install: $(VENV)/.installed
 
@@ -73,6 +73,11 @@ bench-ray: install
 # Peak memory against one input's size: a long line, a chunked body (benchmarks/bench_memory.py).
 bench-memory: install
 	$(BIN)/python benchmarks/bench_memory.py $(RUN)
+
+# CPU precision: fp32 / bf16 / int8 scoring of the classifier in RUN on 2,000 IMDB test reviews,
+# and the demo trained with and without bf16 autocast (benchmarks/bench_precision.py).
+bench-precision: install
+	$(BIN)/python benchmarks/bench_precision.py $(RUN) $(if $(DATA),--dataset $(DATA),) --train
 
 test: install
 	$(BIN)/python -m pytest

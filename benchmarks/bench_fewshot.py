@@ -44,6 +44,7 @@ import numpy as np
 
 from sentiment_lora.data import Sample, balanced_indices, load_full, unseen
 from sentiment_lora.metrics import wilson_interval
+from sentiment_lora.precision import this_cpu
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("zero_shot", "lora", "tfidf", "setfit")
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
     test = pool.take(balanced_indices(pool.labels, args.test_size, 2, np.random.default_rng(42), what="test sample"))
     runner = Runner(args, test)
     result = {"dataset": args.dataset, "n_test": len(test), "test_sha256": digest(test),
-              "setfit_pair_budget": PAIR_BUDGET, "lora_recipe": LORA_RECIPE, "runs": []}
+              "setfit_pair_budget": PAIR_BUDGET, "lora_recipe": LORA_RECIPE, "cpu": this_cpu().to_dict(), "runs": []}
     out = Path(args.output)
     done = set()
     if args.resume and out.is_file():  # keep the runs measured on this very test sample

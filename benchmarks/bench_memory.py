@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -37,16 +36,6 @@ from sentiment_lora.cli import main
 code = main(sys.argv[1:])
 print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code, file=sys.stderr)
 """
-
-
-def cpu() -> dict:
-    """The processor's model name and the flags that matter for speed figures elsewhere."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                platform.processor() or platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
-    return {"model": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
 
 
 def write_line(path: Path, size: int) -> None:
@@ -150,8 +139,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/memory-cpu.json")
     args = ap.parse_args()
     import sentiment_lora
+    from sentiment_lora.precision import this_cpu
 
-    result = {"cpu": cpu(), "package": str(Path(sentiment_lora.__file__).parent), "run_dir": args.run_dir,
+    result = {"cpu": {**this_cpu().to_dict(), "cores": os.cpu_count()},
+              "package": str(Path(sentiment_lora.__file__).parent), "run_dir": args.run_dir,
               "lines": lines(args.run_dir, [int(x) for x in args.sizes.split(",")]),
               "chunked_body": chunked_body(args.run_dir, args.body_bytes)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

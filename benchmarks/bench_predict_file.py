@@ -24,6 +24,7 @@ import numpy as np
 
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.data import balanced_indices, label_mapper, load_splits, prepare_split
+from sentiment_lora.precision import this_cpu
 from sentiment_lora.predict import predict_file
 
 
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
               "evaluate_texts_per_s": [round(x, 3) for x in evaluate_rates],
               "predict_file_texts_per_s": [round(x, 3) for x in stream_rates],
               "evaluate_median": round(med(evaluate_rates), 3), "predict_file_median": round(med(stream_rates), 3),
-              "ratio": round(med(stream_rates) / med(evaluate_rates), 3), "label_agreement": min(agree)}
+              "ratio": round(med(stream_rates) / med(evaluate_rates), 3), "label_agreement": min(agree),
+              "cpu": this_cpu().to_dict()}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"predict --file: {result['predict_file_median']:.2f} texts/s, evaluate: {result['evaluate_median']:.2f} "
           f"texts/s, ratio {result['ratio']:.3f}; same labels on {100 * result['label_agreement']:.1f}%")

@@ -50,6 +50,7 @@ from sentiment_lora.config import load_config
 from sentiment_lora.data import load_full, prepare_data, unseen
 from sentiment_lora.decision import decide
 from sentiment_lora.metrics import compute_metrics
+from sentiment_lora.precision import this_cpu
 from sentiment_lora.storage import write_json
 from sentiment_lora.train import run
 
@@ -211,6 +212,7 @@ def main(argv=None) -> int:
     if ran:
         # The wall time of this invocation, so a whole run's total is on record, not a sum.
         result["last_run"] = {"parts": ran, "minutes": minutes}
+    result["cpu"] = this_cpu().to_dict()  # the machine of this invocation
     print(markdown(result))
     print(f"bench-quality: {minutes} minutes for {', '.join(ran) or 'no part'}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)

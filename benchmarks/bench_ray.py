@@ -39,6 +39,7 @@ def main(argv=None) -> int:
 
     from sentiment_lora.config import DataConfig
     from sentiment_lora.data import balanced_indices, label_mapper, load_splits, prepare_split
+    from sentiment_lora.precision import this_cpu
     from sentiment_lora.spec import ClassifierSpec
 
     spec = ClassifierSpec.load(args.run_dir)
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
               "one_process_seconds": round(seconds["one_process"], 1), "ray_seconds": round(seconds["ray"], 1),
               "ray_over_one_process": round(seconds["ray"] / seconds["one_process"], 3),
               "rows_written": {"one_process": len(one), "ray": len(ray)}, "label_agreement": agree,
-              "ray_shards": len(list((tmp / "ray").glob("*.parquet")))}
+              "ray_shards": len(list((tmp / "ray").glob("*.parquet"))), "cpu": this_cpu().to_dict()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

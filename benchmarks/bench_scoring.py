@@ -39,6 +39,7 @@ from sentiment_lora.config import PromptConfig
 from sentiment_lora.data import balanced_indices, label_mapper, load_splits, prepare_split
 from sentiment_lora.decision import decide
 from sentiment_lora.perf import matmul_flops, sequence_flops
+from sentiment_lora.precision import this_cpu
 from sentiment_lora.prompt import Prompt
 from sentiment_lora.scoring import score
 
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
               f"{row['warmup_s']:.0f} |")
     result = {"reviews": len(ids), "tokens": sum(map(len, ids)), "max_length": args.max_length, "rounds": args.rounds,
               "matmul_limit_gflops": round(limit / 1e9, 1), "threads": threads,
-              "machine": platform.processor() or platform.machine(), "variants": rows}
+              "machine": platform.processor() or platform.machine(), "cpu": this_cpu().to_dict(), "variants": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {args.out}")
     return 0

@@ -31,6 +31,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from sentiment_lora.precision import this_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -159,12 +161,12 @@ def under_load(url: str, texts: list[str], concurrency: int, max_seconds: float)
     return result
 
 
-def measure_offline(run_dir: str, texts: list[str], warmup: list[str]) -> dict:
+def measure_offline(run_dir: str, texts: list[str], warmup: list[str], precision: str | None = None) -> dict:
     import torch
 
     from sentiment_lora.classifier import SentimentClassifier
 
-    clf = SentimentClassifier.load(run_dir, device="cpu")
+    clf = SentimentClassifier.load(run_dir, device="cpu", precision=precision)
     clf.predict_proba(warmup)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -185,14 +187,18 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=240, help="time bound of each load")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--short-dataset", help="also measure short texts (e.g. ../shared/sst5 sentences) at C=32")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"],
+                    help="the servers' and the offline scorer's --precision (default: the classifier's own)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve-cpu.json"))
     args = ap.parse_args()
+    given = ["--precision", args.precision] if args.precision else []
 
     texts = reviews(args.dataset, args.requests + 8, args.seed)
     warmup, texts = texts[:8], texts[8:]
     loads = {1: texts[: args.requests_c1], 32: texts}
     results = {"a": {}, "b": {}}
-    servers = {"a": start_server(args.run_dir, []), "b": start_server(args.run_dir, ["--max-batch-texts", "1"])}
+    servers = {"a": start_server(args.run_dir, given),
+                   "b": start_server(args.run_dir, [*given, "--max-batch-texts", "1"])}
     try:
         urls = {name: url for name, (_, url) in servers.items()}
         for url in urls.values():  # first calls pay one-off costs
@@ -209,13 +215,14 @@ def main() -> None:
         for proc, _ in servers.values():
             stop_server(proc)
     print("(c) offline scoring of the same reviews", flush=True)
-    results["c"] = measure_offline(args.run_dir, texts, warmup)
+    results["c"] = measure_offline(args.run_dir, texts, warmup, args.precision)
     print(f"  {results['c']}")
     if args.short_dataset:
         # Where batching pays on a CPU: short texts, whose model calls are mostly fixed overhead.
         short = reviews(args.short_dataset, args.requests + 8, args.seed)
         results["short"] = {"dataset": args.short_dataset}
-        servers = {"a": start_server(args.run_dir, []), "b": start_server(args.run_dir, ["--max-batch-texts", "1"])}
+        servers = {"a": start_server(args.run_dir, given),
+                   "b": start_server(args.run_dir, [*given, "--max-batch-texts", "1"])}
         try:
             for name, (_, url) in servers.items():
                 asyncio.run(drive(url, short[:8], 4, args.max_seconds))
@@ -224,7 +231,7 @@ def main() -> None:
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
-        results["short"]["c"] = measure_offline(args.run_dir, short[8:], short[:8])
+        results["short"]["c"] = measure_offline(args.run_dir, short[8:], short[:8], args.precision)
         print(f"short texts, offline: {results['short']['c']}", flush=True)
     a, b, c = results["a"]["32"], results["b"]["32"], results["c"]
     results["summary"] = {
@@ -240,7 +247,8 @@ def main() -> None:
     }
     results["setup"] = {"run_dir": args.run_dir, "dataset": args.dataset, "requests_at_32": len(texts),
                         "requests_at_1": len(loads[1]), "machine": platform.platform(),
-                        "cpus": os.cpu_count(), "python": platform.python_version()}
+                        "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "precision": args.precision, "cpu": this_cpu().to_dict()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"]))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import torch
 from sentiment_lora.config import Config, load_config
 from sentiment_lora.model import add_lora
 from sentiment_lora.perf import matmul_flops, peak_memory_mb, reset_peak_memory, sequence_flops
+from sentiment_lora.precision import this_cpu
 from sentiment_lora.prompt import Prompt
 from sentiment_lora.scoring import score
 from sentiment_lora.train import fit
@@ -214,6 +214,7 @@ def run_benchmark(base, tok, cfg: Config, train_texts: list[str], train_labels: 
 
     result = {
         "device": _device_name(device),
+        "cpu": this_cpu().to_dict(),
         "model": getattr(model_cfg, "_name_or_path", "") or model_cfg.model_type,
         "steps": steps, "effective_batch": SEED_BATCH * SEED_ACCUM, "repeats": repeats,
         "ours_micro_batch": cfg.train.batch_size, "ours_eval_batch": cfg.eval.batch_size,
@@ -239,15 +240,7 @@ def run_benchmark(base, tok, cfg: Config, train_texts: list[str], train_labels: 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{this_cpu().model}, {torch.get_num_threads()} threads"
 
 
 def markdown(r: dict) -> str:

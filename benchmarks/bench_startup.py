@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sentiment_lora.precision import this_cpu
+
 BIN = Path(sys.executable).parent
 TEXT = "A wonderful, moving film."
 
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
                                  # what the split does not cover: merging LoRA, printing, interpreter exit
                                  "rest (by difference)": round(med(warm) - med(bare) - sum(split.values()), 3)},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": this_cpu().to_dict(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

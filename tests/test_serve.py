@@ -140,6 +140,7 @@ def test_health_info_metrics_and_page(server):
     info = httpx.get(server.url + "/info").json()
     assert info["labels"] == ["Negative", "Positive"] and "{text}" in info["template"]
     assert info["test_metrics"]["n"] and len(info["test_metrics"]["accuracy_ci95"]) == 2
+    assert info["precision"] == "fp32"  # the suite's simulated processor has no bf16 or int8 units
     text = httpx.get(server.url + "/metrics").text
     for series in ("sentiment_lora_requests_total", "sentiment_lora_errors_total", "sentiment_lora_request_seconds",
                    "sentiment_lora_batch_size", "sentiment_lora_queue_depth"):

@@ -438,7 +438,8 @@ class Service:
                                      "method", "lora")},
                 "test_metrics": {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_f1", "roc_auc", "ece")},
                 "batching": {"max_batch_texts": cfg.max_batch_texts, "max_batch_tokens": cfg.max_batch_tokens,
-                             "max_wait_ms": cfg.max_wait_ms}}
+                             "max_wait_ms": cfg.max_wait_ms},
+                "precision": getattr(self.clf, "precision", None)}
 
 
 def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str = "auto", dtype: str = "auto",
