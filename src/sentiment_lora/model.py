@@ -324,7 +324,8 @@ def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     body = _transformer(model).get_decoder()
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=False).last_hidden_state[:, -1]
-    return torch.nn.functional.linear(hidden.float(), rows)
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 even inside a bf16 autocast
+        return torch.nn.functional.linear(hidden.float(), rows)
 
 
 def _label_rows(model, label_ids: torch.Tensor) -> torch.Tensor | None:

@@ -136,6 +136,26 @@ def _has_units(precision: str, cpu: Cpu) -> bool:
     return precision == "fp32" or (cpu.bf16 if precision == "bf16" else cpu.int8)
 
 
+def hold_frozen_in_bf16(model) -> dict:
+    """For bf16 autocast on a CPU: the frozen weight matrices cast to bf16 once for the run, since
+    autocast casts a weight that needs no gradient again on every forward. Returns the fp32
+    originals, which ``restore_frozen`` puts back before the classifier is tested and saved."""
+    import torch
+
+    kept = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad and p.dtype == torch.float32 and p.ndim >= 2:
+            kept[name] = p.data
+            p.data = p.data.to(torch.bfloat16)
+    return kept
+
+
+def restore_frozen(model, kept: dict) -> None:
+    params = dict(model.named_parameters())
+    for name, data in kept.items():
+        params[name].data = data
+
+
 def apply_precision(model, precision: str):
     """Put a (merged) model into ``precision`` for scoring, in place. bf16 casts the weights, not
     the buffers (rotary frequencies stay fp32); a trained label head stays fp32. int8 quantizes

@@ -51,7 +51,14 @@ from .model import (
 )
 from .multiprocess import agreed, gathered, release, shared_score
 from .perf import peak_memory_mb, reset_peak_memory
-from .precision import apply_precision, scoring_precision, this_cpu, training_precision
+from .precision import (
+    apply_precision,
+    hold_frozen_in_bf16,
+    restore_frozen,
+    scoring_precision,
+    this_cpu,
+    training_precision,
+)
 from .prompt import Prompt
 from .report import plot_calibration, plot_confusion_matrix, plot_training_curves
 from .scoring import score, score_generate
@@ -218,6 +225,7 @@ class Recipe:
         self.stop = StopRequest()
         self.accelerator = None
         self.precision = "fp32"  # of scoring: finalize chooses it
+        self.frozen: dict = {}  # fp32 originals of frozen weights held in bf16 for a bf16 CPU run
 
     def say(self, message: str) -> None:
         """A line for the user, from the main process only."""
@@ -284,6 +292,8 @@ class Recipe:
             add_label_head(model, self.prompt.label_token_ids)
         trainable, total = model.get_nb_trainable_parameters()
         self.say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+        if self.device.type == "cpu" and self.accelerator.mixed_precision == "bf16":
+            self.frozen = hold_frozen_in_bf16(model)
         self.model = model
 
     def start_folder(self) -> None:
@@ -481,9 +491,10 @@ class Recipe:
         if not val_ids:
             return None
         plain, ev = self.accelerator.unwrap_model(self.model), self.cfg.eval
-        self.val_probs = shared_score(self.accelerator, len(val_ids), lambda idx, bar: score(
-            plain, [val_ids[i] for i in idx], self.prompt.label_token_ids, self.tok.pad_token_id, ev.batch_size,
-            progress=bar, max_tokens=ev.max_batch_tokens), "validate")
+        with self.accelerator.autocast():  # the training precision (its frozen weights may be bf16)
+            self.val_probs = shared_score(self.accelerator, len(val_ids), lambda idx, bar: score(
+                plain, [val_ids[i] for i in idx], self.prompt.label_token_ids, self.tok.pad_token_id, ev.batch_size,
+                progress=bar, max_tokens=ev.max_batch_tokens), "validate")
         return float((decide(self.val_probs, ev.threshold) == np.asarray(self.data.val.labels)).mean())
 
     def checkpoint_or_stop(self) -> None:
@@ -530,6 +541,9 @@ class Recipe:
             self.say(f"warning: {train_stats['skipped_steps']} optimizer steps were skipped for a non-finite loss "
                      f"or gradient")
         self.model = self.accelerator.unwrap_model(self.model)
+        if self.frozen:  # the fp32 base again: validation ran on the bf16 one
+            restore_frozen(self.model, self.frozen)
+            self.frozen, self.val_probs = {}, None
         scorer = self.scoring_model()
         # Every process takes its share of the test sample; only the main one writes.
         raw, eval_seconds = test(scorer, self.tok, self.prompt, self.cfg, self.enc["test"].input_ids,

@@ -52,7 +52,10 @@ def _quiet() -> None:
                         ("DATASETS_VERBOSITY", "error"), ("HF_HUB_VERBOSITY", "error"),
                         ("ACCELERATE_LOG_LEVEL", "error")):
         os.environ.setdefault(name, value)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    # torchao (the int8 extra), which transformers and peft import whenever it is installed, logs
+    # its optional kernels' absence and torch's pytree deprecations on every start.
+    for name in ("huggingface_hub", "torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules:  # imported already (a test, a notebook): env vars come too late
         from transformers.utils import logging as hf_logging
 
