@@ -8,7 +8,9 @@ Scoring, in one process:
   its 95% Wilson interval, label agreement with fp32, and the fp32 margin from the threshold of
   every review whose label changed;
 - the matmul limit of each precision (2048 x 2048 by 2048 x 576, as the scorer's shapes), measured
-  in the same run, and each model's weight bytes.
+  in the same run, and each variant's peak RSS (a fresh process loading it and scoring 64 reviews);
+- with --onnx, the run exported four ways (merged fp32 and bf16 weights, ONNX fp32 and int8), each
+  folder's size, and the two ONNX exports scored as variants onnx-fp32 and onnx-int8.
 Training (--train): `sentiment-lora train` on the demo preset twice, in subprocesses, with
 train.mixed_precision=no and =bf16 (scoring fp32 in both, so only training differs); their
 metrics.json give tokens/s and test accuracy.
@@ -35,6 +37,7 @@ import torch
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.data import balanced_indices, label_mapper, load_splits, prepare_split
 from sentiment_lora.decision import decide, decision_margin
+from sentiment_lora.export import export
 from sentiment_lora.metrics import wilson_interval
 from sentiment_lora.precision import SCORING_DEFAULT, TRAINING_DEFAULT, this_cpu
 
@@ -68,12 +71,38 @@ def sample(clf: SentimentClassifier, dataset: str, n: int, seed: int = 0):
     return rows.take(balanced_indices(rows.labels, n, len(clf.label_words), np.random.default_rng(seed)))
 
 
-def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int) -> dict:
+def exports(run_dir: str, folder: Path) -> dict:
+    """Each export of the run (torch fp32 and bf16 weights, ONNX fp32 and int8): its folder and size."""
+    kinds = {"merged-fp32": {"merge": True}, "merged-bf16": {"merge": True, "dtype": "bfloat16"},
+             "onnx-fp32": {"onnx": "fp32"}, "onnx-int8": {"onnx": "int8"}}
+    out = {}
+    for name, kw in kinds.items():
+        t = time.perf_counter()
+        path = export(run_dir, folder / name, **kw)
+        out[name] = {"folder": path, "seconds": round(time.perf_counter() - t, 1),
+                     "folder_mb": round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)}
+    return out
+
+
+def peak_memory(folder: str, precision: str | None, texts: list[str]) -> float:
+    """Peak RSS (MB) of a fresh process that loads the classifier and scores ``texts``."""
+    code = ("import json, resource, sys; from sentiment_lora.classifier import SentimentClassifier; "
+            "clf = SentimentClassifier.load(sys.argv[1], device='cpu', precision=json.loads(sys.argv[2])); "
+            "clf.predict_proba(json.loads(sys.argv[3])); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    done = subprocess.run([sys.executable, "-c", code, folder, json.dumps(precision), json.dumps(texts)],
+                          capture_output=True, text=True, check=True)
+    return round(float(done.stdout.split()[-1]), 1)
+
+
+def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int, onnx: dict | None = None) -> dict:
     models = {p: SentimentClassifier.load(run_dir, device="cpu", precision=p) for p in VARIANTS}
+    for name in ("onnx-fp32", "onnx-int8") if onnx else ():
+        models[name] = SentimentClassifier.load(onnx[name]["folder"])
     test = sample(models["fp32"], dataset, n)
     ids = models["fp32"].encode(test.texts)
     fast = ids[:speed_n]
-    speeds = {p: [] for p in VARIANTS}
+    speeds = {p: [] for p in models}
     for clf in models.values():
         clf.proba_of_prompts(fast[:8])  # warm-up
     for _ in range(rounds):
@@ -92,8 +121,8 @@ def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int) -> di
                                                                                          speeds[p]],
                "reviews_per_s_full_pass": round(n / seconds, 2), "accuracy": correct / n,
                "ci95": [round(x, 4) for x in wilson_interval(correct, n)], "n": n,
-               "weights_mb": round(sum(t.numel() * t.element_size() for t in clf.model.state_dict().values()
-                                       if isinstance(t, torch.Tensor)) / 2**20, 1)}
+               "peak_rss_mb": peak_memory(str(onnx[p]["folder"]) if p.startswith("onnx") else run_dir,
+                                          None if p.startswith("onnx") else p, test.texts[:64])}
         if base is None:
             base = (probs, preds, clf.threshold)
         else:
@@ -125,10 +154,11 @@ def training(dataset: str) -> dict:
 def measured_defaults(result: dict) -> dict:
     """The defaults this run's figures support, by the issue's bounds: the fastest scoring precision
     within 0.5 points of fp32's accuracy with at least 99% agreement; bf16 training where it
-    reached 2.5x fp32's tokens/s with accuracy inside fp32's 95% interval."""
+    reached 2.5x fp32's tokens/s with accuracy inside fp32's 95% interval. ONNX exports are not
+    candidates: ``--precision auto`` chooses among the torch precisions of one folder."""
     fp32 = result["scoring"]["fp32"]
-    held = [p for p, r in result["scoring"].items()
-            if p == "fp32" or (abs(r["accuracy"] - fp32["accuracy"]) <= 0.005 and r["agreement"] >= 0.99)]
+    held = [p for p in VARIANTS if p == "fp32" or (abs(result["scoring"][p]["accuracy"] - fp32["accuracy"]) <= 0.005
+                                                   and result["scoring"][p]["agreement"] >= 0.99)]
     out = {"scoring": max(held, key=lambda p: result["scoring"][p]["reviews_per_s"])}
     if "training" in result:
         t32, t16 = result["training"]["fp32"], result["training"]["bf16"]
@@ -145,14 +175,20 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-n", type=int, default=200, help="reviews per speed round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train", action="store_true", help="also train the demo with and without bf16 autocast")
+    ap.add_argument("--onnx", action="store_true", help="also export the run (torch and ONNX Runtime, fp32 and "
+                    "int8) and score the ONNX exports")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/precision-cpu.json"))
     args = ap.parse_args(argv)
     cpu = this_cpu()
     result = {"cpu": cpu.to_dict(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "command": "python benchmarks/bench_precision.py " + " ".join(argv or sys.argv[1:]),
               "shipped_default": {"training": TRAINING_DEFAULT[cpu.kind], "scoring": SCORING_DEFAULT[cpu.kind]},
-              "matmul_limit": {p: round(matmul_limit(p), 1) for p in VARIANTS},
-              "scoring": scoring(args.run_dir, args.dataset, args.n, args.speed_n, args.rounds)}
+              "matmul_limit": {p: round(matmul_limit(p), 1) for p in VARIANTS}}
+    with tempfile.TemporaryDirectory() as tmp:
+        made = exports(args.run_dir, Path(tmp)) if args.onnx else None
+        result["scoring"] = scoring(args.run_dir, args.dataset, args.n, args.speed_n, args.rounds, made)
+    if made:
+        result["exports"] = {k: {f: v for f, v in e.items() if f != "folder"} for k, e in made.items()}
     if args.train:
         result["training"] = training(args.dataset)
     result["default"] = measured_defaults(result)

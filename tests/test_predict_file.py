@@ -164,8 +164,12 @@ def test_cli_file_to_stdout_and_errors_before_loading(tiny_run, tmp_path, capsys
 
 @pytest.mark.slow
 def test_compiled_classifier_gives_the_same_probabilities(tiny_run, clf):
+    from torch._dynamo.utils import counters
+
     compiled = SentimentClassifier.load(tiny_run).compile()
+    before = counters["frames"]["ok"]
     assert np.abs(compiled.predict_proba(TEXTS) - clf.predict_proba(TEXTS)).max() < 1e-5
+    assert counters["frames"]["ok"] > before  # the scoring path really ran compiled
 
 
 def test_malformed_records_after_the_first_are_reported_per_row(clf, tmp_path):

@@ -48,6 +48,37 @@ def check_base_model(spec: ClassifierSpec, model_cfg: ModelConfig) -> None:
                         f"this classifier was trained on ({want[:19]}...); restore that model or train again")
 
 
+def torch_model(spec: ClassifierSpec, folder: Path, model_cfg: ModelConfig, pad_id: int | None,
+                precision: str | None, merge: bool):
+    """The spec's base model with its adapter (merged unless ``merge`` is False) and label head,
+    in the scoring precision chosen for this CPU; returns (model, precision)."""
+    from .cache import warn
+    from .model import load_adapter, load_base_model, load_label_head, pick_device, pick_dtype
+    from .precision import apply_precision, scoring_precision
+
+    device = pick_device(model_cfg.device)
+    chosen = scoring_precision(precision, device.type, model_cfg.dtype, spec.precision, say=warn)
+    model = load_base_model(model_cfg, device, pick_dtype(model_cfg.dtype, device), pad_id)
+    if spec.adapter is not None:
+        model = load_adapter(model, folder / spec.adapter)
+        if merge:
+            model = model.merge_and_unload()
+    if spec.head is not None:  # after merging: peft merges its own layers, not this one
+        load_label_head(model, folder / spec.head, spec.label_token_ids)
+    chosen = chosen if merge or spec.adapter is None else "fp32"  # an adapter to save stays fp32
+    return apply_precision(model.eval(), chosen), chosen
+
+
+def onnx_model(spec: ClassifierSpec, folder: Path, precision: str | None):
+    """An ONNX export's scorer; it runs in the precision it was exported in, and no other."""
+    from .onnx_graph import OnnxScorer
+
+    if precision not in (None, "auto", spec.precision):
+        raise UserError(f"{str(folder)!r} is an ONNX export in {spec.precision}; it scores only in "
+                        f"{spec.precision}: drop --precision {precision}, or export the run again")
+    return OnnxScorer(folder / spec.onnx), spec.precision
+
+
 # The only type outside skops's defaults that a stack's file may hold; a file asking to build
 # anything else is refused before any of it is built.
 STACK_TYPES = frozenset({"sentiment_lora.baseline.NBScaler"})
@@ -106,6 +137,19 @@ class SentimentClassifier:
     def label_words(self) -> list[str]:
         return list(self.prompt.cfg.label_words)
 
+    @property
+    def weights_dtype(self) -> str:
+        """What the scoring weights are held in: a torch dtype (``torch.float32``), or ``onnx-int8``."""
+        if self.spec is not None and self.spec.onnx is not None:
+            return f"onnx-{self.spec.precision}"
+        return str(next(self.model.parameters()).dtype)
+
+    def torch_only(self, what: str) -> None:
+        """An ONNX export holds no torch model: ``what`` needs the run folder or a torch export."""
+        if self.spec is not None and self.spec.onnx is not None:
+            raise UserError(f"{what} needs a torch model, and {str(self.folder)!r} is an ONNX export; use the "
+                            f"training run's folder or an export without --onnx")
+
     # --- loading and saving -------------------------------------------------------------
 
     @classmethod
@@ -127,9 +171,7 @@ class SentimentClassifier:
     def from_spec(cls, spec: ClassifierSpec, folder: str | Path, device: str = "auto", dtype: str = "auto",
                   batch_size: int | None = None, merge: bool = True,
                   precision: str | None = None) -> SentimentClassifier:
-        from .cache import warn
-        from .model import load_adapter, load_base_model, load_label_head, load_tokenizer, pick_device, pick_dtype
-        from .precision import apply_precision, scoring_precision
+        from .model import load_tokenizer
 
         folder = Path(folder)
         if spec.adapter is not None and not (folder / spec.adapter / "adapter_config.json").is_file():
@@ -143,17 +185,10 @@ class SentimentClassifier:
             raise UserError(f"the tokenizer of {spec.base_model.name_or_path!r} maps the label words to "
                             f"{prompt.label_token_ids}, the saved classifier to {spec.label_token_ids}: "
                             f"it is not the base model this adapter was trained on")
-        torch_device = pick_device(model_cfg.device)
-        chosen = scoring_precision(precision, torch_device.type, model_cfg.dtype, spec.precision, say=warn)
-        model = load_base_model(model_cfg, torch_device, pick_dtype(model_cfg.dtype, torch_device), tok.pad_token_id)
-        if spec.adapter is not None:
-            model = load_adapter(model, folder / spec.adapter)
-            if merge:
-                model = model.merge_and_unload()
-        if spec.head is not None:  # after merging: peft merges its own layers, not this one
-            load_label_head(model, folder / spec.head, spec.label_token_ids)
-        chosen = chosen if merge or spec.adapter is None else "fp32"  # an adapter to save stays fp32
-        model = apply_precision(model.eval(), chosen)
+        if spec.onnx is not None:
+            model, chosen = onnx_model(spec, folder, precision)
+        else:
+            model, chosen = torch_model(spec, folder, model_cfg, tok.pad_token_id, precision, merge)
         clf = cls(model, tok, prompt, threshold=spec.threshold, method=spec.method, temperature=spec.temperature,
                   batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
                   clean_html=spec.data.get("clean_html", True), spec=spec,
@@ -171,7 +206,11 @@ class SentimentClassifier:
         """
         import torch
 
-        self.model.forward = torch.compile(self.model.forward, dynamic=True)
+        from .model import scoring_body
+
+        self.torch_only("compiling")
+        body = scoring_body(self.model)  # scoring runs the decoder alone, then the label rows
+        body.forward = torch.compile(body.forward, dynamic=True)
         return self
 
     def save_adapter(self, folder: str | Path) -> None:
@@ -192,6 +231,7 @@ class SentimentClassifier:
         """Adapter, then ``classifier.json`` last: its presence marks a complete folder."""
         if self.spec is None:
             raise ValueError("this classifier has no spec to save; build it with SentimentClassifier.load")
+        self.torch_only("save_pretrained")
         if not hasattr(self.model, "peft_config"):
             raise ValueError("this classifier's LoRA weights are merged into the base; load it with merge=False to "
                              "save it, or write a standalone folder with sentiment-lora export")

@@ -43,7 +43,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     metrics = compute_metrics(sample.labels, preds, probs, clf.label_words, data_cfg.ordinal)
     metrics.update({"method": clf.method, "threshold": clf.threshold, "unparsed": int((preds == UNDECIDED).sum()),
                     "dataset": data_cfg.dataset, "split": split,
-                    "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),
+                    "dtype": clf.weights_dtype.removeprefix("torch."),
                     "precision": clf.precision, "cpu": this_cpu().to_dict(),
                     "seconds": round(seconds, 2),
                     "reviews_per_s": round(len(sample) / seconds, 2) if seconds > 0 else None})

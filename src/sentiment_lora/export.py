@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .classifier import SentimentClassifier, base_model_config, relocatable_adapter, write_classifier
 from .errors import UserError
-from .layout import ADAPTER_DIR, BASE_DIR, CONFIG, METRICS, MODEL_CARD, PLOTS
+from .layout import ADAPTER_DIR, BASE_DIR, CONFIG, METRICS, MODEL_CARD, ONNX_FILE, PLOTS
 from .spec import BaseModelRef, ClassifierSpec
 from .storage import read_json, write_dir
 
@@ -31,23 +31,32 @@ def _origin(spec: ClassifierSpec) -> str:
     return f"{b.name_or_path}/{b.gguf_file}" if b.gguf_file else b.name_or_path
 
 
-def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype: str = "float32") -> Path:
+def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype: str = "float32",
+           onnx: str | None = None) -> Path:
     """Write a standalone copy of the classifier in ``run_dir`` to ``out_dir`` (which must not exist
-    or be empty). The folder appears whole or not at all."""
+    or be empty). The folder appears whole or not at all. ``onnx`` (fp32 or int8) writes the merged
+    model as an ONNX Runtime graph in that precision instead of torch weights."""
     from .model import bake_label_head, load_base_model, pick_dtype
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"export folder {str(out)!r} exists and is not empty; choose another OUT_DIR")
     spec = ClassifierSpec.load(run_dir)
-    clf = SentimentClassifier.from_spec(spec, run_dir, device="cpu", dtype=dtype)
+    # The weights leave in ``dtype`` whatever this CPU would score in; the spec keeps its precision.
+    clf = SentimentClassifier.from_spec(spec, run_dir, device="cpu", dtype=dtype, precision="fp32")
+    clf.torch_only("export")
+    if onnx is not None and (spec.method != "logits" or dtype != "float32"):
+        raise UserError("--onnx exports the logits method in float32 weights; drop --dtype, and export a "
+                        "classifier trained with method logits")
     copied = [name for name in COPIED if _readable(run_dir / name)]
     metrics = read_json(run_dir / METRICS) if METRICS in copied else {}
     origin = _origin(spec)
 
     def fill(tmp: Path) -> ClassifierSpec:
         """Everything but the report and classifier.json; returns the folder's spec."""
-        if merge:
+        if onnx is not None:
+            new = _onnx_weights(tmp, clf, spec, origin, onnx)
+        elif merge:
             bake_label_head(clf.model)  # a trained head becomes the saved LM head's label rows
             clf.model.save_pretrained(tmp)  # load() merged the LoRA weights into the base (merge_and_unload)
             clf.tokenizer.save_pretrained(tmp)
@@ -69,12 +78,26 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
             shutil.copy2(run_dir / spec.stack.model_file, tmp / spec.stack.model_file)
         for name in copied:
             shutil.copy2(run_dir / name, tmp / name)
-        (tmp / MODEL_CARD).write_text(model_card(new, metrics, merged=merge, lora=_lora_settings(run_dir),
-                                                  adds_bos=bool(clf.prompt.lead)),
-                                       encoding="utf-8")
+        card = model_card(new, metrics, merged=merge or onnx is not None, lora=_lora_settings(run_dir),
+                          adds_bos=bool(clf.prompt.lead))
+        (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
         return new
 
     return write_dir(out, lambda tmp: write_classifier(tmp, fill(tmp)))
+
+
+def _onnx_weights(tmp: Path, clf: SentimentClassifier, spec: ClassifierSpec, origin: str,
+                  precision: str) -> ClassifierSpec:
+    """The merged model as an ONNX graph (``onnx_graph.write_onnx``) and its tokenizer; the spec
+    of a folder that ONNX Runtime scores in ``precision``."""
+    from .model import bake_label_head
+    from .onnx_graph import write_onnx
+
+    bake_label_head(clf.model)
+    write_onnx(clf.model, clf.prompt.label_token_ids, tmp / ONNX_FILE, precision)
+    clf.tokenizer.save_pretrained(tmp)
+    return dataclasses.replace(spec, adapter=None, head=None, onnx=ONNX_FILE, precision=precision,
+                               base_model=BaseModelRef(".", bundled=True, origin=origin))
 
 
 def _readable(path: Path) -> bool:

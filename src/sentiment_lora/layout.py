@@ -19,6 +19,8 @@ BASE_DIR = "base"
 """An unmerged export's copy of the base model."""
 MODEL_CARD = "README.md"
 """An export's model card."""
+ONNX_FILE = "model.onnx"
+"""An ONNX export's graph: prompt tokens in, label logits out (``onnx_graph``)."""
 
 # --- figures, in a run, an export, an evaluation or a baseline -------------------------
 CONFIG = "config.yaml"

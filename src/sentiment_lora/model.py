@@ -218,6 +218,11 @@ def _transformer(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def scoring_body(model):
+    """The decoder that scoring runs (``label_logits`` without grad): what ``compile`` compiles."""
+    return _transformer(model).get_decoder()
+
+
 def label_head(model) -> LabelRows | None:
     head = _transformer(model).get_output_embeddings()
     return head if isinstance(head, LabelRows) else None
@@ -321,8 +326,7 @@ def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     logits_to_keep=1, use_cache=False)
         return out.logits[:, -1, :].index_select(-1, label_ids).float()
-    body = _transformer(model).get_decoder()
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    hidden = scoring_body(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=False).last_hidden_state[:, -1]
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 even inside a bf16 autocast
         return torch.nn.functional.linear(hidden.float(), rows)

@@ -333,7 +333,7 @@ def classifier_identity(clf) -> str:
         path = Path(clf.folder) / clf.spec.adapter / "adapter_model.safetensors"
         weights = file_sha256(path) if path.is_file() else None
     return json_digest({"spec": clf.spec.to_dict() if clf.spec else {}, "threshold": clf.threshold,
-                        "method": clf.method, "dtype": str(next(clf.model.parameters()).dtype),
+                        "method": clf.method, "dtype": clf.weights_dtype,
                         "precision": getattr(clf, "precision", "fp32"), "weights": weights})
 
 

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import collate, label_logits
+from .onnx_graph import OnnxScorer
 
 
 def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -34,18 +35,25 @@ def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None =
 @torch.inference_mode()
 def score(model, input_ids: list[list[int]], label_ids: list[int], pad_id: int, batch_size: int,
           progress: str | None = None, max_tokens: int | None = None) -> np.ndarray:
-    """Probabilities over the label words, shape (n, labels): one forward pass per batch."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    """Probabilities over the label words, shape (n, labels): one forward pass per batch.
+    ``model`` is a torch model or an ``onnx_graph.OnnxScorer`` (same batches, same softmax)."""
+    onnx = isinstance(model, OnnxScorer)
+    device = torch.device("cpu") if onnx else next(model.parameters()).device
+    was_training = not onnx and model.training
+    if not onnx:
+        model.eval()
     labels = torch.tensor(label_ids, device=device)
     probs = np.zeros((len(input_ids), len(label_ids)), dtype=np.float64)
     batches = length_batches([len(x) for x in input_ids], batch_size, max_tokens)
     for idx in tqdm(batches, desc=progress, disable=progress is None, unit="batch", leave=False):
         batch = collate([input_ids[i] for i in idx], pad_id, device)
-        logits = label_logits(model, batch["input_ids"], batch["attention_mask"], labels)
+        if onnx:
+            logits = torch.from_numpy(model.label_logits(batch["input_ids"].numpy(), batch["attention_mask"].numpy()))
+        else:
+            logits = label_logits(model, batch["input_ids"], batch["attention_mask"], labels)
         probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
-    model.train(was_training)
+    if not onnx:
+        model.train(was_training)
     return probs
 
 

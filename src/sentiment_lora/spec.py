@@ -21,7 +21,7 @@ from .layout import ADAPTER_DIR, CONFIG, FIGURE_FILES, SPEC
 from .storage import path_problem, read_json, write_json
 
 FORMAT = "sentiment-lora-classifier/5"
-SECTIONS = ("head", "stack")
+SECTIONS = ("head", "stack", "onnx")
 """The optional sections this version reads. A spec names the ones it uses in ``sections``,
 so a reader that lacks one refuses the file by that name instead of ignoring it."""
 # Earlier formats, all still read: /1 (no fingerprint or bundled base, always an adapter),
@@ -138,6 +138,9 @@ class ClassifierSpec:
     head: str | None = None
     """The trained label rows of the LM head (``lora.head``), a safetensors file relative to the
     folder; None: the base model's own LM head."""
+    onnx: str | None = None
+    """An ONNX export's graph (``onnx_graph``), relative to the folder, scored by ONNX Runtime in
+    ``precision``; None: a torch model."""
 
     @property
     def label_words(self) -> list[str]:
@@ -163,6 +166,8 @@ class ClassifierSpec:
             d["stack"] = self.stack.to_dict()
         if self.head is not None:
             d["head"] = self.head
+        if self.onnx is not None:
+            d["onnx"] = self.onnx
         d["sections"] = [name for name in SECTIONS if name in d]
         return {**d, "checksum": checksum(d)}
 
@@ -179,9 +184,11 @@ class ClassifierSpec:
         files = f.files(d)
         head = f.head(d, sections, adapter, files)
         stack = f.stack(d, sections, len(prompt.label_words), files)
+        scoring = f.scoring(d)
+        onnx = f.onnx(d, sections, adapter, files, scoring["precision"])
         data = f.get(d, "data", dict, optional=True, default={})
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), adapter=adapter, files=dict(files),
-                   data={k: data[k] for k in DATA_KEYS if k in data}, stack=stack, head=head, **f.scoring(d))
+                   data={k: data[k] for k in DATA_KEYS if k in data}, stack=stack, head=head, onnx=onnx, **scoring)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/classifier.json`` atomically, with the sha256 of each model file in
@@ -360,6 +367,16 @@ class _Fields:
         if stack.model_file not in files:
             raise self.bad(f"stack.model_file {stack.model_file!r} has no sha256 in field 'files'")
         return stack
+
+    def onnx(self, d: dict, sections, adapter: str | None, files: dict, precision: str) -> str | None:
+        if not self.declared(d, sections, "onnx"):
+            return None
+        onnx = self.get(d, "onnx", str)
+        if adapter is not None or onnx not in files or not _inside(onnx):
+            raise self.bad(f"onnx {onnx!r} must be a file of a merged export with a sha256 in field 'files'")
+        if precision not in ("fp32", "int8"):
+            raise self.bad(f"an ONNX export's precision is fp32 or int8, not {brief(precision)}")
+        return onnx
 
     def head(self, d: dict, sections, adapter: str | None, files: dict) -> str | None:
         if not self.declared(d, sections, "head"):

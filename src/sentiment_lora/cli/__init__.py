@@ -53,8 +53,9 @@ def _quiet() -> None:
                         ("ACCELERATE_LOG_LEVEL", "error")):
         os.environ.setdefault(name, value)
     # torchao (the int8 extra), which transformers and peft import whenever it is installed, logs
-    # its optional kernels' absence and torch's pytree deprecations on every start.
-    for name in ("huggingface_hub", "torchao", "torch.utils._pytree"):
+    # its optional kernels' absence and torch's pytree deprecations on every start; torch's ONNX
+    # exporter logs every optional operator library it lacks.
+    for name in ("huggingface_hub", "torchao", "torch.utils._pytree", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules:  # imported already (a test, a notebook): env vars come too late
         from transformers.utils import logging as hf_logging

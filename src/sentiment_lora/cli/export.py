@@ -13,6 +13,9 @@ def add(sub, parents: list) -> None:
     p.add_argument("--merge", action="store_true", help="merge LoRA into the base: a plain transformers model folder")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the exported weights")
+    p.add_argument("--onnx", choices=["fp32", "int8"], default=None,
+                   help="write the merged model as an ONNX Runtime graph in this precision (int8: dynamic "
+                        "quantization); predict, evaluate and serve load the folder")
 
 
 def run(args) -> int:
@@ -23,7 +26,7 @@ def run(args) -> int:
     check_output_folder(args.out_dir, "OUT_DIR")
     from ..export import export
 
-    out = export(args.run_dir, args.out_dir, merge=args.merge, dtype=args.dtype)
-    kind = "merged model" if args.merge else "adapter + base model"
+    out = export(args.run_dir, args.out_dir, merge=args.merge, dtype=args.dtype, onnx=args.onnx)
+    kind = f"ONNX graph, {args.onnx}" if args.onnx else "merged model" if args.merge else "adapter + base model"
     print(f"exported {args.run_dir} to {out} ({kind}); load it with SentimentClassifier.load({str(out)!r})")
     return 0
