@@ -320,6 +320,7 @@ def test_the_page_in_a_real_browser(server, tmp_path, reference):
         options.add_argument(flag)
     options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844,
                                                                           "pixelRatio": 2}})  # a phone
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         driver.get(server.url + "/")
@@ -332,6 +333,8 @@ def test_the_page_in_a_real_browser(server, tmp_path, reference):
         width = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
         assert width[1] == 390 and width[0] <= width[1], width  # no sideways scrolling at phone width
         driver.save_screenshot(str(tmp_path / "page.png"))
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors  # e.g. no 404 for /favicon.ico: the page brings its own icon
     finally:
         driver.quit()
     words, probs = reference
