@@ -94,8 +94,9 @@ def test_the_log_is_rounded_and_baselines_beside_the_run_are_shown(tiny_run, tmp
     (tmp_path / "runs" / "other" / "metrics.json").write_text(json.dumps({"method": "logits", "accuracy": 0.5}))
     html = report_html(run)
     assert "4.621e-05" in html and "4.621229016452155e-05" not in html and "0.2523" in html
-    assert "<h2>Baselines beside this run</h2>" in html and "<td>tfidf</td><td>tfidf-logreg</td>" in html
-    assert "0.8871 (0.883–0.891)" in html and "<td>other</td>" not in html
+    assert "<h2>Baselines beside this run</h2>" in html
+    assert "<td>tfidf<br><span class=muted>tfidf-logreg, stanfordnlp/imdb</span></td>" in html
+    assert "0.8871 (0.883–0.891)" in html and "<td>other<br>" not in html
     html = report_html(tiny_run)
     assert "Baselines beside this run" not in html
 
