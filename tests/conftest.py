@@ -244,3 +244,16 @@ def interrupted_predict(monkeypatch):
             monkeypatch.setattr(predict_mod, "classify_chunk", real)
 
     return interrupt
+
+
+def run_card_snippet(folder: Path, text: str) -> dict:
+    """The last Python snippet of an exported folder's model card, run as a user would copy it (with the
+    folder's path and ``text`` in place of the placeholders); returns its variables."""
+    import re
+
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", card, flags=re.S)[-1]
+    code = code.replace("path/to/this/folder", str(folder)).replace("A wonderful, moving film.", text)
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - the card's own code, as written
+    return scope

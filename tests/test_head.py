@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_card_snippet
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.errors import UserError
 from sentiment_lora.export import export
@@ -87,6 +88,8 @@ def test_exports_carry_the_head(head_run, tmp_path):
     for folder in (merged, unmerged):
         assert np.abs(SentimentClassifier.load(folder).predict_proba(TEXTS) - want).max() <= 1e-5
     assert "label head" in (merged / "README.md").read_text()
+    for folder in (merged, unmerged):  # each card's own snippet (peft and the head's rows for the adapter)
+        assert np.abs(run_card_snippet(folder, TEXTS[0])["probs"].numpy() - want[0]).max() <= 1e-4, folder.name
 
     # Plain transformers reads the head from the merged folder; the input embeddings are untouched.
     spec = ClassifierSpec.load(merged)

@@ -141,12 +141,16 @@ def test_health_info_metrics_and_page(server):
     assert info["labels"] == ["Negative", "Positive"] and "{text}" in info["template"]
     assert info["test_metrics"]["n"] and len(info["test_metrics"]["accuracy_ci95"]) == 2
     assert info["precision"] == "fp32"  # the suite's simulated processor has no bf16 or int8 units
+    cal = info["calibration"]
+    assert cal["kind"] == "temperature" and cal["temperature"] == server.state.spec.temperature
+    assert set(cal["validation"]) >= {"n", "log_loss_before", "log_loss_after", "ece_before", "ece_after"}
     text = httpx.get(server.url + "/metrics").text
     for series in ("sentiment_lora_requests_total", "sentiment_lora_errors_total", "sentiment_lora_request_seconds",
                    "sentiment_lora_batch_size", "sentiment_lora_queue_depth"):
         assert series in text
     page = httpx.get(server.url + "/").text
     assert "<textarea" in page and "data:image/png;base64," in page and "http" not in page.split("<style>")[1][:20]
+    assert '<link rel=icon href="data:' in page  # the browser asks for no /favicon.ico
 
 
 @pytest.mark.parametrize("body, status, fragment", [
@@ -316,6 +320,7 @@ def test_the_page_in_a_real_browser(server, tmp_path, reference):
         options.add_argument(flag)
     options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844,
                                                                           "pixelRatio": 2}})  # a phone
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         driver.get(server.url + "/")
@@ -328,6 +333,8 @@ def test_the_page_in_a_real_browser(server, tmp_path, reference):
         width = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
         assert width[1] == 390 and width[0] <= width[1], width  # no sideways scrolling at phone width
         driver.save_screenshot(str(tmp_path / "page.png"))
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors  # e.g. no 404 for /favicon.ico: the page brings its own icon
     finally:
         driver.quit()
     words, probs = reference

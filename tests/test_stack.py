@@ -81,6 +81,7 @@ def test_a_stack_round_trips_and_every_path_applies_it(stacked, tmp_path):
     assert {"stack", "llm", "baseline"} <= set(metrics["stack"]["test"])
     assert len({m["n"] for m in metrics["stack"]["test"].values()}) == 1
     assert "Stacked with tfidf" in (out / "report.html").read_text()  # the page says what decides
+    assert "the stack's combiner, which decides" in (out / "report.html").read_text()  # and what T applies to
     # predict from the command line gives the stacked probabilities too.
     rc = main(["predict", str(out), "--json", "--device", "cpu", *TEXTS])
     assert rc == 0
@@ -89,6 +90,7 @@ def test_a_stack_round_trips_and_every_path_applies_it(stacked, tmp_path):
     assert main(["export", str(out), str(exported)]) == 0
     again = SentimentClassifier.load(exported, device="cpu")
     np.testing.assert_allclose(again.predict_proba(TEXTS), got, atol=1e-6)
+    assert "the stack's combiner, which decides" in (exported / "README.md").read_text()
     # ... merged too: a stacked spec with no adapter left.
     assert main(["export", str(out), str(tmp_path / "merged"), "--merge"]) == 0
     merged = SentimentClassifier.load(tmp_path / "merged", device="cpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,3 +298,40 @@ def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
         "test_sample": len(test_idx),
     }
     return DataBundle(train_all.take(train_idx), val, test_all.take(test_idx), stats)
+
+
+KNOWN_DATASETS = {
+    frozenset({"1a89057532cebdead794df49073fbf5ee21059cd72d0b0310da059bf5c6b015c",
+               "7fda268b5f67d7414fcf214fece18528cfd1e9a2850a3f90dffc5047495ad5f3"}): "stanfordnlp/imdb",
+}
+"""Local copies whose public name is known, by the sha256 of their data files (every file at the
+folder's top but a README): the aclImdb parquet files as shipped in ``shared/imdb``. Only an exact
+copy is named; another local dataset is called by its folder's name."""
+
+
+def public_dataset(dataset: str, *roots: Path) -> str:
+    """A dataset's name for a card or a page: a Hub id as it is; a local folder (found as given, or
+    under one of ``roots``) by its known public name, else by the folder's name, never its path."""
+    if not looks_local(dataset):
+        return dataset
+    found = [p for p in [Path(dataset).expanduser(), *(Path(r) / dataset for r in roots)] if p.is_dir()]
+    digests = dataset_digests(found[0]) if found else None
+    return KNOWN_DATASETS.get(digests) or Path(dataset).name or dataset
+
+
+def dataset_digests(folder: Path) -> frozenset[str] | None:
+    """The sha256 of each data file at ``folder``'s top (READMEs aside), which ``KNOWN_DATASETS`` is
+    keyed by; None for a folder of more than 8 files (aclImdb's per-review layout is not hashed)."""
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.upper().startswith("README")]
+    if not 0 < len(files) <= 8:
+        return None
+    return frozenset(_file_digest(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per version of it (the server's /info asks often)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shutil
 from pathlib import Path
 
 from .classifier import SentimentClassifier, base_model_config, relocatable_adapter, write_classifier
 from .errors import UserError
-from .layout import ADAPTER_DIR, BASE_DIR, CONFIG, METRICS, MODEL_CARD, ONNX_FILE, PLOTS
+from .layout import ADAPTER_DIR, BASE_DIR, CALIBRATION, CONFIG, METRICS, MODEL_CARD, ONNX_FILE, PLOTS
 from .spec import BaseModelRef, ClassifierSpec
 from .storage import read_json, write_dir
 
@@ -79,7 +80,7 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False, dtype:
         for name in copied:
             shutil.copy2(run_dir / name, tmp / name)
         card = model_card(new, metrics, merged=merge or onnx is not None, lora=_lora_settings(run_dir),
-                          adds_bos=bool(clf.prompt.lead))
+                          adds_bos=bool(clf.prompt.lead), root=run_dir, has_reliability=CALIBRATION in copied)
         (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
         return new
 
@@ -175,17 +176,38 @@ CARD_TEMPLATE = "model_card.md.j2"
 """The model card's text, a Jinja template beside this module: the card is edited there."""
 
 
-def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | None, adds_bos: bool = False) -> str:
-    """README.md of an exported classifier: what it is, how well it does, how to load it."""
+def model_card(spec: ClassifierSpec, metrics: dict, merged: bool, lora: dict | None, adds_bos: bool = False,
+               root: Path | None = None, has_reliability: bool = True) -> str:
+    """README.md of an exported classifier: what it is, its calibration, how well it does, how to load it
+    (with sentiment-lora, and with transformers alone or with peft). ``root``: where a relative dataset path
+    was recorded from."""
     import jinja2
+
+    from .data import public_dataset
+    from .model import public_model
+    from .page import calibration_facts, calibration_summary
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("sentiment_lora", "."), keep_trailing_newline=True,
                              autoescape=False, undefined=jinja2.StrictUndefined)
     env.filters.update(pct=_pct, pyrepr=repr, zip=zip)
     words = spec.label_words
     rule = f"words[int(probs[1] >= {spec.threshold!r})]" if len(words) == 2 else "words[int(probs.argmax())]"
-    return env.get_template(CARD_TEMPLATE).render(
+    base_name, base_gguf = public_model(spec.base_model.origin or "unknown", spec.base_model.gguf_file)
+    recorded = spec.data.get("dataset")
+    dataset = public_dataset(recorded, *([root] if root else [])) if recorded else "unknown"
+    cal = calibration_facts(spec, metrics)
+    text = env.get_template(CARD_TEMPLATE).render(
         spec=spec, metrics=metrics, merged=merged, lora=lora, adds_bos=adds_bos, words=words, rule=rule,
-        data=metrics.get("data", {}), dataset=spec.data.get("dataset", "unknown"),
-        origin=spec.base_model.origin or "unknown", adapter_dir=ADAPTER_DIR,
-        head_row=bool(spec.head or (merged and lora and lora.get("head"))))
+        data=metrics.get("data", {}), dataset=dataset, dataset_hub=_hub_id(dataset),
+        base_name=base_name, base_gguf=base_gguf, base_hub=_hub_id(base_name), adapter_dir=ADAPTER_DIR,
+        calibration_text=calibration_summary(cal, words).replace("≥", ">="), calibrated=cal["kind"] is not None,
+        cal_rows=[(part, cal[part]) for part in ("validation", "test") if part in cal],
+        has_reliability=has_reliability, head_row=bool(spec.head or (merged and lora and lora.get("head"))))
+    return re.sub(r"\n{3,}", "\n\n", text)  # optional parts leave blank lines; Markdown needs one
+
+
+def _hub_id(name: str) -> bool:
+    """Whether a card may name ``name`` in its metadata: an ``owner/name`` Hub id, not a folder."""
+    from .data import looks_local
+
+    return name.count("/") == 1 and not looks_local(name)

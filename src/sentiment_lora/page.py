@@ -16,8 +16,11 @@ from typing import Any
 
 from .layout import CALIBRATION, CONFIG, CONFUSION, CURVES, METRICS, PREDICTIONS, REPORT, TRAIN_LOG
 
-PLOTS = ((CURVES, "Training curves"), (CONFUSION, "Confusion matrix"),
-         (CALIBRATION, "Reliability diagram"))
+PLOTS = ((CURVES, "Training curves"), (CONFUSION, "Confusion matrix"))
+"""The card's plots; the reliability diagram stands beside the calibration it checks."""
+
+BASELINE_METHODS = ("tfidf-logreg", "tfidf-nb-logreg", "zero-shot")
+"""``metrics.json`` methods of ``sentiment-lora baseline``'s folders, which a report shows beside its run."""
 
 PAGE_TEMPLATE = "page.html.j2"
 """Both pages' markup, style and script: Jinja macros beside this module, edited there."""
@@ -66,6 +69,20 @@ def image_uri(path: Path) -> str | None:
         return None
 
 
+def _readable(x) -> str:
+    """A logged figure rounded for reading (4 significant digits); text and integers as they are."""
+    if isinstance(x, float):
+        return f"{x:.4g}" if math.isfinite(x) else "n/a"
+    return str(x)
+
+
+def truncated(data: dict) -> list[tuple[str, int, Any]]:
+    """(sample, texts cut to the token budget, sample size) as training counted them where it encoded each sample."""
+    return [(name, data[f"truncated_{part}"], data.get(f"{part}_sample", "?"))
+            for part, name in (("train", "training"), ("val", "validation"), ("test", "test"))
+            if isinstance(data.get(f"truncated_{part}"), int)]
+
+
 def _escape(x) -> str:
     """The template's ``e`` filter: html.escape, whose entities (``&quot;``, ``&#x27;``) the pages have always had."""
     return escape(str(x))
@@ -77,14 +94,17 @@ def _pages():
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("sentiment_lora", "."), trim_blocks=True, lstrip_blocks=True,
                              autoescape=False, undefined=jinja2.StrictUndefined)
-    env.filters.update(e=_escape, num=_num, cell=_cell)
+    env.filters.update(e=_escape, num=_num, cell=_cell, readable=_readable)
+    env.globals.update(truncated=truncated, calibration_summary=calibration_summary)
     return env.get_template(PAGE_TEMPLATE).module
 
 
 def facts(run_dir: str | Path, spec=None) -> dict:
     """What the card shows, read from a run (or exported) folder; missing parts are None."""
     from .config import load_config
+    from .data import public_dataset
     from .errors import UserError
+    from .model import public_model
     from .spec import ClassifierSpec
 
     run_dir = Path(run_dir)
@@ -97,22 +117,68 @@ def facts(run_dir: str | Path, spec=None) -> dict:
     except UserError:
         cfg = None
     b = spec.base_model
-    base = b.origin if b.bundled and b.origin else (f"{b.name_or_path} ({b.gguf_file})" if b.gguf_file
-                                                    else b.name_or_path)
-    return {"name": run_dir.resolve().name, "base_model": base, "labels": spec.label_words,
+    name, gguf = public_model(b.origin if b.bundled and b.origin else b.name_or_path, b.gguf_file)
+    dataset = spec.data.get("dataset")
+    return {"name": run_dir.resolve().name, "base_model": name, "base_gguf": gguf, "labels": spec.label_words,
             "template": spec.prompt.template, "max_length": spec.prompt.max_length,
             "truncation": spec.prompt.truncation, "threshold": spec.threshold, "method": spec.method,
-            "dataset": spec.data.get("dataset"), "lora": dict(cfg.lora.__dict__) if cfg else None,
+            "calibration": calibration_facts(spec, metrics),
+            "dataset": public_dataset(dataset, run_dir) if dataset else None,
+            "lora": dict(cfg.lora.__dict__) if cfg else None,
             "config_yaml": (run_dir / CONFIG).read_text(encoding="utf-8") if cfg else None,
             "metrics": metrics, "data": metrics.get("data") if isinstance(metrics.get("data"), dict) else {},
             "stack": spec.stack.baseline if spec.stack else None}
 
 
+def calibration_facts(spec, metrics: dict) -> dict:
+    """How the probabilities were calibrated (``kind``: temperature, threshold, both, or None where
+    the run did not calibrate or predates recording it), T and the threshold as the spec applies
+    them, and the log-loss and ECE before and after on validation and test where metrics.json has them."""
+    cal = metrics.get("calibration") if isinstance(metrics.get("calibration"), dict) else {}
+    kind = cal.get("method") if isinstance(cal.get("method"), str) else None
+    if kind is None and spec.temperature != 1.0:
+        kind = "temperature"
+    parts = {part: cal[part] for part in ("validation", "test") if isinstance(cal.get(part), dict)}
+    return {"kind": kind, "temperature": spec.temperature, "threshold": spec.threshold, **parts}
+
+
+def calibration_summary(c: dict, words: list[str]) -> str:
+    """One line on ``calibration_facts``: how the probabilities were calibrated and the decision rule."""
+    rule = f"p({words[1]}) ≥ {_num(c['threshold'])}" if len(words) == 2 else "the most probable label"
+    t = f"T = {_num(c['temperature'], 3)}"
+    return {"temperature": f"temperature scaling, {t}; decision {rule}",
+            "threshold": f"threshold fitted on validation: {rule}",
+            "both": f"temperature scaling, {t}, then a threshold fitted on validation: {rule}",
+            }.get(c["kind"], f"none recorded ({t}); decision {rule}")
+
+
 def card_html(f: dict, run_dir: str | Path) -> str:
-    """The classifier's card: base model, LoRA, data, test metrics with their interval, plots."""
+    """The classifier's card: base model, LoRA, data, test metrics with their interval, plots, and
+    the calibration beside its reliability diagram."""
     ci = f["metrics"].get("accuracy_ci95")
     plots = [(title, uri) for name, title in PLOTS if (uri := image_uri(Path(run_dir) / name))]
-    return _pages().card(f, ci if isinstance(ci, list) and len(ci) == 2 else None, plots)
+    return _pages().card(f, ci if isinstance(ci, list) and len(ci) == 2 else None, plots,
+                         image_uri(Path(run_dir) / CALIBRATION))
+
+
+def baselines(run_dir: Path, limit: int = 200) -> list[dict]:
+    """The test metrics of ``sentiment-lora baseline`` folders beside the run (its parent's first
+    ``limit`` entries, so a crowded folder costs a bounded time), each with its folder's name."""
+    from .data import public_dataset
+
+    found = []
+    try:
+        siblings = sorted(p for _, p in zip(range(limit), run_dir.resolve().parent.iterdir()) if p.is_dir())
+    except OSError:
+        return []
+    for folder in siblings:
+        m = _read_json(folder / METRICS)
+        if isinstance(m, dict) and m.get("method") in BASELINE_METHODS:
+            ds = m.get("dataset") if isinstance(m.get("dataset"), str) else None
+            found.append({"name": folder.name, "method": m["method"], "n": m.get("n"), "accuracy": m.get("accuracy"),
+                          "ci": m.get("accuracy_ci95"), "macro_f1": m.get("macro_f1"),
+                          "dataset": public_dataset(ds, folder) if ds else None})
+    return found
 
 
 def confident_mistakes(rows: list[dict], n: int = 10) -> list[dict]:
@@ -127,7 +193,18 @@ def report_html(run_dir: str | Path, spec=None) -> str:
     run_dir = Path(run_dir)
     f = facts(run_dir, spec)
     return _pages().report(f, card_html(f, run_dir), _jsonl(run_dir / TRAIN_LOG),
-                           confident_mistakes(_jsonl(run_dir / PREDICTIONS)))
+                           confident_mistakes(_jsonl(run_dir / PREDICTIONS)), baselines(run_dir))
+
+
+def redraw_curves(run_dir: str | Path) -> bool:
+    """Draw a run's training curves again from its training log, so an older run's report gets
+    the current figure; False where there is no log (an export, an evaluation)."""
+    from .report import plot_training_curves
+
+    log = _jsonl(Path(run_dir) / TRAIN_LOG)
+    if log:
+        plot_training_curves(log, Path(run_dir) / CURVES)
+    return bool(log)
 
 
 def write_report(run_dir: str | Path, spec=None) -> Path:

@@ -19,21 +19,41 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_training_curves(log: list[dict], path: str | Path) -> None:
+    """Loss, learning rate and validation accuracy stacked over one step axis, in type large
+    enough to read on a phone, where the figure is drawn a third of its width."""
     steps = [r for r in log if r.get("loss") is not None]
     vals = [r for r in log if "val_accuracy" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".")
-    axes[0].set(title="training loss", xlabel="optimizer step", ylabel="cross-entropy over label tokens")
-    axes[1].plot([r["step"] for r in steps], [r["lr"] for r in steps], color="tab:orange")
-    axes[1].set(title="learning rate", xlabel="optimizer step")
-    axes[2].plot([r["step"] for r in vals], [r["val_accuracy"] for r in vals], marker="o", color="tab:green")
-    axes[2].set(title="validation accuracy", xlabel="optimizer step", ylim=(0, 1))
+    with plt.rc_context({"font.size": 13}):
+        fig, axes = plt.subplots(3, 1, figsize=(6.4, 7.6), sharex=True)
+        axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".")
+        axes[0].set(title="training loss (cross-entropy over label tokens)")
+        axes[1].plot([r["step"] for r in steps], [r["lr"] for r in steps], color="tab:orange")
+        axes[1].set(title="learning rate")
+        axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        plot_validation(axes[2], vals)
+        axes[2].set(xlabel="optimizer step")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _save(fig, Path(path))
+
+
+def plot_validation(ax, vals: list[dict]) -> None:
+    """Validation accuracy on an axis scaled to its values (a few points on 0..1 show no change),
+    each point labelled with its value when there are few."""
+    acc = [r["val_accuracy"] for r in vals]
+    ax.set(title="validation accuracy")
     if not vals:
-        axes[2].text(0.5, 0.5, "no validation sample\n(data.val_size = 0)", ha="center", va="center",
-                     transform=axes[2].transAxes)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    _save(fig, Path(path))
+        ax.text(0.5, 0.5, "no validation sample\n(data.val_size = 0)", ha="center", va="center",
+                transform=ax.transAxes)
+        return
+    ax.plot([r["step"] for r in vals], acc, marker="o", color="tab:green")
+    pad = max(0.02, (max(acc) - min(acc)) * 0.25)
+    ax.set_ylim(max(0.0, min(acc) - pad), min(1.0, max(acc) + pad))
+    if len(vals) <= 12:
+        for r in vals:
+            ax.annotate(f"{r['val_accuracy']:.3f}", (r["step"], r["val_accuracy"]), textcoords="offset points",
+                        xytext=(0, 7), ha="center", fontsize=11)
 
 
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str | Path, title: str = "") -> None:

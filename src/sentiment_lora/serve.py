@@ -434,8 +434,8 @@ class Service:
 
         f = facts(self.run_dir, self.spec)
         m, cfg = f["metrics"], self.cfg
-        return {**{k: f[k] for k in ("base_model", "labels", "template", "max_length", "truncation", "threshold",
-                                     "method", "lora")},
+        return {**{k: f[k] for k in ("base_model", "base_gguf", "dataset", "labels", "template", "max_length",
+                                     "truncation", "threshold", "calibration", "method", "lora")},
                 "test_metrics": {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_f1", "roc_auc", "ece")},
                 "batching": {"max_batch_texts": cfg.max_batch_texts, "max_batch_tokens": cfg.max_batch_tokens,
                              "max_wait_ms": cfg.max_wait_ms},

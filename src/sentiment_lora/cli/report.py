@@ -12,9 +12,10 @@ def add(sub, parents: list) -> None:
 
 
 def run(args) -> int:
-    from ..page import write_report
+    from ..page import redraw_curves, write_report
     from ..spec import ClassifierSpec
 
     ClassifierSpec.load(args.run_dir)
+    redraw_curves(args.run_dir)
     print(f"wrote {write_report(args.run_dir)}")
     return 0
