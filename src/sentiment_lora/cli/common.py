@@ -94,7 +94,8 @@ def add_input(p: argparse.ArgumentParser) -> None:
     """What to read texts from: --file, its text and id fields, how much at a time."""
     p.add_argument("--file", help="texts to classify: .txt (one per line), .jsonl, .csv or .parquet, read as a stream")
     p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv/.parquet")
-    p.add_argument("--id-field", help="field or column copied to each output line as its id")
+    p.add_argument("--id-field", help="field or column copied to each output line as its id (with --file; the first "
+                   "column of the tab-separated output)")
     p.add_argument("--chunk-size", type=positive_int, help="texts read and scored at a time (default: 1024; with "
                    "--engine ray, rows per Ray Data batch, 64)")
     p.add_argument("--max-line-bytes", type=positive_int, default=MAX_LINE_BYTES,
