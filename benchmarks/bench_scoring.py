@@ -17,7 +17,7 @@ FLOPs (perf.sequence_flops: block matmuls and causal attention per real token) p
 over the fp32 matmul limit measured in the same run. Agreement compares each variant's
 labels with the baseline's.
 
-    python benchmarks/bench_scoring.py runs/demo-final --dataset ../shared/imdb
+    python benchmarks/bench_scoring.py runs/demo --dataset ../shared/imdb
 """
 
 from __future__ import annotations

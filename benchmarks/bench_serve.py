@@ -8,7 +8,7 @@ of requests is answered (or a time bound passes). (c) scores the same reviews in
 process with ``SentimentClassifier.predict_proba``: the ceiling. The servers are stopped
 before (c) starts.
 
-    python benchmarks/bench_serve.py runs/demo-final --dataset ../shared/imdb
+    python benchmarks/bench_serve.py runs/demo --dataset ../shared/imdb
 
 Writes benchmarks/results/serve-cpu.json: {"a": {"1": {...}, "32": {...}}, "b": {...}, "c": {...}}.
 """
@@ -180,7 +180,7 @@ def measure_offline(run_dir: str, texts: list[str], warmup: list[str], precision
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", nargs="?", default="runs/demo-final")
+    ap.add_argument("run_dir", nargs="?", default="runs/demo")
     ap.add_argument("--dataset", default="../shared/imdb")
     ap.add_argument("--requests", type=int, default=128, help="reviews sent at C=32 and scored offline")
     ap.add_argument("--requests-c1", type=int, default=48, help="reviews sent at C=1 (to each server)")

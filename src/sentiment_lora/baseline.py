@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from .config import Config, DataConfig
-from .data import Sample, balanced_indices, label_mapper, load_splits, prepare_split, stratified_indices, unseen
+from .data import Sample, balanced_indices, draw, label_mapper, load_splits, prepare_split, stratified_indices, unseen
 from .decision import apply_bias, best_threshold, decide, fit_bias
 from .errors import UserError
 from .evaluate import prediction_rows
@@ -135,9 +135,12 @@ def _choose_c_by_cv(train: Sample, nb: bool, seed: int, classes: int) -> tuple[P
 
 
 def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, seed: int = 42,
-              label_words: tuple[str, ...] | list[str] = ("Negative", "Positive")) -> dict:
-    """Train on the whole train split, score the test split less the rows also in train (as every
-    run does), write metrics.json. ``data``: a dataset path or Hub id, or a DataConfig."""
+              label_words: tuple[str, ...] | list[str] = ("Negative", "Positive"),
+              train_size: int | None = None) -> dict:
+    """Train on the whole train split, or a seeded sample of ``train_size`` rows drawn by
+    ``data.draw`` (the config's sampling and seed); score the test split less the rows also in the
+    whole train split (as every run does); write metrics.json. ``data``: a dataset path or Hub id,
+    or a DataConfig."""
     out = Path(output_dir)
     check_output_folder(out, "output folder")
     cfg = data if isinstance(data, DataConfig) else DataConfig(dataset=data)
@@ -146,16 +149,18 @@ def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, 
     splits = [cfg.train_split, cfg.test_split] + ([cfg.val_split] if cfg.val_split else [])
     raw = load_splits(cfg, splits)
     to_class = label_mapper(cfg, words)
-    train, test_all = (prepare_split(raw[s], s, cfg, to_class) for s in (cfg.train_split, cfg.test_split))
-    test = unseen(test_all, train)
-    val = unseen(prepare_split(raw[cfg.val_split], cfg.val_split, cfg, to_class), train) if cfg.val_split else None
+    train_all, test_all = (prepare_split(raw[s], s, cfg, to_class) for s in (cfg.train_split, cfg.test_split))
+    test = unseen(test_all, train_all)
+    val = unseen(prepare_split(raw[cfg.val_split], cfg.val_split, cfg, to_class), train_all) if cfg.val_split else None
+    train = train_all if train_size is None else train_all.take(
+        draw(cfg, train_all.labels, train_size, len(words), np.random.default_rng(cfg.seed), what="train sample"))
     model, chosen = fit_tfidf(train, nb, seed=seed, classes=len(words), val=val)
     train_seconds = time.perf_counter() - started
     probs = model.predict_proba(test.texts)
     preds = decide(probs)
     metrics = compute_metrics(test.labels, preds, probs, words, cfg.ordinal)
     metrics.update({"method": "tfidf-nb-logreg" if nb else "tfidf-logreg", "dataset": cfg.dataset,
-                    "split": cfg.test_split, "threshold": 0.5, "train_rows": len(train),
+                    "split": cfg.test_split, "threshold": 0.5, "train_rows": len(train), "train_size": train_size,
                     "test_rows_in_train_dropped": len(test_all) - len(test), **chosen,
                     "features": len(model.named_steps["tfidf"].vocabulary_),
                     "train_seconds": round(train_seconds, 1),

@@ -20,6 +20,7 @@ from .errors import UserError
 from .layout import ADAPTER_DIR, HEAD_FILE, MODEL_CARD
 from .page import write_report
 from .prompt import Prompt
+from .quiet import quiet_loading
 from .spec import BaseModelRef, ClassifierSpec
 
 
@@ -168,6 +169,7 @@ class SentimentClassifier:
     from_pretrained = load
 
     @classmethod
+    @quiet_loading()  # as quiet as the command line: the libraries' progress bars and deprecations stay off
     def from_spec(cls, spec: ClassifierSpec, folder: str | Path, device: str = "auto", dtype: str = "auto",
                   batch_size: int | None = None, merge: bool = True,
                   precision: str | None = None) -> SentimentClassifier:

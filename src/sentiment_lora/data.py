@@ -96,15 +96,17 @@ def _read_aclimdb(root: Path, split: str, name: str) -> dict[str, list]:
     return {"text": texts, "label": labels}
 
 
-def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]]:
-    """Return ``{split: {column: values}}`` for the requested splits, or fail clearly."""
+def load_splits(cfg: DataConfig, splits: list[str], option: str = "DATA=PATH or --set data.dataset=PATH"
+                ) -> dict[str, dict[str, list]]:
+    """Return ``{split: {column: values}}`` for the requested splits, or fail clearly; ``option``
+    is how the caller's command names the dataset, for the hint."""
     name = cfg.dataset
     path = Path(name).expanduser()
     if path.is_dir() and (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir():
         return {split: _read_aclimdb(path, split, name) for split in splits}
     if looks_local(name) and not path.exists():
-        raise UserError(f"dataset {name!r} not found; pass an existing folder (e.g. DATA=../shared/imdb "
-                        f"or --set data.dataset=PATH) or a Hub id like stanfordnlp/imdb")
+        raise UserError(f"dataset {name!r} not found; pass an existing folder ({option}) or a Hub id like "
+                        f"stanfordnlp/imdb")
     if path.is_dir() and not any(p.suffix in _DATA_SUFFIXES for p in path.rglob("*") if p.is_file()):
         raise UserError(f"dataset folder {name!r} holds no parquet, csv or jsonl files")
 
@@ -116,7 +118,7 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, list]
         check_datasets_cache()  # an unwritable HOME fails here too, and is not the dataset's fault
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise UserError(f"could not load dataset {name!r}: {first}. Where the Hub is unreachable, "
-                        f"point data.dataset at a local copy (e.g. DATA=../shared/imdb)") from None
+                        f"pass a local copy ({option})") from None
     out = {}
     for split in splits:
         if split not in ds:

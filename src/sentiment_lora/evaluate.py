@@ -31,7 +31,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     data_cfg = DataConfig(**{**clf.data_config(dataset=dataset).__dict__, "seed": seed})
     clf.method = method or clf.method
     EvalConfig(method=clf.method)  # validates the name
-    raw = load_splits(data_cfg, [split])[split]
+    raw = load_splits(data_cfg, [split], option="--dataset PATH")[split]
     sample = prepare_split(raw, split, data_cfg, label_mapper(data_cfg, clf.label_words))
     if limit is not None:
         sample = sample.take(balanced_indices(sample.labels, limit, len(clf.label_words),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ READABLE = (FORMAT, *LEGACY)
 BASELINES = ("tfidf", "tfidf-nb")
 DATA_KEYS = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "test_split",
              "ordinal")
+DATASET_IN_FOLDER = "dataset_in_folder"
+"""True in a saved data section whose dataset is a local folder written relative to the classifier
+folder (as a bundled base model is), so ``evaluate`` finds it from any shell folder and the two can
+move together. Absent (older files, Hub ids): the dataset as typed at training."""
 
 
 @dataclass
@@ -146,7 +151,8 @@ class ClassifierSpec:
     def label_words(self) -> list[str]:
         return list(self.prompt.label_words)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, folder: str | Path | None = None) -> dict[str, Any]:
+        """The JSON form; with ``folder``, the one written there (a local dataset relative to it)."""
         d = {
             "format": FORMAT,
             "base_model": dataclasses.asdict(self.base_model),
@@ -159,7 +165,7 @@ class ClassifierSpec:
             "max_batch_tokens": self.max_batch_tokens,
             "max_new_tokens": self.max_new_tokens,
             "precision": self.precision,
-            "data": {k: self.data[k] for k in DATA_KEYS if k in self.data},
+            "data": self._data_section(folder),
             "files": dict(self.files),
         }
         if self.stack is not None:
@@ -171,9 +177,18 @@ class ClassifierSpec:
         d["sections"] = [name for name in SECTIONS if name in d]
         return {**d, "checksum": checksum(d)}
 
+    def _data_section(self, folder: str | Path | None) -> dict[str, Any]:
+        data = {k: self.data[k] for k in DATA_KEYS if k in self.data}
+        name = data.get("dataset")
+        if folder is not None and isinstance(name, str) and Path(name).expanduser().exists():  # local, not a Hub id
+            data["dataset"] = Path(os.path.relpath(Path(name).expanduser(), folder)).as_posix()
+            data[DATASET_IN_FOLDER] = True
+        return data
+
     @classmethod
     def from_dict(cls, d: Any, where: str = SPEC) -> ClassifierSpec:
-        """Build and check a spec; any problem is a UserError naming ``where`` and the field."""
+        """Build and check a spec; any problem is a UserError naming ``where`` and the field. ``where``
+        is the file's path: a dataset saved relative to its folder becomes an absolute path."""
         f = _Fields(where)
         sections = f.envelope(d)
         base = f.base_model(f.get(d, "base_model", dict))
@@ -186,16 +201,15 @@ class ClassifierSpec:
         stack = f.stack(d, sections, len(prompt.label_words), files)
         scoring = f.scoring(d)
         onnx = f.onnx(d, sections, adapter, files, scoring["precision"])
-        data = f.get(d, "data", dict, optional=True, default={})
         return cls(base_model=base, prompt=prompt, label_token_ids=list(ids), adapter=adapter, files=dict(files),
-                   data={k: data[k] for k in DATA_KEYS if k in data}, stack=stack, head=head, onnx=onnx, **scoring)
+                   data=f.data(d), stack=stack, head=head, onnx=onnx, **scoring)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/classifier.json`` atomically, with the sha256 of each model file in
         ``folder``. Written last, it marks a complete folder."""
         folder = Path(folder)
         self.files = {name: PREFIX + sha256_file(folder / name) for name in self.model_files(folder)}
-        return write_json(folder / SPEC, self.to_dict())
+        return write_json(folder / SPEC, self.to_dict(folder))
 
     @classmethod
     def load(cls, folder: str | Path, verify: bool = True) -> ClassifierSpec:
@@ -305,6 +319,14 @@ class _Fields:
                             fingerprint=self.get(b, "fingerprint", str, "base_model", optional=True),
                             bundled=self.get(b, "bundled", bool, "base_model", optional=True, default=False),
                             origin=self.get(b, "origin", str, "base_model", optional=True))
+
+    def data(self, d: dict) -> dict:
+        """The data section; a dataset saved relative to the classifier folder, as an absolute path."""
+        data = self.get(d, "data", dict, optional=True, default={})
+        out = {k: data[k] for k in DATA_KEYS if k in data}
+        if data.get(DATASET_IN_FOLDER) is True and isinstance(out.get("dataset"), str):
+            out["dataset"] = os.path.abspath(Path(self.where).parent / out["dataset"])
+        return out
 
     def prompt(self, p: dict) -> tuple[PromptConfig, list]:
         words = self.get(p, "label_words", list, "prompt")

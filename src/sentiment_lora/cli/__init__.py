@@ -4,14 +4,15 @@ this one assembles them, keeps libraries quiet, and turns every end of a verb in
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from ..errors import UserError, printable
+from ..quiet import VERBOSE, quiet_libraries
 from ..signals import exit_status, terminate_as_interrupt
 from . import baseline, evaluate, export, predict, report, serve, stack, train
 from .common import Parser, flags, format_metric
@@ -44,42 +45,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet() -> None:
     """Library chatter hides the figures users came for and would make an error more than one
-    line; --verbose brings it back."""
+    line; --verbose brings it back. A command's process hides every warning, the Python API only
+    the libraries' own (quiet.quiet_loading)."""
     warnings.filterwarnings("ignore")
-    # Read when those libraries are imported; importing them here would cost every command seconds.
-    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
-                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
-                        ("DATASETS_VERBOSITY", "error"), ("HF_HUB_VERBOSITY", "error"),
-                        ("ACCELERATE_LOG_LEVEL", "error")):
-        os.environ.setdefault(name, value)
-    # torchao (the int8 extra), which transformers and peft import whenever it is installed, logs
-    # its optional kernels' absence and torch's pytree deprecations on every start; torch's ONNX
-    # exporter logs every optional operator library it lacks.
-    for name in ("huggingface_hub", "torchao", "torch.utils._pytree", "torch.onnx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if "transformers" in sys.modules:  # imported already (a test, a notebook): env vars come too late
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    quiet_libraries()
 
 
 @contextmanager
 def _verbosity(verbose: bool) -> Iterator[None]:
     """Libraries quiet unless asked; SENTIMENT_LORA_VERBOSE carries the choice to cluster.quiet_ray,
     for this call only (a test, a notebook calls again)."""
-    saved = os.environ.get("SENTIMENT_LORA_VERBOSE")
+    saved = os.environ.get(VERBOSE)
     if verbose:
-        os.environ["SENTIMENT_LORA_VERBOSE"] = "1"
+        os.environ[VERBOSE] = "1"
     elif not saved:
         _quiet()
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop("SENTIMENT_LORA_VERBOSE", None)
+            os.environ.pop(VERBOSE, None)
         else:
-            os.environ["SENTIMENT_LORA_VERBOSE"] = saved
+            os.environ[VERBOSE] = saved
 
 
 def _run(args) -> int:
@@ -89,6 +76,8 @@ def _run(args) -> int:
     except UserError as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # a reader that stopped early (| head): entry's to handle, not an error
+        raise
     except KeyboardInterrupt as exc:  # each verb writes its outputs atomically, so an interrupt leaves none half-done
         print("interrupted before anything was written; run the same command again", file=sys.stderr)
         return exit_status(exc)
@@ -110,7 +99,11 @@ def _run(args) -> int:
 
 def entry() -> None:
     """The console script: ``main``, then exit with its status."""
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()  # inside the try: the last buffered line can meet the closed pipe too
+    except BrokenPipeError:
+        _stdout_closed()
     if code in (130, 143):
         # After a handled Ctrl-C, CPython can re-raise SIGINT on its way out, turning 143 into a
         # SIGINT death; the files are closed and written atomically, so leave with our status.
@@ -118,3 +111,14 @@ def entry() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+SIGPIPE_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
+
+
+def _stdout_closed() -> NoReturn:
+    """The reader of standard output has gone (``| head -1``): not an error, nothing more to say.
+    Python's own recipe: point stdout at devnull so the exit's flush does not fail again, then leave."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(SIGPIPE_STATUS)

@@ -7,12 +7,14 @@ from .common import add_config, add_verb, format_metric, usage
 
 def add(sub, parents: list) -> None:
     p = add_verb(sub, "baseline", parents, "score a baseline: tfidf (logistic regression) or zero-shot (no adapter)",
-                 run)
-    p.add_argument("kind", choices=["tfidf", "zero-shot"])
+                 run, example="sentiment-lora baseline tfidf --dataset ../shared/imdb --nb")
+    p.add_argument("kind", choices=["tfidf", "zero-shot"], help="tfidf: TF-IDF + logistic regression trained on the "
+                   "train split; zero-shot: the config's base model without an adapter")
     p.add_argument("--dataset", help="Hub id or local folder (tfidf: required; zero-shot: overrides data.dataset)")
     p.add_argument("--nb", action="store_true", help="tfidf: NB-weighted features (NB-SVM style)")
     add_config(p, "the preset whose data section and label words to use (zero-shot: also its model, prompt and "
-               "samples)", "config overrides")
+               "samples)", "override a config field by its dotted path (repeatable); tfidf trains on every row of "
+               "the train split unless given --set data.train_size=N")
     p.add_argument("--output-dir", help="where metrics.json and predictions.jsonl go, a new or empty folder "
                    "(default: runs/baseline-KIND)")
 
@@ -48,6 +50,8 @@ def _baseline(args) -> dict:
     check_output_folder(out, "--output-dir")
     from ..baseline import run_tfidf, run_zero_shot
 
-    if tfidf:
-        return run_tfidf(cfg.data, out, nb=args.nb, label_words=cfg.prompt.label_words)
+    if tfidf:  # a preset's sample size is for the LLM; a size asked for here is the baseline's
+        asked = any(s.partition("=")[0].strip() == "data.train_size" for s in args.set)
+        return run_tfidf(cfg.data, out, nb=args.nb, label_words=cfg.prompt.label_words,
+                         train_size=cfg.data.train_size if asked else None)
     return run_zero_shot(cfg, out)

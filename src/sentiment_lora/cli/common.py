@@ -33,9 +33,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {printable(message)} (see '{self.prog} --help')\n")
 
 
-class HelpFormatter(argparse.HelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help shows each option's default where it has one (not for flags, or an unset option
-    whose help says what it falls back to)."""
+    whose help says what it falls back to); the example below it keeps its lines."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -55,17 +55,27 @@ def flags(default) -> argparse.ArgumentParser:
     return common
 
 
-def add_verb(sub, name: str, parents: list, help: str, run) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, parents=parents, help=help, description=help, formatter_class=HelpFormatter)
+def add_verb(sub, name: str, parents: list, help: str, run, example: str = "") -> argparse.ArgumentParser:
+    """A verb's parser: ``help`` is its one-line description, ``example`` a command shown below the options."""
+    epilog = f"example:\n  {example}" if example else None
+    p = sub.add_parser(name, parents=parents, help=help, description=help, epilog=epilog,
+                       formatter_class=HelpFormatter)
     p.set_defaults(func=run)
     return p
+
+
+def add_run_dir(p: argparse.ArgumentParser) -> None:
+    """The classifier folder a verb works on."""
+    p.add_argument("run_dir", help="a classifier folder: the --output-dir of a finished 'sentiment-lora train', or "
+                   "a folder written by 'sentiment-lora export'")
 
 
 def add_runtime(p: argparse.ArgumentParser, batch: bool = True, dtype: bool = True) -> None:
     """Where and how the model runs: --batch-size, --device, --dtype, --precision."""
     if batch:
-        p.add_argument("--batch-size", type=positive_int, help="texts per model call (default: the classifier's own)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        p.add_argument("--batch-size", type=positive_int, help="most texts per model call (default: the classifier's "
+                       "eval batch size)")
+    p.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N or mps")
     if dtype:
         p.add_argument("--dtype", choices=DTYPES, default="auto",
                        help="weights dtype as loaded (auto: fp32 on CPU, where --precision chooses)")
@@ -84,7 +94,8 @@ def add_input(p: argparse.ArgumentParser) -> None:
     """What to read texts from: --file, its text and id fields, how much at a time."""
     p.add_argument("--file", help="texts to classify: .txt (one per line), .jsonl, .csv or .parquet, read as a stream")
     p.add_argument("--field", default="text", help="field or column holding the text in .jsonl/.csv/.parquet")
-    p.add_argument("--id-field", help="field or column copied to each output line as its id")
+    p.add_argument("--id-field", help="field or column copied to each output line as its id (with --file; the first "
+                   "column of the tab-separated output)")
     p.add_argument("--chunk-size", type=positive_int, help="texts read and scored at a time (default: 1024; with "
                    "--engine ray, rows per Ray Data batch, 64)")
     p.add_argument("--max-line-bytes", type=positive_int, default=MAX_LINE_BYTES,

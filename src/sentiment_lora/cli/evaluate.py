@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_runtime, add_verb, format_metric, positive_int
+from .common import add_run_dir, add_runtime, add_verb, format_metric, positive_int
 
 
 def add(sub, parents: list) -> None:
-    p = add_verb(sub, "evaluate", parents, "re-score a saved classifier on a dataset split", run)
-    p.add_argument("run_dir")
+    p = add_verb(sub, "evaluate", parents, "re-score a saved classifier on a dataset split", run,
+                 example="sentiment-lora evaluate runs/demo --dataset ../shared/imdb --split test --limit 200")
+    add_run_dir(p)
     p.add_argument("--dataset", help="Hub id or local folder (default: the one it was trained on)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the dataset split to score")
     p.add_argument("--limit", type=positive_int, help="balanced seeded sample of N reviews instead of the whole split")
     p.add_argument("--method", choices=["logits", "generate"], help="scoring method (default: the saved one)")
     add_runtime(p)

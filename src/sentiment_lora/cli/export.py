@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from .common import add_verb
+from .common import add_run_dir, add_verb
 
 
 def add(sub, parents: list) -> None:
     p = add_verb(sub, "export", parents,
-                 "write a standalone classifier folder (no base model path, no GGUF needed)", run)
-    p.add_argument("run_dir")
-    p.add_argument("out_dir")
+                 "write a standalone classifier folder (no base model path, no GGUF needed)", run,
+                 example="sentiment-lora export runs/demo exported/demo --merge")
+    add_run_dir(p)
+    p.add_argument("out_dir", help="the exported folder, new or empty")
     p.add_argument("--merge", action="store_true", help="merge LoRA into the base: a plain transformers model folder")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the exported weights")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_input, add_runtime, add_verb, positive_int, usage
+from .common import add_input, add_run_dir, add_runtime, add_verb, positive_int, usage
 
 
 def add(sub, parents: list) -> None:
-    p = add_verb(sub, "predict", parents, "classify texts given as arguments, in a file, or on stdin", run)
-    p.add_argument("run_dir")
-    p.add_argument("texts", nargs="*")
+    p = add_verb(sub, "predict", parents, "classify texts given as arguments, in a file, or on stdin", run,
+                 example='sentiment-lora predict runs/demo "A wonderful, moving film." "Two hours I won\'t get back."')
+    add_run_dir(p)
+    p.add_argument("texts", nargs="*", help="texts to classify (none: --file, or one text per line on stdin)")
     add_input(p)
     p.add_argument("--output", help="with --file: append one JSON line per input here (OUT.jsonl); an "
                    "interrupted run continues where it stopped")
@@ -47,7 +48,8 @@ def run(args) -> int:
     if records is None:
         records = iter_records(args.file, args.field, args.id_field, args.max_line_bytes)
     for chunk in chunked(records, args.chunk_size or 1024):
-        print_predictions(clf, zip([r.text for r in chunk], classify_chunk(clf, chunk)), args.json)
+        print_predictions(clf, zip([r.text for r in chunk], classify_chunk(clf, chunk)), args.json,
+                          with_id=bool(args.id_field))
     return 0
 
 
@@ -62,6 +64,9 @@ def _records(args):
         raise usage("--output needs --file: predictions of arguments or stdin go to standard output")
     if args.file and args.texts:
         raise usage("give texts as arguments or with --file, not both")
+    if args.id_field and not args.file:
+        raise usage("--id-field names a field of --file's records; texts given as arguments or on stdin have no "
+                    "ids (their order is their id)")
     if args.file:
         check_input(args.file, args.field, args.id_field, args.max_line_bytes)
         if args.output:
@@ -94,9 +99,9 @@ def _to_file(clf, args) -> int:
     return 0
 
 
-def print_predictions(clf, pairs, as_json: bool) -> None:
+def print_predictions(clf, pairs, as_json: bool, with_id: bool = False) -> None:
     """Standard output's form of ``predict.output_row``: JSON lines, or label, probability and a
-    one-line preview separated by tabs."""
+    one-line preview separated by tabs, after the record's id when ``with_id`` (--id-field)."""
     from ..errors import printable
     from ..predict import output_row
     from ..storage import json_text
@@ -110,7 +115,8 @@ def print_predictions(clf, pairs, as_json: bool) -> None:
             prob = "" if row["prob"] is None else f"{row['prob']:.4f}"
             preview = printable(" ".join((text or "")[:300].split()))  # a preview costs no copy of a long text
             preview = preview if len(preview) <= 70 else preview[:67] + "..."
-            print(f"{label or '-'}\t{prob}\t{preview}", flush=False)
+            ident = f"{printable(str(row.get('id', '')))}\t" if with_id else ""  # no id in a record: empty
+            print(f"{ident}{label or '-'}\t{prob}\t{preview}", flush=False)
     sys.stdout.flush()
 
 

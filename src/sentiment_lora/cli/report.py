@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .common import add_verb
+from .common import add_run_dir, add_verb
 
 
 def add(sub, parents: list) -> None:
     p = add_verb(sub, "report", parents, "write RUN_DIR/report.html (metrics, plots, config, log, confident "
-                 "mistakes) for a run", run)
-    p.add_argument("run_dir")
+                 "mistakes) for a run", run, example="sentiment-lora report runs/demo")
+    add_run_dir(p)
 
 
 def run(args) -> int:

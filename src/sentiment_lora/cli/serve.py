@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 
-from .common import add_runtime, add_verb, positive_int, usage
+from .common import add_run_dir, add_runtime, add_verb, positive_int, usage
 
 
 def add(sub, parents: list) -> None:
-    p = add_verb(sub, "serve", parents, "serve a classifier over HTTP: API, web page, metrics", run)
-    p.add_argument("run_dir")
+    p = add_verb(sub, "serve", parents, "serve a classifier over HTTP: API, web page, metrics", run,
+                 example="sentiment-lora serve runs/demo --port 8000")
+    add_run_dir(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
                    "(default: $SENTIMENT_LORA_API_KEY, else no key)")
     p.add_argument("--max-batch-texts", type=positive_int, help="most texts per model call (default: the "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .common import add_runtime, add_verb, format_metric, usage
+from .common import add_run_dir, add_runtime, add_verb, format_metric, usage
 
 
 def add(sub, parents: list) -> None:
     p = add_verb(sub, "stack", parents,
-                 "combine a trained classifier with a TF-IDF model, fitted on its validation sample", run)
-    p.add_argument("run_dir")
+                 "combine a trained classifier with a TF-IDF model, fitted on its validation sample", run,
+                 example="sentiment-lora stack runs/demo --baseline tfidf-nb --pool all")
+    add_run_dir(p)
     p.add_argument("--baseline", choices=["tfidf", "tfidf-nb"], default="tfidf",
                    help="the bag-of-words model to stack (tfidf-nb: NB-weighted, two classes)")
     p.add_argument("--pool", metavar="DATASET", help="train the TF-IDF model on this dataset's train split, or with "

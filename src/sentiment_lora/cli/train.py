@@ -9,7 +9,10 @@ from .common import add_config, add_verb, format_metric, usage
 
 
 def add(sub, parents: list) -> None:
-    p = add_verb(sub, "train", parents, "fine-tune, evaluate and save a classifier", run)
+    p = add_verb(sub, "train", parents, "fine-tune a decoder LLM with LoRA into a classifier; calibrate, test, save",
+                 run,
+                 example="sentiment-lora train --config configs/smollm2-cpu.yaml --set data.dataset=../shared/imdb "
+                         "--output-dir runs/my-run")
     add_config(p, "YAML preset, e.g. configs/smollm2-cpu.yaml (default: the seed's setup)",
                "override a config field by its dotted path, e.g. --set train.epochs=1 (repeatable)")
     p.add_argument("--output-dir", help="run folder (default: runs/<timestamp>)")
