@@ -64,6 +64,7 @@ from .report import plot_calibration, plot_confusion_matrix, plot_training_curve
 from .scoring import score, score_generate
 from .signals import StopRequest, signal_name
 from .spec import DATA_KEYS
+from .stack import save_scores, stack
 from .storage import write_json, write_jsonl
 
 
@@ -575,6 +576,7 @@ class Recipe:
     def evaluate(self, raw: np.ndarray, eval_seconds: float, train_stats: dict, scorer):
         """(the classifier as trained and calibrated, its test metrics, its test probabilities)."""
         cfg, test_labels = self.cfg, self.data.test.labels
+        self.score_validation(scorer)
         threshold, temperature, calibration = calibrate(scorer, self.tok, self.prompt, cfg,
                                                         self.enc["val"].input_ids, self.data.val.labels,
                                                         self.val_probs, self.say)
@@ -598,8 +600,31 @@ class Recipe:
     def save(self, clf: SentimentClassifier, metrics: dict, probs: np.ndarray) -> None:
         """The classifier folder, verified by reloading it before classifier.json seals it; the
         checkpoints go once the folder is complete."""
-        write_classifier(self.run_dir, clf.spec, clf, extras=lambda run_dir: self.save_results(clf, metrics, probs))
+        spec = write_classifier(self.run_dir, clf.spec, clf,
+                                extras=lambda run_dir: self.save_results(clf, metrics, probs))
         remove_checkpoints(self.run_dir)
+        scores = self.llm_scores(metrics, clf.temperature, probs)
+        if scores is not None:  # for a later `stack`; classifier.json names the classifier they are of
+            samples = zip((self.data.val.texts, self.data.test.texts), scores)
+            save_scores(self.run_dir, spec, self.precision, self.device.type, samples)
+
+    def score_validation(self, scorer) -> None:
+        """The scoring model's validation probabilities, when calibration needs them and the last
+        validation pass did not leave them: calibrated on, then saved for ``stack``."""
+        ids, ev = self.enc["val"].input_ids, self.cfg.eval
+        if self.val_probs is None and ids and ev.calibrate and ev.method == "logits":
+            self.val_probs = score(scorer, ids, self.prompt.label_token_ids, self.tok.pad_token_id, ev.batch_size,
+                                   progress="validate", max_tokens=ev.max_batch_tokens)
+
+    def llm_scores(self, metrics: dict, temperature: float, probs: np.ndarray) -> tuple | None:
+        """Training's own (validation, test) probabilities, calibrated, where they are what the saved
+        classifier computes: the reload check found it within 1e-4 of them (float32 on a CPU); a
+        merged bf16 model on a GPU differs more, and none are kept."""
+        check = metrics.get("reload_check")
+        if check is None or check["max_prob_diff"] > 1e-4 or self.val_probs is None or self.cfg.eval.method != "logits":
+            return None
+        val = apply_temperature(self.val_probs, temperature) if temperature != 1.0 else self.val_probs
+        return val, probs
 
     def save_results(self, clf: SentimentClassifier, metrics: dict, probs: np.ndarray) -> None:
         """Predictions and plots, the reload check of the saved weights, and metrics.json."""
@@ -619,18 +644,11 @@ class Recipe:
 
     def stack(self, metrics: dict, temperature: float, probs: np.ndarray) -> dict:
         """The configured stack on the saved classifier. Its combiner must be fitted on what the
-        saved classifier computes: training's own scores are reused only where the reload check
-        found the reloaded classifier within 1e-4 of them (float32 on a CPU); a merged bf16
-        model on a GPU differs more, and the stack rescores."""
-        from .stack import stack
-
+        saved classifier computes: training's own scores where ``llm_scores`` trusts them, else
+        the stack rescores."""
         cfg = self.cfg
         self.say(f"stacking with {cfg.stack.baseline}")
-        check = metrics.get("reload_check")
-        scores = None
-        if check is not None and check["max_prob_diff"] <= 1e-4 and self.val_probs is not None:
-            val = apply_temperature(self.val_probs, temperature) if temperature != 1.0 else self.val_probs
-            scores = (val, probs)
+        scores = self.llm_scores(metrics, temperature, probs)
         return stack(self.run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device, llm_probs=scores,
                      data=self.data)
 
