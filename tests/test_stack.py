@@ -300,3 +300,24 @@ def test_a_damaged_scores_file_is_scored_again(tiny_run, tmp_path, counted_scori
     assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == 0
     assert sum(counted_scoring) == len(data.val) + len(data.test)
     assert json.loads(path.read_text())["probs"]  # written whole again
+
+
+def test_a_bf16_run_saves_what_its_saved_classifier_computes(tiny_config, tmp_path, monkeypatch):
+    """In bf16 a batch's make-up moves a probability, so the reload check compares like with like:
+    the saved numbers are those a stack scoring the same samples again would get."""
+    from conftest import CPUINFO
+    from sentiment_lora.train import run
+
+    monkeypatch.setenv("SENTIMENT_LORA_CPUINFO", str(CPUINFO / "amx.txt"))
+    out = tmp_path / "run"
+    metrics = run(tiny_config("train.epochs=1", "eval.calibrate=true", "eval.precision=bf16"), out)
+    assert metrics["precision"] == "bf16" and metrics["reload_check"]["max_prob_diff_same_batches"] <= 1e-4
+    saved = json.loads((out / "llm_scores.json").read_text())
+    assert saved["precision"] == "bf16"
+    cfg = load_config(out / "config.yaml")
+    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    clf = SentimentClassifier.load(out, device="cpu")
+    for sample in (data.val, data.test):
+        fresh = clf.proba_of_prompts(clf.encode(sample.texts))
+        np.testing.assert_allclose([saved["probs"][stack_mod.text_key(t)] for t in sample.texts], fresh, atol=1e-6)
+    assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
