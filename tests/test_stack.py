@@ -306,10 +306,20 @@ def test_a_bf16_run_saves_what_its_saved_classifier_computes(tiny_config, tmp_pa
     """In bf16 a batch's make-up moves a probability, so the reload check compares like with like:
     the saved numbers are those a stack scoring the same samples again would get."""
     from conftest import CPUINFO
-    from sentiment_lora.train import run
+    from sentiment_lora.precision import this_cpu
 
     monkeypatch.setenv("SENTIMENT_LORA_CPUINFO", str(CPUINFO / "amx.txt"))
-    out = tmp_path / "run"
+    this_cpu.cache_clear()
+    try:
+        _bf16_run_checks(tiny_config, tmp_path / "run")
+    finally:
+        monkeypatch.undo()
+        this_cpu.cache_clear()
+
+
+def _bf16_run_checks(tiny_config, out):
+    from sentiment_lora.train import run
+
     metrics = run(tiny_config("train.epochs=1", "eval.calibrate=true", "eval.precision=bf16"), out)
     assert metrics["precision"] == "bf16" and metrics["reload_check"]["max_prob_diff_same_batches"] <= 1e-4
     saved = json.loads((out / "llm_scores.json").read_text())
