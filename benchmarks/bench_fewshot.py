@@ -46,6 +46,9 @@ from sentiment_lora.data import Sample, balanced_indices, load_full, unseen
 from sentiment_lora.metrics import wilson_interval
 from sentiment_lora.precision import this_cpu
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by file path
+from common import dataset_record  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("zero_shot", "lora", "tfidf", "setfit")
 WORDS = ["Negative", "Positive"]
@@ -252,7 +255,7 @@ def main(argv=None) -> int:
     pool = unseen(full["test"], full["train"])
     test = pool.take(balanced_indices(pool.labels, args.test_size, 2, np.random.default_rng(42), what="test sample"))
     runner = Runner(args, test)
-    result = {"dataset": args.dataset, "n_test": len(test), "test_sha256": digest(test),
+    result = {"dataset": dataset_record(args.dataset), "n_test": len(test), "test_sha256": digest(test),
               "setfit_pair_budget": PAIR_BUDGET, "lora_recipe": LORA_RECIPE, "cpu": this_cpu().to_dict(), "runs": []}
     out = Path(args.output)
     done = set()

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import dataset_record
 from sentiment_lora.baseline import fit_tfidf, run_zero_shot
 from sentiment_lora.config import load_config
 from sentiment_lora.data import load_full, prepare_data, unseen
@@ -213,6 +214,7 @@ def main(argv=None) -> int:
         # The wall time of this invocation, so a whole run's total is on record, not a sum.
         result["last_run"] = {"parts": ran, "minutes": minutes}
     result["cpu"] = this_cpu().to_dict()  # the machine of this invocation
+    result["dataset"] = dataset_record(args.dataset)
     print(markdown(result))
     print(f"bench-quality: {minutes} minutes for {', '.join(ran) or 'no part'}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)

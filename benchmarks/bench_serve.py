@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from common import dataset_record
 from sentiment_lora.precision import this_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ def main() -> None:
     if args.short_dataset:
         # Where batching pays on a CPU: short texts, whose model calls are mostly fixed overhead.
         short = reviews(args.short_dataset, args.requests + 8, args.seed)
-        results["short"] = {"dataset": args.short_dataset}
+        results["short"] = {"dataset": dataset_record(args.short_dataset)}
         servers = {"a": start_server(args.run_dir, given),
                    "b": start_server(args.run_dir, [*given, "--max-batch-texts", "1"])}
         try:
@@ -245,7 +246,7 @@ def main() -> None:
                                           / results["short"]["c"]["reviews_per_s"], 3)}
            if "short" in results else {}),
     }
-    results["setup"] = {"run_dir": args.run_dir, "dataset": args.dataset, "requests_at_32": len(texts),
+    results["setup"] = {"run_dir": args.run_dir, "dataset": dataset_record(args.dataset), "requests_at_32": len(texts),
                         "requests_at_1": len(loads[1]), "machine": platform.platform(),
                         "cpus": os.cpu_count(), "python": platform.python_version(),
                         "precision": args.precision, "cpu": this_cpu().to_dict()}

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import dataset_record
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"zero_shot": "SmolLM2-135M zero-shot, per-class offsets calibrated on validation",
          "tfidf": "TF-IDF (1-2 grams) + logistic regression, all 8,544 training sentences",
@@ -74,8 +76,9 @@ def main() -> None:
         print(name, results[name], file=sys.stderr, flush=True)
     results["n_test"] = results["fine_tuned"]["n"]
     results["total_minutes"] = round((time.perf_counter() - started_all) / 60, 2)
-    results["dataset"] = args.dataset
+    results["dataset"] = dataset_record(args.dataset)
     results["config"] = cfg.to_dict()
+    results["config"]["data"]["dataset"] = results["dataset"]["name"]  # not this machine's path
     write_json(Path(args.out), results)
     print(markdown(results))
 

@@ -205,3 +205,131 @@ def test_a_stack_recipe_in_the_config_stacks_after_training(tiny_config, tmp_pat
     again = stack_mod.stack(tmp_path / "run", "tfidf", device="cpu")
     np.testing.assert_allclose(ClassifierSpec.load(tmp_path / "run").stack.coef, spec.stack.coef, atol=1e-4)
     assert again["test"]["stack"]["accuracy"] == metrics["stack"]["test"]["stack"]["accuracy"]
+
+
+# --- the LLM's probabilities saved by training, reused by stack ---------------------------------------
+
+
+@pytest.fixture
+def counted_scoring(monkeypatch):
+    """The rows the LLM scores, call by call."""
+    real, calls = SentimentClassifier.proba_of_prompts, []
+
+    def counted(self, ids, *args, **kwargs):
+        calls.append(len(ids))
+        return real(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(SentimentClassifier, "proba_of_prompts", counted)
+    return calls
+
+
+def _run_copy(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    cfg = load_config(out / "config.yaml")
+    return out, prepare_data(cfg.data, cfg.prompt.label_words)
+
+
+def test_stack_reuses_the_probabilities_training_saved(tiny_run, tmp_path, monkeypatch):
+    out, data = _run_copy(tiny_run, tmp_path)
+    saved = json.loads((out / "llm_scores.json").read_text())
+    clf = SentimentClassifier.load(out, device="cpu")
+    assert saved["precision"] == clf.precision and saved["device"] == "cpu"
+    # They are what the saved classifier computes, keyed by each text's sha256.
+    for sample in (data.val, data.test):
+        fresh = clf.proba_of_prompts(clf.encode(sample.texts))
+        np.testing.assert_allclose([saved["probs"][stack_mod.text_key(t)] for t in sample.texts], fresh, atol=1e-4)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("stack loaded the LLM although every probability was saved")
+
+    monkeypatch.setattr(stack_mod.SentimentClassifier, "load", no_model)
+    section = stack_mod.stack(out, "tfidf", device="cpu")
+    assert section["llm_rows_reused"] == len(data.val) + len(data.test)
+    assert ClassifierSpec.load(out).stack is not None
+    # A stack on top changes classifier.json, not the LLM: the next stack reuses them too.
+    assert stack_mod.stack(out, "tfidf-nb", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
+
+
+def test_no_reuse_once_the_classifiers_files_change(tiny_run, tmp_path, counted_scoring):
+    from safetensors.torch import load_file, save_file
+
+    out, data = _run_copy(tiny_run, tmp_path)
+    weights = out / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v * 1.5 if "lora_B" in k else v for k, v in tensors.items()}, weights)
+    ClassifierSpec.load(out, verify=False).save(out)  # classifier.json names the new files
+    section = stack_mod.stack(out, "tfidf", device="cpu")
+    assert section["llm_rows_reused"] == 0
+    assert sum(counted_scoring) == len(data.val) + len(data.test)
+    # What it scored is saved for the changed classifier, and reused by the next stack.
+    counted_scoring.clear()
+    assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
+    assert counted_scoring == []
+
+
+@pytest.mark.parametrize("change", [{"precision": "int8"}, {"device": "cuda"}, {"classifier": "sha256:0"},
+                                    {"format": "sentiment-lora-llm-scores/0"}])
+def test_no_reuse_of_probabilities_scored_otherwise(tiny_run, tmp_path, counted_scoring, change):
+    out, data = _run_copy(tiny_run, tmp_path)
+    path = out / "llm_scores.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == 0
+    assert sum(counted_scoring) == len(data.val) + len(data.test)
+
+
+def test_a_text_whose_hash_is_not_saved_is_scored_again(tiny_run, tmp_path, counted_scoring):
+    out, data = _run_copy(tiny_run, tmp_path)
+    path = out / "llm_scores.json"
+    saved = json.loads(path.read_text())
+    key = stack_mod.text_key(data.test.texts[3])
+    saved["probs"][stack_mod.text_key(data.test.texts[3] + " ")] = saved["probs"].pop(key)  # another text's
+    saved["probs"][stack_mod.text_key(data.val.texts[0])] = [0.5]  # a malformed row
+    path.write_text(json.dumps(saved))
+    section = stack_mod.stack(out, "tfidf", device="cpu")
+    assert section["llm_rows_reused"] == len(data.val) + len(data.test) - 2
+    assert counted_scoring == [1, 1]  # the validation row, then the test row
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_scores_file_is_scored_again(tiny_run, tmp_path, counted_scoring, damage):
+    out, data = _run_copy(tiny_run, tmp_path)
+    path = out / "llm_scores.json"
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == 0
+    assert sum(counted_scoring) == len(data.val) + len(data.test)
+    assert json.loads(path.read_text())["probs"]  # written whole again
+
+
+def test_a_bf16_run_saves_what_its_saved_classifier_computes(tiny_config, tmp_path, monkeypatch):
+    """In bf16 a batch's make-up moves a probability, so the reload check compares like with like:
+    the saved numbers are those a stack scoring the same samples again would get."""
+    from conftest import CPUINFO
+    from sentiment_lora.precision import this_cpu
+
+    monkeypatch.setenv("SENTIMENT_LORA_CPUINFO", str(CPUINFO / "amx.txt"))
+    this_cpu.cache_clear()
+    try:
+        _bf16_run_checks(tiny_config, tmp_path / "run")
+    finally:
+        monkeypatch.undo()
+        this_cpu.cache_clear()
+
+
+def _bf16_run_checks(tiny_config, out):
+    from sentiment_lora.train import run
+
+    metrics = run(tiny_config("train.epochs=1", "eval.calibrate=true", "eval.precision=bf16"), out)
+    assert metrics["precision"] == "bf16" and metrics["reload_check"]["max_prob_diff_same_batches"] <= 1e-4
+    saved = json.loads((out / "llm_scores.json").read_text())
+    assert saved["precision"] == "bf16"
+    cfg = load_config(out / "config.yaml")
+    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    clf = SentimentClassifier.load(out, device="cpu")
+    for sample in (data.val, data.test):
+        fresh = clf.proba_of_prompts(clf.encode(sample.texts))
+        np.testing.assert_allclose([saved["probs"][stack_mod.text_key(t)] for t in sample.texts], fresh, atol=1e-6)
+    assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)

@@ -26,6 +26,10 @@ ONNX_FILE = "model.onnx"
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.jsonl"
+LLM_SCORES = "llm_scores.json"
+"""The LLM's own probabilities on a run's validation and test samples, keyed by each text's
+sha256, with the classifier, precision and device kind that scored them: ``stack`` reuses them
+on an exact match instead of scoring every review again."""
 REPORT = "report.html"
 CURVES = "training_curves.png"
 CONFUSION = "confusion_matrix.png"
@@ -44,13 +48,13 @@ PREVIOUS = "previous.pt"
 CHECKPOINT_MANIFEST = "manifest.json"
 """Size, sha256 and step of each checkpoint as written: how a torn or changed one is told apart."""
 
-RUN_FILES = frozenset({CONFIG, TRAIN_LOG, METRICS, PREDICTIONS, *PLOTS, ADAPTER_DIR, CHECKPOINTS, SPEC, EVALUATIONS,
-                       REPORT, LOGS})
+RUN_FILES = frozenset({CONFIG, TRAIN_LOG, METRICS, PREDICTIONS, LLM_SCORES, *PLOTS, ADAPTER_DIR, CHECKPOINTS, SPEC,
+                       EVALUATIONS, REPORT, LOGS})
 """Everything a training run writes into its folder; anything else there makes the folder
 another's."""
 RESULT_FILES = RUN_FILES - {CONFIG, TRAIN_LOG, LOGS, CHECKPOINTS}
 """Written only after training, which has always written the training log by then: results
 without it are another verb's (evaluate, baseline), not a run that stopped early."""
-FIGURE_FILES = frozenset({SPEC, MODEL_CARD, METRICS, CONFIG, *PLOTS, PREDICTIONS, TRAIN_LOG, REPORT})
+FIGURE_FILES = frozenset({SPEC, MODEL_CARD, METRICS, CONFIG, *PLOTS, PREDICTIONS, LLM_SCORES, TRAIN_LOG, REPORT})
 """Files of a classifier folder that are not model weights (a bundled base model's folder may
 sit at the folder's root, beside them)."""

@@ -22,7 +22,8 @@ from .config import DataConfig, load_config
 from .data import DataBundle, Sample, label_mapper, load_splits, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
-from .layout import CONFIG, METRICS, STACK_DIR
+from .integrity import json_digest, sha256_bytes
+from .layout import CONFIG, LLM_SCORES, METRICS, STACK_DIR
 from .metrics import compute_metrics
 from .spec import BASELINES, ClassifierSpec, StackSpec
 from .storage import read_json, write_json
@@ -68,6 +69,53 @@ def pool_sample(pool: str, data_cfg: DataConfig, label_words: list[str], held: s
     return rows.take(keep), len(rows) - len(keep)
 
 
+SCORES_FORMAT = "sentiment-lora-llm-scores/1"
+
+
+def text_key(text: str) -> str:
+    """The key of a text's saved probabilities: sha256 of the text exactly as it was scored."""
+    return sha256_bytes(text.encode("utf-8", "surrogatepass"))
+
+
+def llm_identity(spec: ClassifierSpec) -> str:
+    """What decides the LLM's own probabilities: the spec (model files' sha256, base model
+    fingerprint, prompt, temperature, batch shape) less a stack on top of it, which changes the
+    threshold and adds its own file but not the LLM's numbers. The precision scored in is
+    recorded and matched on its own: a stack may be fitted in another one."""
+    d = spec.to_dict()
+    for key in ("checksum", "sections", "stack", "threshold", "precision"):
+        d.pop(key, None)
+    if spec.stack is not None:
+        d["files"].pop(spec.stack.model_file, None)
+    return json_digest(d)
+
+
+def save_scores(run_dir: Path, spec: ClassifierSpec, precision: str, device_type: str, samples) -> None:
+    """Write llm_scores.json: the LLM's probabilities (as ``proba_of_prompts`` gives them) of each
+    ``(texts, probs)`` sample, with what scored them. A row that is not finite is left out (and
+    scored again when needed)."""
+    probs = {text_key(t): [float(x) for x in row]
+             for texts, rows in samples for t, row in zip(texts, np.asarray(rows, dtype=float))
+             if np.isfinite(row).all()}
+    write_json(run_dir / LLM_SCORES, {"format": SCORES_FORMAT, "classifier": llm_identity(spec),
+                                      "precision": precision, "device": device_type, "probs": probs})
+
+
+def saved_scores(run_dir: Path, spec: ClassifierSpec, precision: str, device_type: str) -> dict[str, list]:
+    """The saved probabilities by text key when they come from this very classifier (its
+    ``llm_identity``), scored in ``precision`` on this kind of device; else none: anything else
+    would be stale numbers."""
+    try:
+        saved = read_json(run_dir / LLM_SCORES)
+    except (OSError, ValueError):
+        return {}
+    want = {"format": SCORES_FORMAT, "classifier": llm_identity(spec), "precision": precision, "device": device_type}
+    if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in want.items()):
+        return {}
+    probs = saved.get("probs")
+    return probs if isinstance(probs, dict) else {}
+
+
 def _summary(m: dict) -> dict:
     keys = ("n", "accuracy", "accuracy_ci95", "macro_f1", "roc_auc", "ece", "log_loss")
     return {k: m[k] for k in keys if k in m}
@@ -99,7 +147,7 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
         source = cfg.data.dataset if pool == "all" else pool
         train, dropped = pool_sample(source, cfg.data, words, set(data.val.texts) | set(data.test.texts))
     text_model, chosen = fit_tfidf(train, baseline == "tfidf-nb", seed=cfg.data.seed, classes=len(words))
-    llm, spec.precision = _llm_probs(run_dir, device, data, llm_probs, precision, spec.precision)
+    llm, spec.precision, reused = _llm_probs(run_dir, device, data, llm_probs, precision, spec)
     base = tuple(text_model.predict_proba(s.texts) for s in (data.val, data.test))
     coef, intercept, combiner = fit_combiner(stack_features(llm[0], base[0]), data.val.labels, len(words),
                                              cfg.data.seed)
@@ -114,7 +162,7 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
         llm_threshold=llm_threshold))
     section = {"baseline": baseline, "pool": pool, "baseline_train_rows": len(train),
                "pool_rows_dropped_as_val_or_test": dropped, "baseline_C": chosen["C"], "combiner": combiner,
-               "val_n": len(data.val), "val": val, "test": test,
+               "val_n": len(data.val), "llm_rows_reused": reused, "val": val, "test": test,
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_classifier(run_dir, new, extras=lambda folder: _write_metrics(folder, section))
     _remove_stale(run_dir, keep=name)
@@ -140,18 +188,52 @@ def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str):
     return cfg
 
 
-def _llm_probs(run_dir: Path, device: str, data: DataBundle, given, precision: str | None, saved: str):
+def _llm_probs(run_dir: Path, device: str, data: DataBundle, given, precision: str | None, spec: ClassifierSpec):
     """(the LLM's own probabilities on the validation and test samples, the precision they were
-    scored in): proba_of_prompts never applies a stack, as serving gives them; scored here unless
-    given. The combiner is fitted in that precision, so the classifier records it."""
+    scored in, how many rows were reused from llm_scores.json): proba_of_prompts never applies a
+    stack, as serving gives them. The combiner is fitted in that precision, so the classifier
+    records it."""
+    reused, saved = 0, spec.precision
     if given is None:
-        clf = SentimentClassifier.load(run_dir, device=device, precision=precision)
-        given, saved = tuple(clf.proba_of_prompts(clf.encode(s.texts)) for s in (data.val, data.test)), clf.precision
+        given, saved, reused = _saved_or_scored(run_dir, spec, device, precision, (data.val.texts, data.test.texts))
     llm_val, llm_test = given
     if (len(llm_val), len(llm_test)) != (len(data.val), len(data.test)):
         raise ValueError(f"llm_probs has {len(llm_val)} and {len(llm_test)} rows; the run's validation and test "
                          f"samples have {len(data.val)} and {len(data.test)}")
-    return (llm_val, llm_test), saved
+    return (llm_val, llm_test), saved, reused
+
+
+def _saved_or_scored(run_dir: Path, spec: ClassifierSpec, device: str, precision: str | None, samples):
+    """Each sample's probabilities: those saved in llm_scores.json where they are this classifier's,
+    in the precision and on the kind of device it scores in now, for exactly these texts; the rest
+    scored here, the model loaded only if some are left. What was scored is saved for next time."""
+    from .model import pick_device
+    from .precision import scoring_precision
+
+    device_type = pick_device(device).type
+    chosen = scoring_precision(precision, device_type, "auto", spec.precision)
+    saved = saved_scores(run_dir, spec, chosen, device_type)
+    classes = len(spec.label_words)
+    found = [[_row(saved.get(text_key(t)), classes) for t in texts] for texts in samples]
+    reused = sum(row is not None for rows in found for row in rows)
+    if reused < sum(map(len, samples)):
+        clf = SentimentClassifier.load(run_dir, device=device, precision=precision)
+        for texts, rows in zip(samples, found):
+            todo = [i for i, row in enumerate(rows) if row is None]
+            for i, row in zip(todo, clf.proba_of_prompts(clf.encode([texts[i] for i in todo])) if todo else ()):
+                rows[i] = row
+        chosen = clf.precision
+        save_scores(run_dir, spec, chosen, device_type, zip(samples, found))
+    return tuple(np.array(rows, dtype=float).reshape(len(rows), classes) for rows in found), chosen, reused
+
+
+def _row(value, classes: int) -> list[float] | None:
+    """A saved row of ``classes`` finite probabilities, else None (scored again)."""
+    if not isinstance(value, list) or len(value) != classes:
+        return None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in value):
+        return None
+    return [float(x) for x in value]
 
 
 def _figures(data: DataBundle, llm, base, coef, intercept, llm_threshold: float, words, ordinal) -> tuple[dict, dict]:

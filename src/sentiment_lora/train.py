@@ -64,6 +64,7 @@ from .report import plot_calibration, plot_confusion_matrix, plot_training_curve
 from .scoring import score, score_generate
 from .signals import StopRequest, signal_name
 from .spec import DATA_KEYS
+from .stack import save_scores, stack
 from .storage import write_json, write_jsonl
 
 
@@ -180,9 +181,12 @@ def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]], acc
 
 
 def verify_reload(clf: SentimentClassifier, run_dir: Path, texts: list[str], probs: np.ndarray,
-                  preds: np.ndarray, device: torch.device, cfg: Config) -> dict:
+                  preds: np.ndarray, device: torch.device, cfg: Config, same_batches: np.ndarray | None = None) -> dict:
     """Reload the saved classifier from disk and re-score ``texts``: the saved files must predict
-    what the trained model did. A text scored within float noise of the threshold may flip."""
+    what the trained model did. A text scored within float noise of the threshold may flip.
+    ``same_batches``: the trained model's probabilities of ``texts`` batched as the reloaded one
+    batches them; in bf16 a batch's make-up moves a probability by about 1e-3, so only this
+    comparison tells whether the files reproduce the trained model's numbers exactly."""
     # Accelerate names a CPU process's device cpu:RANK, which is just the CPU.
     name = "cpu" if device.type == "cpu" else str(device)
     reloaded = SentimentClassifier.from_spec(clf.spec, run_dir, device=name, dtype=cfg.model.dtype)
@@ -191,7 +195,10 @@ def verify_reload(clf: SentimentClassifier, run_dir: Path, texts: list[str], pro
     if flipped.any():
         raise RuntimeError(f"the classifier reloaded from {run_dir} predicts differently from the trained "
                            f"one on {len(texts)} test reviews; the saved files cannot be trusted")
-    return {"n": len(texts), "max_prob_diff": float(np.abs(again - probs).max())}
+    check = {"n": len(texts), "max_prob_diff": float(np.abs(again - probs).max())}
+    if same_batches is not None:
+        check["max_prob_diff_same_batches"] = float(np.abs(again - same_batches).max())
+    return check
 
 
 def save_outputs(run_dir: Path, data: DataBundle, log: list[dict], metrics: dict, preds: np.ndarray,
@@ -218,6 +225,7 @@ class Recipe:
         self.plan = plan_run(run_dir, resume)
         self.step, self.log, self.skipped = 0, [], 0
         self.val_probs: np.ndarray | None = None  # of the latest validation pass; the last one calibrates
+        self.scorer = None  # the model calibration and the test score with (``scoring_model``)
         self.tokens = self.reviews = 0
         self.train_seconds = 0.0
         self.losses: list[float] = []  # since the last log line
@@ -575,6 +583,8 @@ class Recipe:
     def evaluate(self, raw: np.ndarray, eval_seconds: float, train_stats: dict, scorer):
         """(the classifier as trained and calibrated, its test metrics, its test probabilities)."""
         cfg, test_labels = self.cfg, self.data.test.labels
+        self.scorer = scorer  # the reload check compares the saved files with it
+        self.score_validation(scorer)
         threshold, temperature, calibration = calibrate(scorer, self.tok, self.prompt, cfg,
                                                         self.enc["val"].input_ids, self.data.val.labels,
                                                         self.val_probs, self.say)
@@ -598,8 +608,40 @@ class Recipe:
     def save(self, clf: SentimentClassifier, metrics: dict, probs: np.ndarray) -> None:
         """The classifier folder, verified by reloading it before classifier.json seals it; the
         checkpoints go once the folder is complete."""
-        write_classifier(self.run_dir, clf.spec, clf, extras=lambda run_dir: self.save_results(clf, metrics, probs))
+        spec = write_classifier(self.run_dir, clf.spec, clf,
+                                extras=lambda run_dir: self.save_results(clf, metrics, probs))
         remove_checkpoints(self.run_dir)
+        scores = self.llm_scores(metrics, clf.temperature, probs)
+        if scores is not None:  # for a later `stack`; classifier.json names the classifier they are of
+            samples = zip((self.data.val.texts, self.data.test.texts), scores)
+            save_scores(self.run_dir, spec, self.precision, self.device.type, samples)
+
+    def score_validation(self, scorer) -> None:
+        """The scoring model's validation probabilities, when calibration needs them and the last
+        validation pass did not leave them: calibrated on, then saved for ``stack``."""
+        ids, ev = self.enc["val"].input_ids, self.cfg.eval
+        if self.val_probs is None and ids and ev.calibrate and ev.method == "logits":
+            self.val_probs = score(scorer, ids, self.prompt.label_token_ids, self.tok.pad_token_id, ev.batch_size,
+                                   progress="validate", max_tokens=ev.max_batch_tokens)
+
+    def same_batches(self, n: int, temperature: float) -> np.ndarray:
+        """The scoring model's probabilities of the first ``n`` test reviews, scored on their own as
+        the reload check scores them."""
+        ev = self.cfg.eval
+        raw = score(self.scorer, self.enc["test"].input_ids[:n], self.prompt.label_token_ids, self.tok.pad_token_id,
+                    ev.batch_size, max_tokens=ev.max_batch_tokens)
+        return apply_temperature(raw, temperature) if temperature != 1.0 else raw
+
+    def llm_scores(self, metrics: dict, temperature: float, probs: np.ndarray) -> tuple | None:
+        """Training's own (validation, test) probabilities, calibrated, where they are what the saved
+        classifier computes when it scores the same samples (batched alike): the reload check found
+        it within 1e-4 of the trained model on the same batches."""
+        check = metrics.get("reload_check")
+        if check is None or check.get("max_prob_diff_same_batches", np.inf) > 1e-4 or self.val_probs is None \
+                or self.cfg.eval.method != "logits":
+            return None
+        val = apply_temperature(self.val_probs, temperature) if temperature != 1.0 else self.val_probs
+        return val, probs
 
     def save_results(self, clf: SentimentClassifier, metrics: dict, probs: np.ndarray) -> None:
         """Predictions and plots, the reload check of the saved weights, and metrics.json."""
@@ -609,7 +651,7 @@ class Recipe:
         if cfg.eval.verify_samples and cfg.eval.method == "logits":
             n = min(cfg.eval.verify_samples, len(test_data))
             metrics["reload_check"] = verify_reload(clf, run_dir, test_data.texts[:n], probs[:n], preds[:n],
-                                                    self.device, cfg)
+                                                    self.device, cfg, self.same_batches(n, clf.temperature))
         if cfg.train.report_to:
             self.accelerator.log({f"test/{k}": metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece")
                                   if metrics.get(k) is not None}, step=metrics["train"]["optimizer_steps"])
@@ -619,18 +661,11 @@ class Recipe:
 
     def stack(self, metrics: dict, temperature: float, probs: np.ndarray) -> dict:
         """The configured stack on the saved classifier. Its combiner must be fitted on what the
-        saved classifier computes: training's own scores are reused only where the reload check
-        found the reloaded classifier within 1e-4 of them (float32 on a CPU); a merged bf16
-        model on a GPU differs more, and the stack rescores."""
-        from .stack import stack
-
+        saved classifier computes: training's own scores where ``llm_scores`` trusts them, else
+        the stack rescores."""
         cfg = self.cfg
         self.say(f"stacking with {cfg.stack.baseline}")
-        check = metrics.get("reload_check")
-        scores = None
-        if check is not None and check["max_prob_diff"] <= 1e-4 and self.val_probs is not None:
-            val = apply_temperature(self.val_probs, temperature) if temperature != 1.0 else self.val_probs
-            scores = (val, probs)
+        scores = self.llm_scores(metrics, temperature, probs)
         return stack(self.run_dir, cfg.stack.baseline, cfg.stack.pool, device=cfg.model.device, llm_probs=scores,
                      data=self.data)
 

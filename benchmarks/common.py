@@ -1,0 +1,49 @@
+"""What every benchmark records the same way: the data set it read.
+
+A local path says nothing on another machine (and an absolute one names this machine's
+folders), so a result records the data set by its public name and the sha256 of the files
+read: a reader can tell which data it was, and whether theirs is byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sentiment_lora.integrity import PREFIX, sha256_file
+
+DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".tsv", ".json", ".jsonl", ".txt")
+"""The files ``datasets`` reads from a local data set folder; its README is not data."""
+
+PUBLIC_NAMES = {
+    "# IMDB Large Movie Review Dataset (Maas et al., ACL 2011)": "stanfordnlp/imdb",
+    "# SST-5: Stanford Sentiment Treebank, five classes (sentence level)":
+        "SST-5 (Socher et al., 2013), sentence level, as github:prrao87/fine-grained-sentiment data/sst",
+}
+"""A local folder's README title -> the public data set it holds, as its README says. SST-5 is
+named by the files its README says it was rebuilt from, not by a Hub id: a Hub copy (such as
+SetFit/sst5) may differ in its text, and this one was not compared with any."""
+
+
+def dataset_record(dataset: str) -> dict:
+    """``{"name", "sha256", "files"}`` of the data set a benchmark read. A Hub id is its own
+    public name, its files are the Hub cache's (no hash). A local folder: the public name its
+    README gives (None when unknown) and one sha256 over its data files' names and hashes."""
+    folder = Path(dataset)
+    if not folder.is_dir():
+        return {"name": dataset, "sha256": None, "files": None}
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.suffix in DATA_SUFFIXES)
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(f"{name}\0{sha256_file(folder / name)}\n".encode())
+    return {"name": public_name(folder), "sha256": PREFIX + digest.hexdigest(), "files": files}
+
+
+def public_name(folder: Path) -> str | None:
+    """The public name of the data set in a local folder, by its README's title; None when unknown."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return None
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    return PUBLIC_NAMES.get(lines[0].strip()) if lines else None

@@ -1,0 +1,56 @@
+"""benchmarks/common.py: results record a data set by its public name and a content hash, never
+by a local path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMDB_TITLE = "# IMDB Large Movie Review Dataset (Maas et al., ACL 2011)"
+
+
+def load_common():
+    spec = importlib.util.spec_from_file_location("common", ROOT / "benchmarks" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_local_folder_is_recorded_by_its_public_name_and_content(tmp_path):
+    common = load_common()
+    data = tmp_path / "imdb"
+    data.mkdir()
+    (data / "README.md").write_text(IMDB_TITLE + "\n\nnotes\n")
+    (data / "train.parquet").write_bytes(b"rows")
+    (data / "test.parquet").write_bytes(b"more rows")
+    first = common.dataset_record(str(data))
+    assert first["name"] == "stanfordnlp/imdb" and first["files"] == ["test.parquet", "train.parquet"]
+    assert str(tmp_path) not in json.dumps(first)
+    (data / "README.md").write_text(IMDB_TITLE + "\n\nother notes\n")  # not data: the same hash
+    assert common.dataset_record(str(data)) == first
+    (data / "test.parquet").write_bytes(b"other rows")  # other content: another hash
+    assert common.dataset_record(str(data))["sha256"] != first["sha256"]
+    (data / "README.md").write_text("# my reviews\n")
+    assert common.dataset_record(str(data))["name"] is None  # unknown: no name is made up
+    assert common.dataset_record("stanfordnlp/imdb") == {"name": "stanfordnlp/imdb", "sha256": None, "files": None}
+
+
+def test_no_result_records_a_dataset_as_a_local_path():
+    def datasets(obj):
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if key == "dataset":
+                    yield value
+                yield from datasets(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                yield from datasets(value)
+
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        for value in datasets(json.loads(path.read_text())):
+            name = value["name"] if isinstance(value, dict) else value
+            assert name is None or not (name.startswith((".", "/", "~")) or Path(name).is_dir()), (path.name, name)
+            if isinstance(value, dict) and value["files"]:
+                assert value["sha256"].startswith("sha256:"), path.name
