@@ -1,0 +1,114 @@
+"""Word attributions (explain.py) on the tiny trained classifier: completeness, the deletion
+check, the unfaithful flag, words merged from tokens, bounded inputs, and the one-line errors."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_review
+from sentiment_lora.classifier import SentimentClassifier
+from sentiment_lora.errors import UserError
+from sentiment_lora.explain import baseline_ids, calibrated_forward, deletion_check, explain, review_tokens
+
+COMPLETENESS_TOL = 0.01
+"""|sum of word scores - (f(input) - f(baseline))|, in probability, at 64 steps on the tiny model."""
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_run):
+    return SentimentClassifier.load(tiny_run, device="cpu")
+
+
+def reviews(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [make_review(rng, i % 2, 14) for i in range(n)]
+
+
+def test_completeness_word_scores_sum_to_the_output_difference(clf):
+    """Checked against an independent forward pass on the baseline, not captum's own delta."""
+    forward = calibrated_forward(clf)
+    for text in reviews(4):
+        e = explain(clf, [text], n_steps=64)[0]
+        ids = clf.encode([text])[0]
+        base = baseline_ids(clf, ids, [i for i, _, _ in review_tokens(clf, ids)[1]])
+        ones = torch.ones(1, len(ids), dtype=torch.long)
+        with torch.no_grad():
+            f_x = float(forward(torch.tensor([ids]), ones)[0, e.label_index])
+            f_b = float(forward(torch.tensor([base]), ones)[0, e.label_index])
+        assert e.faithful
+        assert abs(e.probability - f_x) < 1e-4  # the calibrated probability the classifier gives
+        assert abs(sum(w.score for w in e.words) - (f_x - f_b)) < COMPLETENESS_TOL
+        assert abs(e.baseline_probability - f_b) < COMPLETENESS_TOL
+
+
+def test_the_label_explained_is_the_predicted_one_with_calibrated_probability(clf):
+    texts = reviews(6, seed=3)
+    labels, probs = clf.predict(texts, return_proba=True)
+    for e, label, p in zip(explain(clf, texts, n_steps=8), labels, probs):
+        assert e.label == label
+        assert e.probability == pytest.approx(p[clf.label_words.index(label)], abs=1e-6)
+
+
+def test_deleting_top_words_moves_the_probability_more_than_random_words(clf):
+    """Averaged over many reviews and random draws, so one lucky draw cannot decide it; a ranking
+    that ignored the attributions (reversed below) must fail the same comparison."""
+    rng = np.random.default_rng(0)
+    explained = explain(clf, reviews(16, seed=7), n_steps=16)
+    pairs = np.array([p for p in (deletion_check(clf, e, 3, 5, rng) for e in explained) if p is not None])
+    assert len(pairs) >= 12
+    assert (pairs[:, 0] > pairs[:, 1]).mean() >= 0.75
+    assert pairs[:, 0].mean() > 2 * pairs[:, 1].mean()
+    flipped = []
+    for e in explained:
+        for w in e.words:
+            w.score = -w.score  # the least supportive words first: deleting them must not win
+        flipped.append(deletion_check(clf, e, 3, 5, rng))
+    flipped = np.array([p for p in flipped if p is not None])
+    assert flipped[:, 0].mean() < flipped[:, 1].mean()
+
+
+def test_an_unfaithful_explanation_withholds_its_scores(clf):
+    e = explain(clf, [reviews(1)[0]], n_steps=2, tolerance=0.0)[0]
+    assert not e.faithful and abs(e.delta) > 0
+    assert all(w.score is None for w in e.words)
+    d = e.to_dict()
+    assert d["faithful"] is False and all(w["score"] is None for w in d["words"])
+    assert deletion_check(clf, e, 1, 1, np.random.default_rng(0)) is None
+
+
+def test_words_are_the_reviews_own_merged_from_tokens(clf):
+    text = "Brilliant film<br /><br />and a superbly moving cast!"
+    e = clf.explain([text], n_steps=4)[0]
+    assert e.text == "Brilliant film and a superbly moving cast!"  # cleaned as scoring cleans it
+    assert [w.word for w in e.words] == e.text.split()
+    assert all(e.text[w.start:w.end] == w.word for w in e.words)
+    pieces = "".join(p for w in e.words for p, _ in w.tokens)
+    assert "Review" not in pieces and "Sentiment" not in pieces  # the template is not attributed
+    assert all(w.score == pytest.approx(sum(s for _, s in w.tokens)) for w in e.words)
+    assert any(len(w.tokens) > 1 for w in e.words)  # sub-word tokens were merged
+
+
+def test_a_huge_review_is_cut_to_the_prompt_budget(clf):
+    text = " ".join(reviews(400))
+    e = clf.explain([text], n_steps=2)[0]
+    assert len(clf.encode([text])[0]) <= clf.prompt.cfg.max_length
+    assert len(e.words) < clf.prompt.cfg.max_length and " ... " in e.text
+
+
+def test_without_captum_the_error_is_one_line(clf, monkeypatch):
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    with pytest.raises(UserError, match=r"pip install 'sentiment-lora\[explain\]'"):
+        clf.explain(["great film"])
+
+
+def test_bad_settings_and_the_generate_method_are_refused(clf, monkeypatch):
+    with pytest.raises(UserError, match="at least 1"):
+        explain(clf, ["great"], n_steps=0)
+    monkeypatch.setattr(clf, "method", "generate")
+    with pytest.raises(UserError, match="logits method"):
+        explain(clf, ["great"])
