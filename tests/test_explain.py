@@ -3,6 +3,7 @@ check, the unfaithful flag, words merged from tokens, bounded inputs, and the on
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 
@@ -112,3 +113,54 @@ def test_bad_settings_and_the_generate_method_are_refused(clf, monkeypatch):
     monkeypatch.setattr(clf, "method", "generate")
     with pytest.raises(UserError, match="logits method"):
         explain(clf, ["great"])
+
+
+def test_predict_explain_prints_words_with_scores(tiny_run, capsys):
+    from sentiment_lora.cli import main
+
+    assert main(["predict", str(tiny_run), "A brilliant moving film", "dull mess", "--explain", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        e = row["explanation"]
+        assert e["label"] == row["label"] and e["probability"] == pytest.approx(row["prob"], abs=1e-5)
+        assert [w["word"] for w in e["words"]] == row["text"].split()
+        assert all(isinstance(w["score"], float) and w["tokens"] for w in e["words"])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--file", "{in}", "--output", "{out}"], "--explain prints to standard output"),
+    (["--engine", "ray", "--file", "{in}", "--output", "{out}"], "drop --engine ray"),
+])
+def test_predict_explain_refuses_what_it_cannot_do(args, fragment, tiny_run, tmp_path, capsys):
+    from sentiment_lora.cli import main
+
+    (tmp_path / "in.txt").write_text("a fine film\n")
+    subs = {"{in}": str(tmp_path / "in.txt"), "{out}": str(tmp_path / "o.jsonl")}
+    assert main(["predict", str(tiny_run), "--explain", *[subs.get(a, a) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_the_server_explains_and_refuses_bad_input(tiny_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from sentiment_lora.serve import EXPLAIN_TEXTS, create_app
+
+    with TestClient(create_app(tiny_run, device="cpu")) as client:
+        while client.get("/health").status_code != 200:
+            pass
+        r = client.post("/explain", json={"inputs": "A superb film, loved it"})
+        assert r.status_code == 200
+        e = r.json()["results"][0]
+        label = client.post("/classify", json={"inputs": "A superb film, loved it"}).json()["results"][0]
+        assert e["label"] == label["label"] and e["probability"] == pytest.approx(label["probs"][e["label"]],
+                                                                                  abs=1e-5)
+        assert [w["word"] for w in e["words"]] == ["A", "superb", "film,", "loved", "it"]
+        for body, code in (({}, 422), ({"inputs": ""}, 422), ({"inputs": ["x"] * (EXPLAIN_TEXTS + 1)}, 413)):
+            r = client.post("/explain", json=body)
+            assert r.status_code == code and "error" in r.json()
+        monkeypatch.setitem(sys.modules, "captum.attr", None)
+        r = client.post("/explain", json={"inputs": "fine"})
+        assert r.status_code == 501 and "sentiment-lora[explain]" in r.json()["error"]

@@ -80,7 +80,9 @@ class Explanation:
                           for w in self.words]}
 
 
-def _captum():
+def require_captum():
+    """Captum's LayerIntegratedGradients, or the one-line error that says how to install it
+    (callers check it before loading a model)."""
     try:
         from captum.attr import LayerIntegratedGradients
     except ImportError:
@@ -101,7 +103,7 @@ def explain(clf, texts, n_steps: int = N_STEPS, internal_batch_size: int = INTER
         raise UserError("explain: n_steps and internal_batch_size must be at least 1")
     texts = [texts] if isinstance(texts, str) else list(texts)
     ids = clf.encode(texts)
-    lig = _captum()(calibrated_forward(clf), clf.model.get_input_embeddings())
+    lig = require_captum()(calibrated_forward(clf), clf.model.get_input_embeddings())
     llm = clf.proba_of_prompts(ids)
     targets = [clf.label_words.index(lab) for lab in clf.labels_of(clf.combine(texts, llm))]
     return [_explain_one(clf, lig, row, target, float(p[target]), n_steps, internal_batch_size, tolerance)
