@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 
 import numpy as np
@@ -164,3 +165,73 @@ def test_the_server_explains_and_refuses_bad_input(tiny_run, monkeypatch):
         monkeypatch.setitem(sys.modules, "captum.attr", None)
         r = client.post("/explain", json={"inputs": "fine"})
         assert r.status_code == 501 and "sentiment-lora[explain]" in r.json()["error"]
+
+
+def test_shading_colours_each_side_with_a_sign():
+    from sentiment_lora.page import shading
+
+    words = [{"word": w, "score": s} for w, s in (("great", 0.30), ("dull", -0.12), ("the", 0.001))]
+    e = {"labels": ["Negative", "Positive"], "label": "Negative", "faithful": True, "text": "great dull the",
+         "delta": 0.0, "tolerance": 0.05, "words": words}
+    got = shading(e)  # scores push toward Negative: blue (+) stands for Positive, so their signs flip
+    assert (got["blue"], got["orange"]) == ("Positive", "Negative")
+    assert [(w["side"], w["sign"]) for w in got["words"][:2]] == [("o", "−"), ("b", "+")]
+    assert got["words"][2]["side"] is None  # under a tenth of the strongest push: left plain
+    assert got["words"][0]["alpha"] > got["words"][1]["alpha"]
+    withheld = shading({**e, "faithful": False, "delta": 0.2})
+    assert "withheld" in withheld["note"]
+
+
+def test_the_report_shades_the_confident_mistakes(tiny_run, monkeypatch):
+    import re as regex
+
+    from sentiment_lora.page import confident_mistakes, explained_mistakes, report_html
+
+    html = (tiny_run / "report.html").read_text(encoding="utf-8")  # written at the end of training
+    rows = [json.loads(x) for x in (tiny_run / "predictions.jsonl").read_text().splitlines()]
+    worst = confident_mistakes(rows)
+    assert worst, "the tiny run made no mistakes to explain"
+    assert len(regex.findall(r'<span class=xtext>', html)) == len(worst)
+    assert "pushed toward Positive" in html and 'class="xw b"' in html
+    assert "<span class=xtext>" not in report_html(tiny_run)  # re-rendered without the classifier: plain text
+    clf = SentimentClassifier.load(tiny_run, device="cpu")
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    assert explained_mistakes(clf, worst) == worst  # no captum: the report is written without them
+
+
+@pytest.mark.skipif(shutil.which("chromedriver") is None or shutil.which("chromium") is None,
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+@pytest.mark.parametrize("width", [390, 1280])
+def test_the_page_draws_the_explanation(width, tiny_run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from test_serve import live
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},1000"):
+        options.add_argument(flag)
+    with live(tiny_run) as server:
+        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+        try:
+            driver.get(server.url + "/")
+            driver.find_element(By.ID, "t").send_keys("A superb and moving film, though the plot was dull")
+            driver.find_element(By.ID, "go").click()
+            WebDriverWait(driver, 30).until(ec.element_to_be_clickable((By.ID, "why-go"))).click()
+            WebDriverWait(driver, 120).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#why .xtext")))
+            legend = driver.find_element(By.CSS_SELECTOR, "#why .legend").text
+            shaded = driver.find_elements(By.CSS_SELECTOR, "#why .xtext .xw")
+            signs = {s.find_element(By.TAG_NAME, "sup").text for s in shaded}
+            sides = {s.get_attribute("class") for s in shaded}
+            overflow = driver.execute_script("return document.documentElement.scrollWidth > window.innerWidth")
+            driver.save_screenshot(str(tmp_path / f"explain-{width}.png"))
+        finally:
+            driver.quit()
+    assert "pushed toward Positive" in legend and "pushed toward Negative" in legend
+    assert shaded and signs <= {"+", "−"}
+    assert sides <= {"xw b", "xw o"}
+    assert not overflow

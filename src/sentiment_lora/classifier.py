@@ -299,7 +299,7 @@ def write_classifier(folder: str | Path, spec: ClassifierSpec, clf: SentimentCla
     if extras is not None:
         extras(folder)
     if report:
-        write_report(folder, spec)
+        write_report(folder, spec, clf)  # with clf: its confident mistakes explained
     spec.save(folder)
     return spec
 

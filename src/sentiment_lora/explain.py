@@ -106,8 +106,13 @@ def explain(clf, texts, n_steps: int = N_STEPS, internal_batch_size: int = INTER
     lig = require_captum()(calibrated_forward(clf), clf.model.get_input_embeddings())
     llm = clf.proba_of_prompts(ids)
     targets = [clf.label_words.index(lab) for lab in clf.labels_of(clf.combine(texts, llm))]
-    return [_explain_one(clf, lig, row, target, float(p[target]), n_steps, internal_batch_size, tolerance)
-            for row, target, p in zip(ids, targets, llm)]
+    was_training = clf.model.training
+    clf.model.eval()  # a model fresh from training: no dropout in the path's forward passes
+    try:
+        return [_explain_one(clf, lig, row, target, float(p[target]), n_steps, internal_batch_size, tolerance)
+                for row, target, p in zip(ids, targets, llm)]
+    finally:
+        clf.model.train(was_training)
 
 
 def calibrated_forward(clf):
