@@ -19,7 +19,7 @@ def add(sub, parents: list) -> None:
                    "warm-up of a minute or two, for large files")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--explain", action="store_true", help="JSON lines with each text's words and their push "
-                   "toward the label (integrated gradients; docs/explain.md; pip install 'sentiment-lora[explain]')")
+                   "toward the label (integrated gradients, docs/serving.md; needs captum)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: Ray Data actors, each loading the classifier once, writing "
                         "parquet shards to --output (pip install 'sentiment-lora[ray]')")
