@@ -235,3 +235,12 @@ def test_the_page_draws_the_explanation(width, tiny_run, tmp_path):
     assert shaded and signs <= {"+", "−"}
     assert sides <= {"xw b", "xw o"}
     assert not overflow
+
+
+def test_an_unfaithful_first_try_is_retried_with_more_steps(clf):
+    text = reviews(1, seed=5)[0]
+    first = explain(clf, [text], n_steps=2, max_steps=2, tolerance=1e-6)[0]
+    assert not first.faithful and first.n_steps == 2
+    again = explain(clf, [text], n_steps=2, max_steps=64, tolerance=abs(first.delta) / 2)[0]
+    assert again.n_steps == 64 and abs(again.delta) < abs(first.delta)
+    assert explain(clf, [text], n_steps=64, max_steps=128)[0].n_steps == 64  # faithful at once: no retry

@@ -274,7 +274,8 @@ class SentimentClassifier:
         from . import explain as ex
 
         return ex.explain(self, texts, n_steps=n_steps or ex.N_STEPS,
-                          internal_batch_size=internal_batch_size or ex.INTERNAL_BATCH)
+                          internal_batch_size=internal_batch_size or ex.INTERNAL_BATCH,
+                          max_steps=n_steps or ex.MAX_STEPS)
 
     def data_config(self, dataset: str | None = None) -> DataConfig:
         """How the training data was read, so evaluation reads a dataset the same way."""

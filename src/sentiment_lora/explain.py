@@ -24,8 +24,12 @@ import numpy as np
 from .errors import UserError
 
 N_STEPS = 16
-"""Integral steps per text (Gauss-Legendre, captum's default rule, which is exact for smooth
-paths with far fewer steps than a Riemann sum); more steps cost time linearly and shrink delta."""
+"""Integral steps of the first try per text (Gauss-Legendre, captum's default rule, exact for
+smooth paths with far fewer steps than a Riemann sum); each step costs a forward and a backward pass."""
+MAX_STEPS = 64
+"""Steps of the one retry when the first try's completeness error passes the tolerance: the
+path between real token embeddings can wiggle at a finer scale than 16 steps see, so some texts
+need more, and paying that only for them keeps the others cheap."""
 INTERNAL_BATCH = 8
 """Steps run through the model at once: memory is bounded by this many prompts of at most
 ``prompt.max_length`` tokens, whatever the text's length."""
@@ -64,6 +68,8 @@ class Explanation:
     delta: float
     tolerance: float
     words: list[Word]
+    n_steps: int = 0
+    """The integral's steps that gave ``delta``."""
 
     @property
     def faithful(self) -> bool:
@@ -73,7 +79,7 @@ class Explanation:
         """JSON-ready: the one shape the CLI, the server, the page and the report show."""
         return {"label": self.label, "labels": self.labels, "probability": round(self.probability, 6),
                 "baseline_probability": round(self.baseline_probability, 6), "delta": round(self.delta, 6),
-                "tolerance": self.tolerance, "faithful": self.faithful, "text": self.text,
+                "tolerance": self.tolerance, "faithful": self.faithful, "n_steps": self.n_steps, "text": self.text,
                 "words": [{"word": w.word, "start": w.start, "end": w.end,
                            "score": None if w.score is None else round(w.score, 6),
                            "tokens": [[p, None if s is None else round(s, 6)] for p, s in w.tokens]}
@@ -91,7 +97,7 @@ def require_captum():
 
 
 def explain(clf, texts, n_steps: int = N_STEPS, internal_batch_size: int = INTERNAL_BATCH,
-            tolerance: float = TOLERANCE) -> list[Explanation]:
+            tolerance: float = TOLERANCE, max_steps: int = MAX_STEPS) -> list[Explanation]:
     """One ``Explanation`` per text, for the label ``clf`` predicts. Texts are cleaned and cut to
     the prompt's budget exactly as scoring does (``clf.encode``), so a long text costs no more
     than ``prompt.max_length`` tokens times ``internal_batch_size``."""
@@ -109,8 +115,8 @@ def explain(clf, texts, n_steps: int = N_STEPS, internal_batch_size: int = INTER
     was_training = clf.model.training
     clf.model.eval()  # a model fresh from training: no dropout in the path's forward passes
     try:
-        return [_explain_one(clf, lig, row, target, float(p[target]), n_steps, internal_batch_size, tolerance)
-                for row, target, p in zip(ids, targets, llm)]
+        return [_explain_one(clf, lig, row, target, float(p[target]), (n_steps, max(n_steps, max_steps)),
+                             internal_batch_size, tolerance) for row, target, p in zip(ids, targets, llm)]
     finally:
         clf.model.train(was_training)
 
@@ -147,9 +153,10 @@ def baseline_ids(clf, ids: list[int], positions: list[int]) -> list[int]:
     return out
 
 
-def _explain_one(clf, lig, ids: list[int], target: int, p_x: float, n_steps: int, batch: int,
+def _explain_one(clf, lig, ids: list[int], target: int, p_x: float, steps: tuple[int, int], batch: int,
                  tolerance: float) -> Explanation:
-    """``p_x`` is the classifier's own calibrated probability of ``target``; the baseline's
+    """Integrated gradients at ``steps[0]``, again at ``steps[1]`` when the first is unfaithful.
+    ``p_x`` is the classifier's own calibrated probability of ``target``; the baseline's
     follows from completeness as captum measured it: f(base) = f(x) - (sum(attributions) - delta)."""
     import torch
 
@@ -157,15 +164,18 @@ def _explain_one(clf, lig, ids: list[int], target: int, p_x: float, n_steps: int
     device = next(clf.model.parameters()).device
     x = torch.tensor([ids], device=device)
     base = torch.tensor([baseline_ids(clf, ids, [i for i, _, _ in spans])], device=device)
-    attr, delta = lig.attribute(x, baselines=base, target=target, additional_forward_args=(torch.ones_like(x),),
-                                n_steps=n_steps, internal_batch_size=batch, return_convergence_delta=True)
+    for n in dict.fromkeys(steps):
+        attr, delta = lig.attribute(x, baselines=base, target=target, additional_forward_args=(torch.ones_like(x),),
+                                    n_steps=n, internal_batch_size=batch, return_convergence_delta=True)
+        if abs(float(delta)) <= tolerance:
+            break
     per_token = attr.sum(-1)[0].double().cpu().numpy()
     p_b = p_x - (float(per_token.sum()) - float(delta))
     faithful = abs(float(delta)) <= tolerance
     words = merge_words(clf.tokenizer, ids, text, spans, per_token if faithful else None)
     return Explanation(text=text, label=clf.label_words[target], label_index=target, labels=clf.label_words,
                        probability=p_x, baseline_probability=p_b, delta=float(delta), tolerance=tolerance,
-                       words=words)
+                       words=words, n_steps=n)
 
 
 def review_tokens(clf, ids: list[int]) -> tuple[str, list[tuple[int, int, int]]]:
