@@ -170,13 +170,13 @@ def test_the_server_explains_and_refuses_bad_input(tiny_run, monkeypatch):
 def test_shading_colours_each_side_with_a_sign():
     from sentiment_lora.page import shading
 
-    words = [{"word": w, "score": s} for w, s in (("great", 0.30), ("dull", -0.12), ("the", 0.001))]
+    words = [{"word": w, "score": s} for w, s in (("great", 0.30), ("dull", -0.12), ("the", 0.05))]
     e = {"labels": ["Negative", "Positive"], "label": "Negative", "faithful": True, "text": "great dull the",
          "delta": 0.0, "tolerance": 0.05, "words": words}
     got = shading(e)  # scores push toward Negative: blue (+) stands for Positive, so their signs flip
     assert (got["blue"], got["orange"]) == ("Positive", "Negative")
     assert [(w["side"], w["sign"]) for w in got["words"][:2]] == [("o", "−"), ("b", "+")]
-    assert got["words"][2]["side"] is None  # under a tenth of the strongest push: left plain
+    assert got["words"][2]["side"] is None  # under a quarter of the strongest push: left plain
     assert got["words"][0]["alpha"] > got["words"][1]["alpha"]
     withheld = shading({**e, "faithful": False, "delta": 0.2})
     assert "withheld" in withheld["note"]
@@ -225,7 +225,7 @@ def test_the_page_draws_the_explanation(width, tiny_run, tmp_path):
             WebDriverWait(driver, 120).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#why .xtext")))
             legend = driver.find_element(By.CSS_SELECTOR, "#why .legend").text
             shaded = driver.find_elements(By.CSS_SELECTOR, "#why .xtext .xw")
-            signs = {s.find_element(By.TAG_NAME, "sup").text for s in shaded}
+            signs = {s.find_element(By.TAG_NAME, "sup").text.strip("\u2060") for s in shaded}
             sides = {s.get_attribute("class") for s in shaded}
             overflow = driver.execute_script("return document.documentElement.scrollWidth > window.innerWidth")
             driver.save_screenshot(str(tmp_path / f"explain-{width}.png"))

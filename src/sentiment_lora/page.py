@@ -160,7 +160,8 @@ def explained_mistakes(clf, mistakes: list[dict]) -> list[dict]:
 
 def shading(e: dict) -> dict:
     """How ``page.html.j2``'s ``shaded`` macro draws an explanation (``explain.Explanation.to_dict``):
-    per word a side (``b`` blue, ``o`` orange, None below a tenth of the strongest push), a shade
+    per word a side (``b`` blue, ``o`` orange, None below a quarter of the strongest push:
+    shading every small push would hide the few that decide), a shade
     and a sign. Two labels: blue pushes toward the second label, orange toward the first; more:
     blue toward the predicted label, orange away from it. The serving page's script draws alike."""
     labels, k = e["labels"], e["labels"].index(e["label"])
@@ -170,7 +171,7 @@ def shading(e: dict) -> dict:
     top = max((abs(x) for x in scores), default=0.0) or 1.0
     words = []
     for w, x in zip(e["words"], scores):
-        side = None if abs(x) < 0.1 * top else ("b" if x > 0 else "o")
+        side = None if abs(x) < 0.25 * top else ("b" if x > 0 else "o")
         words.append({"word": w["word"], "side": side, "alpha": round(0.08 + 0.47 * abs(x) / top, 3),
                       "sign": "+" if x > 0 else "−",
                       "title": f"{x:+.4f} toward {blue}" if w["score"] is not None else ""})
