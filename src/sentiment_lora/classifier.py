@@ -310,6 +310,15 @@ class SentimentClassifier:
         labels = self.labels_of(probs)
         return (labels, probs) if return_proba else labels
 
+    def explain(self, texts, n_steps: int | None = None, internal_batch_size: int | None = None) -> list:
+        """Why each text got its label: word-level attributions of the calibrated probability of
+        the predicted label (``explain.Explanation`` per text; needs captum). See explain.py."""
+        from . import explain as ex
+
+        return ex.explain(self, texts, n_steps=n_steps or ex.N_STEPS,
+                          internal_batch_size=internal_batch_size or ex.INTERNAL_BATCH,
+                          max_steps=n_steps or ex.MAX_STEPS)
+
     def data_config(self, dataset: str | None = None) -> DataConfig:
         """How the training data was read, so evaluation reads a dataset the same way."""
         d = dict(self.spec.data) if self.spec else {}
@@ -333,7 +342,7 @@ def write_classifier(folder: str | Path, spec: ClassifierSpec, clf: SentimentCla
     if extras is not None:
         extras(folder)
     if report:
-        write_report(folder, spec)
+        write_report(folder, spec)  # explaining its mistakes costs minutes on a CPU: `report --explain`
     spec.save(folder)
     return spec
 

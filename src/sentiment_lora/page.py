@@ -188,12 +188,14 @@ def confident_mistakes(rows: list[dict], n: int = 10) -> list[dict]:
     return sorted(wrong, key=lambda r: -r["prob"])[:n]
 
 
-def report_html(run_dir: str | Path, spec=None) -> str:
-    """``report.html``: metrics with intervals, plots, config, training log, confident mistakes."""
+def report_html(run_dir: str | Path, spec=None, clf=None) -> str:
+    """``report.html``: metrics with intervals, plots, config, training log, confident mistakes
+    (with ``clf``, their words shaded: ``explained_mistakes``)."""
     run_dir = Path(run_dir)
     f = facts(run_dir, spec)
+    mistakes = confident_mistakes(_jsonl(run_dir / PREDICTIONS))
     return _pages().report(f, card_html(f, run_dir), _jsonl(run_dir / TRAIN_LOG),
-                           confident_mistakes(_jsonl(run_dir / PREDICTIONS)), baselines(run_dir))
+                           explained_mistakes(clf, mistakes) if clf is not None else mistakes, baselines(run_dir))
 
 
 def redraw_curves(run_dir: str | Path) -> bool:
@@ -207,10 +209,56 @@ def redraw_curves(run_dir: str | Path) -> bool:
     return bool(log)
 
 
-def write_report(run_dir: str | Path, spec=None) -> Path:
+def write_report(run_dir: str | Path, spec=None, clf=None) -> Path:
     from .storage import write_text
 
-    return write_text(Path(run_dir) / REPORT, report_html(run_dir, spec))
+    return write_text(Path(run_dir) / REPORT, report_html(run_dir, spec, clf))
+
+
+# --- word attributions (issue 24): the confident mistakes' words shaded --------------------
+
+
+def explained_mistakes(clf, mistakes: list[dict]) -> list[dict]:
+    """``mistakes`` with ``shaded`` rows (``shading``) for those whose text was saved: only these
+    few are explained, and none where captum is missing (the report is written all the same)."""
+    from .errors import UserError
+    from .explain import require_captum
+
+    todo = [i for i, r in enumerate(mistakes) if isinstance(r.get("text"), str) and r["text"].strip()]
+    try:
+        require_captum()
+    except UserError:
+        return mistakes
+    out = [dict(r) for r in mistakes]
+    for i, e in zip(todo, clf.explain([mistakes[i]["text"] for i in todo]) if todo else []):
+        out[i]["shaded"] = shading(e.to_dict())
+    return out
+
+
+def shading(e: dict) -> dict:
+    """How ``page.html.j2``'s ``shaded`` macro draws an explanation (``explain.Explanation.to_dict``):
+    per word a side (``b`` blue, ``o`` orange, None below a quarter of the strongest push:
+    shading every small push would hide the few that decide), a shade
+    and a sign. Two labels: blue pushes toward the second label, orange toward the first; more:
+    blue toward the predicted label, orange away from it. The serving page's script draws alike."""
+    labels, k = e["labels"], e["labels"].index(e["label"])
+    flip = -1.0 if len(labels) == 2 and k == 0 else 1.0
+    blue, orange = (labels[1], labels[0]) if len(labels) == 2 else (e["label"], "the other labels")
+    scores = [flip * (w["score"] or 0.0) for w in e["words"]]
+    top = max((abs(x) for x in scores), default=0.0) or 1.0
+    words = []
+    for w, x in zip(e["words"], scores):
+        side = None if abs(x) < 0.25 * top else ("b" if x > 0 else "o")
+        words.append({"word": w["word"], "side": side, "alpha": round(0.08 + 0.47 * abs(x) / top, 3),
+                      "sign": "+" if x > 0 else "−",
+                      "title": f"{x:+.4f} toward {blue}" if w["score"] is not None else ""})
+    note = (f"attributions withheld: their completeness error {abs(e['delta']):.3f} exceeds the tolerance "
+            f"{e['tolerance']}" if not e["faithful"] else "")
+    return {"faithful": e["faithful"], "text": e["text"], "words": words, "blue": blue, "orange": orange,
+            "note": note}
+
+
+# --- end word attributions -----------------------------------------------------------------
 
 
 def serving_page(run_dir: str | Path, spec=None) -> str:

@@ -307,16 +307,19 @@ def classify_chunk(clf, chunk: list[Record]) -> list[tuple[Record, str | None, n
     return out
 
 
-def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_words: list[str]) -> dict:
-    """One line of a predictions file: row (and id), label, its probability, all probabilities."""
+def output_row(rec: Record, label: str | None, probs: np.ndarray | None, label_words: list[str],
+               explanation: dict | None = None) -> dict:
+    """One line of a predictions file: row (and id), label, its probability, all probabilities;
+    with ``explanation`` (``explain.Explanation.to_dict``), the words that pushed the label too."""
     row: dict = {"row": rec.row}
     if rec.id is not None:  # NaN is not JSON: an id read as a float NaN is written as text
         row["id"] = rec.id if not (isinstance(rec.id, float) and not np.isfinite(rec.id)) else str(rec.id)
     if probs is None:
         return {**row, "label": None, "prob": None, "probs": None, "error": rec.error or "empty text"}
     prob = float(probs[label_words.index(label)]) if label is not None else None
-    return {**row, "label": label, "prob": None if prob is None else round(prob, 6),
-            "probs": {w: round(float(p), 6) if np.isfinite(p) else None for w, p in zip(label_words, probs)}}
+    row = {**row, "label": label, "prob": None if prob is None else round(prob, 6),
+           "probs": {w: round(float(p), 6) if np.isfinite(p) else None for w, p in zip(label_words, probs)}}
+    return row if explanation is None else {**row, "explanation": explanation}
 
 
 # --- resumable output ---------------------------------------------------------------------

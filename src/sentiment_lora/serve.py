@@ -10,9 +10,12 @@ the Inference API's ``POST /``) wants full control of request parsing and error 
 - ``POST /``: the same, always one list per input, which is what
   ``huggingface_hub.InferenceClient(url).text_classification`` posts and reads.
 - ``POST /classify``: the decided label (``decision.decide``) and probabilities; the page uses it.
+- ``POST /explain``: the same inputs (at most ``EXPLAIN_TEXTS``) -> each text's words and their
+  push toward its label (explain.py), for the page's "why this label"; needs captum.
 - ``GET /`` the page, ``/health`` (503 until the model is loaded), ``/info``, ``/metrics``.
 
-The model runs in one worker thread, one call at a time; the event loop only queues.
+The model runs in one worker thread, one call at a time; the event loop only queues. An
+explanation holds the same model lock as scoring: captum hooks the embedding layer while it runs.
 """
 
 from __future__ import annotations
@@ -359,6 +362,9 @@ class Service:
         self.error: str | None = None
         self.batcher: Batcher | None = None
         self.expected_key = f"Bearer {cfg.api_key}".encode("ascii") if cfg.api_key else b""
+        self.model_lock = threading.Lock()
+        """Scoring and explaining take turns: an explanation's hook on the embedding layer must never
+        see a scoring batch."""
 
     def load_model(self) -> None:
         try:
@@ -367,7 +373,8 @@ class Service:
             self.error = failure(exc)
 
     def score(self, prompts: list[list[int]]) -> np.ndarray:
-        return self.clf.proba_of_prompts(prompts, batch_size=len(prompts))
+        with self.model_lock:
+            return self.clf.proba_of_prompts(prompts, batch_size=len(prompts))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -403,15 +410,19 @@ class Service:
             self.metrics.errors.labels(route, str(code)).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
-    async def probabilities(self, request: Request) -> tuple[np.ndarray, bool, dict, float]:
-        """(probabilities, whether one text was sent, parameters, milliseconds scoring) of a request."""
-        if self.clf is None:
-            raise self.unavailable()
+    async def inputs(self, request: Request) -> tuple[list[str], bool, dict]:
+        """The request's texts, whether one was sent, and its parameters, within the body limit."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
             raise Rejected(413, f"the request body has {declared} bytes, more than the {self.cfg.max_body_bytes} "
                                 f"allowed", "payload_too_large")
-        texts, single, params = parse_inputs(await read_body(request, self.cfg.max_body_bytes), self.cfg)
+        return parse_inputs(await read_body(request, self.cfg.max_body_bytes), self.cfg)
+
+    async def probabilities(self, request: Request) -> tuple[np.ndarray, bool, dict, float]:
+        """(probabilities, whether one text was sent, parameters, milliseconds scoring) of a request."""
+        if self.clf is None:
+            raise self.unavailable()
+        texts, single, params = await self.inputs(request)
         clf = self.clf
         # Tokenizing and a stack's TF-IDF part run in threads: the event loop only queues.
         prompts = await asyncio.to_thread(clf.encode, texts)  # cleaning and truncation, as in training
@@ -428,6 +439,33 @@ class Service:
         rows = [output_row(Record(i, None), label, row, self.spec.label_words)
                 for i, (label, row) in enumerate(zip(self.clf.labels_of(probs), probs))]
         return {"results": [{"label": r["label"], "probs": r["probs"]} for r in rows], "ms": ms}
+
+    # --- /explain (issue 24): word attributions --------------------------------------------
+
+    async def explain(self, request: Request) -> dict:
+        """/explain: ``explain.Explanation.to_dict`` per text, as ``predict --explain`` prints them."""
+        from .errors import UserError
+        from .explain import require_captum
+
+        if self.clf is None:
+            raise self.unavailable()
+        texts, _, _ = await self.inputs(request)
+        if len(texts) > EXPLAIN_TEXTS:
+            raise Rejected(413, f"{len(texts)} texts to explain in one request, more than the {EXPLAIN_TEXTS} "
+                                f"allowed; send them in several requests", "payload_too_large")
+        try:
+            require_captum()
+        except UserError as exc:
+            raise Rejected(501, str(exc), "not_implemented") from None
+        started = time.perf_counter()
+        found = await asyncio.to_thread(self._explained, texts)
+        return {"results": found, "ms": (time.perf_counter() - started) * 1000}
+
+    def _explained(self, texts: list[str]) -> list[dict]:
+        with self.model_lock:
+            return [e.to_dict() for e in self.clf.explain(texts)]
+
+    # --- end /explain ---------------------------------------------------------------------
 
     def info(self) -> dict:
         from .page import facts
@@ -503,6 +541,7 @@ def _routes(app, service: Service) -> None:
         return ranked(probs, words, params.get("top_k"))
 
     app.post("/classify")(service.classify)
+    app.post("/explain")(service.explain)
 
     @app.get("/health")
     async def health():
@@ -523,7 +562,10 @@ def _routes(app, service: Service) -> None:
         return HTMLResponse(page)
 
 
-ROUTES = {"/", "/predict", "/classify", "/health", "/info", "/metrics"}
+ROUTES = {"/", "/predict", "/classify", "/explain", "/health", "/info", "/metrics"}
+EXPLAIN_TEXTS = 4
+"""Texts one /explain request may hold: each costs ``explain.N_STEPS`` forward and backward
+passes while the model is held, so a request stays a few explanations long."""
 
 
 def serve(run_dir: str | Path, cfg: ServeConfig, device: str = "auto", dtype: str = "auto",

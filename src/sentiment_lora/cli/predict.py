@@ -19,6 +19,8 @@ def add(sub, parents: list) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model: faster scoring after a "
                    "warm-up of a minute or two, for large files")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--explain", action="store_true", help="JSON lines with each text's words and their push "
+                   "toward the label (integrated gradients, docs/serving.md; needs captum)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: Ray Data actors, each loading the classifier once, writing "
                         "parquet shards to --output (pip install 'sentiment-lora[ray]')")
@@ -31,6 +33,8 @@ def add(sub, parents: list) -> None:
 
 def run(args) -> int:
     if args.engine == "ray":
+        if args.explain:
+            raise usage("--explain runs in this process; drop --engine ray")
         return run_ray(args)
     records = _records(args)  # everything a user can get wrong, before the model loads
     from ..classifier import SentimentClassifier
@@ -48,9 +52,19 @@ def run(args) -> int:
     if records is None:
         records = iter_records(args.file, args.field, args.id_field, args.max_line_bytes)
     for chunk in chunked(records, args.chunk_size or 1024):
-        print_predictions(clf, zip([r.text for r in chunk], classify_chunk(clf, chunk)), args.json,
-                          with_id=bool(args.id_field))
+        explained = explanations(clf, chunk) if args.explain else None
+        print_predictions(clf, zip([r.text for r in chunk], classify_chunk(clf, chunk)), args.json or args.explain,
+                          explained, with_id=bool(args.id_field))
     return 0
+
+
+def explanations(clf, chunk) -> list[dict | None]:
+    """``explain.Explanation.to_dict`` per record of ``chunk`` (None for one without text)."""
+    todo = [i for i, r in enumerate(chunk) if r.text is not None]
+    out: list[dict | None] = [None] * len(chunk)
+    for i, e in zip(todo, clf.explain([chunk[i].text for i in todo]) if todo else []):
+        out[i] = e.to_dict()
+    return out
 
 
 def _records(args):
@@ -60,6 +74,8 @@ def _records(args):
 
     if args.dataset:
         raise usage("--dataset reads a dataset folder with --engine ray; for one process give --file")
+    if args.explain:
+        _check_explain(args)
     if args.output and not args.file:
         raise usage("--output needs --file: predictions of arguments or stdin go to standard output")
     if args.file and args.texts:
@@ -78,6 +94,15 @@ def _records(args):
         stdin = getattr(sys.stdin, "buffer", None) or (line.encode() for line in sys.stdin)  # a test's StringIO
         return check_records(iter_text_lines(stdin, "standard input", args.max_line_bytes), "standard input")
     raise usage("no texts given; pass texts as arguments, --file reviews.txt, or lines on stdin")
+
+
+def _check_explain(args) -> None:
+    """--explain prints JSON lines to standard output, and needs captum: both checked before the model loads."""
+    from ..explain import require_captum
+
+    if args.output:
+        raise usage("--explain prints to standard output; drop --output (or redirect: > explained.jsonl)")
+    require_captum()
 
 
 def _to_file(clf, args) -> int:
@@ -99,15 +124,17 @@ def _to_file(clf, args) -> int:
     return 0
 
 
-def print_predictions(clf, pairs, as_json: bool, with_id: bool = False) -> None:
-    """Standard output's form of ``predict.output_row``: JSON lines, or label, probability and a
-    one-line preview separated by tabs, after the record's id when ``with_id`` (--id-field)."""
+def print_predictions(clf, pairs, as_json: bool, explained: list[dict | None] | None = None,
+                      with_id: bool = False) -> None:
+    """Standard output's form of ``predict.output_row``: JSON lines (with ``explained``, each
+    text's explanation), or label, probability and a one-line preview separated by tabs, after
+    the record's id when ``with_id`` (--id-field)."""
     from ..errors import printable
     from ..predict import output_row
     from ..storage import json_text
 
-    for text, (rec, label, probs) in pairs:
-        row = output_row(rec, label, probs, clf.label_words)
+    for k, (text, (rec, label, probs)) in enumerate(pairs):
+        row = output_row(rec, label, probs, clf.label_words, explained[k] if explained else None)
         if as_json:
             row.pop("row")
             print(json_text({"text": text, **row}))
