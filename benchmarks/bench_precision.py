@@ -85,11 +85,12 @@ def exports(run_dir: str, folder: Path) -> dict:
 
 
 def peak_memory(folder: str, precision: str | None, texts: list[str]) -> float:
-    """Peak RSS (MB) of a fresh process that loads the classifier and scores ``texts``."""
-    code = ("import json, resource, sys; from sentiment_lora.classifier import SentimentClassifier; "
+    """Peak RSS (MB) of a fresh process that loads the classifier and scores ``texts``: its own
+    high-water mark (VmHWM), since getrusage's ru_maxrss carries the parent's peak across exec."""
+    code = ("import json, re, sys; from sentiment_lora.classifier import SentimentClassifier; "
             "clf = SentimentClassifier.load(sys.argv[1], device='cpu', precision=json.loads(sys.argv[2])); "
             "clf.predict_proba(json.loads(sys.argv[3])); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)")
     done = subprocess.run([sys.executable, "-c", code, folder, json.dumps(precision), json.dumps(texts)],
                           capture_output=True, text=True, check=True)
     return round(float(done.stdout.split()[-1]), 1)

@@ -15,8 +15,9 @@ def add(sub, parents: list) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the exported weights")
     p.add_argument("--onnx", choices=["fp32", "int8"], default=None,
-                   help="write the merged model as an ONNX Runtime graph in this precision (int8: dynamic "
-                        "quantization); predict, evaluate and serve load the folder")
+                   help="write the merged model as an ONNX Runtime graph in this precision; predict, evaluate and "
+                        "serve load the folder (int8, dynamic quantization, can cost accuracy: measure it first, "
+                        "docs/performance.md)")
 
 
 def run(args) -> int:
