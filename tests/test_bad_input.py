@@ -357,3 +357,13 @@ def test_bad_input(case, tmp_path, tiny_run, tiny_model_dir, tiny_data_dir):
     result = run_cli([fill(a) for a in argv], stdin=stdin)
     assert_one_error_line(result, fragment)
     assert _snapshot(tmp_path, tiny_run) == before, "a failed command changed files"
+
+
+def test_a_missing_extra_is_one_line_that_names_it():
+    import json
+
+    from sentiment_lora.errors import UserError, require
+
+    with pytest.raises(UserError, match=r"^export --onnx needs no_such_pkg: pip install 'sentiment-lora\[onnx\]'$"):
+        require("no_such_pkg.sub", "onnx", "export --onnx")
+    assert require("json", "onnx", "anything") is json

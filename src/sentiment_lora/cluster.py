@@ -17,18 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, require
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 OUTPUT_COLUMNS = ("label", "prob", "probs", "error")
 
 
 def require_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the Data library is an extra of ray itself)
-    except ImportError:
-        raise UserError("--engine ray needs Ray Data: pip install 'sentiment-lora[ray]'") from None
+    require("ray.data", "ray", "--engine ray")  # the Data library is an extra of ray itself
+    import ray
+
     return ray
 
 

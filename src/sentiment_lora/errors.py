@@ -1,5 +1,5 @@
-"""The one exception type for mistakes a user can fix (bad path, bad value, bad file), and how
-any message is made safe to print as one line."""
+"""The one exception type for mistakes a user can fix (bad path, bad value, bad file, a missing
+optional dependency), and how any message is made safe to print as one line."""
 
 import re
 
@@ -18,6 +18,18 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def require(module: str, extra: str, who: str):
+    """``module``, imported; where it is missing, the one line naming the extra that installs it
+    (an optional feature's dependency is checked before any heavy work)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise UserError(f"{who} needs {package}: pip install 'sentiment-lora[{extra}]'") from None
 
 
 def printable(text: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, require
 
 N_STEPS = 16
 """Integral steps of the first try per text (Gauss-Legendre, captum's default rule, exact for
@@ -89,11 +89,7 @@ class Explanation:
 def require_captum():
     """Captum's LayerIntegratedGradients, or the one-line error that says how to install it
     (callers check it before loading a model)."""
-    try:
-        from captum.attr import LayerIntegratedGradients
-    except ImportError:
-        raise UserError("explanations need captum; pip install 'sentiment-lora[explain]'") from None
-    return LayerIntegratedGradients
+    return require("captum.attr", "explain", "explaining a label").LayerIntegratedGradients
 
 
 def explain(clf, texts, n_steps: int = N_STEPS, internal_batch_size: int = INTERNAL_BATCH,

@@ -14,22 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import require
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "label_logits"
 KINDS = ("fp32", "int8")
 """The precisions an ONNX export is written in."""
-
-
-def _need(module: str, extra: str = "onnx"):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"{module} is not installed; install the {extra} extra: "
-                        f"pip install 'sentiment-lora[{extra}]'") from None
 
 
 def write_onnx(model, label_ids: list[int], path: Path, precision: str) -> None:
@@ -38,7 +28,7 @@ def write_onnx(model, label_ids: list[int], path: Path, precision: str) -> None:
 
     from .model import label_logits
 
-    _need("onnxscript")  # torch's exporter needs it; say so before a long trace
+    require("onnxscript", "onnx", "export --onnx")  # torch's exporter needs it; say so before a long trace
     labels = torch.tensor(label_ids)
 
     class LabelLogits(torch.nn.Module):
@@ -67,7 +57,7 @@ class OnnxScorer:
     """An ONNX Runtime session over ``write_onnx``'s graph, used where a torch model would be."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        ort = _need("onnxruntime")
+        ort = require("onnxruntime", "onnx", "an ONNX export")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are not the user's concern
         if threads:

@@ -15,7 +15,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, require
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
@@ -170,11 +170,8 @@ def apply_precision(model, precision: str):
             if id(p) not in kept:
                 p.data = p.data.to(torch.bfloat16)
     elif precision == "int8":
-        try:
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-        except ImportError:
-            raise UserError("--precision int8 needs torchao; pip install 'sentiment-lora[int8]'") from None
+        quantization = require("torchao.quantization", "int8", "--precision int8")
         head = model.get_output_embeddings()
-        quantize_(model, Int8DynamicActivationInt8WeightConfig(),
+        quantization.quantize_(model, quantization.Int8DynamicActivationInt8WeightConfig(),
                   filter_fn=lambda m, fqn: type(m) is torch.nn.Linear and m is not head and "lm_head" not in fqn)
     return model
