@@ -333,3 +333,20 @@ def _bf16_run_checks(tiny_config, out):
         fresh = clf.proba_of_prompts(clf.encode(sample.texts))
         np.testing.assert_allclose([saved["probs"][stack_mod.text_key(t)] for t in sample.texts], fresh, atol=1e-6)
     assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
+
+
+def test_reuse_when_the_run_was_trained_from_a_relative_dataset_path(tiny_config, tiny_data_dir, tmp_path,
+                                                                     monkeypatch, counted_scoring):
+    """As `make demo` trains (data.dataset=../shared/imdb): the spec training holds names the
+    dataset as typed, the saved one relative to the folder, and the stack must still match."""
+    from sentiment_lora.train import run
+
+    monkeypatch.chdir(tiny_data_dir.parent)
+    out = tmp_path / "run"
+    run(tiny_config(f"data.dataset={tiny_data_dir.name}", "train.epochs=1", "eval.calibrate=true"), out)
+    assert json.loads((out / "classifier.json").read_text())["data"]["dataset"] != tiny_data_dir.name
+    cfg = load_config(out / "config.yaml")
+    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    counted_scoring.clear()
+    assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
+    assert counted_scoring == []

@@ -81,9 +81,11 @@ def llm_identity(spec: ClassifierSpec) -> str:
     """What decides the LLM's own probabilities: the spec (model files' sha256, base model
     fingerprint, prompt, temperature, batch shape) less a stack on top of it, which changes the
     threshold and adds its own file but not the LLM's numbers. The precision scored in is
-    recorded and matched on its own: a stack may be fitted in another one."""
+    recorded and matched on its own: a stack may be fitted in another one. The data section is
+    left out too: each row is keyed by its text's own hash, and where the dataset lives (as
+    typed at training, or resolved from the folder once saved) changes no probability."""
     d = spec.to_dict()
-    for key in ("checksum", "sections", "stack", "threshold", "precision"):
+    for key in ("checksum", "sections", "stack", "threshold", "precision", "data"):
         d.pop(key, None)
     if spec.stack is not None:
         d["files"].pop(spec.stack.model_file, None)
