@@ -338,15 +338,19 @@ def _bf16_run_checks(tiny_config, out):
 def test_reuse_when_the_run_was_trained_from_a_relative_dataset_path(tiny_config, tiny_data_dir, tmp_path,
                                                                      monkeypatch, counted_scoring):
     """As `make demo` trains (data.dataset=../shared/imdb): the spec training holds names the
-    dataset as typed, the saved one relative to the folder, and the stack must still match."""
+    dataset as typed, the saved one relative to the folder, and the stack must still match, from
+    the training's shell folder and from any other."""
     from sentiment_lora.train import run
 
     monkeypatch.chdir(tiny_data_dir.parent)
     out = tmp_path / "run"
-    run(tiny_config(f"data.dataset={tiny_data_dir.name}", "train.epochs=1", "eval.calibrate=true"), out)
-    assert json.loads((out / "classifier.json").read_text())["data"]["dataset"] != tiny_data_dir.name
+    run(tiny_config(f"data.dataset=./{tiny_data_dir.name}", "train.epochs=1", "eval.calibrate=true"), out)
+    assert json.loads((out / "classifier.json").read_text())["data"]["dataset"] != f"./{tiny_data_dir.name}"
     cfg = load_config(out / "config.yaml")
     data = prepare_data(cfg.data, cfg.prompt.label_words)
     counted_scoring.clear()
+    assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
+    assert counted_scoring == []
+    monkeypatch.chdir(out)  # another shell folder, from which the dataset as typed does not resolve
     assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
     assert counted_scoring == []

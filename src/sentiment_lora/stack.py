@@ -182,6 +182,9 @@ def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str):
         raise UserError(f"{str(run_dir)!r} has no config.yaml, so its validation sample cannot be drawn again; "
                         f"stack a training run folder, then export it")
     cfg = load_config(run_dir / CONFIG)
+    if spec.data.get("dataset"):  # config.yaml holds it as typed, relative to training's shell folder;
+        # the spec resolves it from the run folder, so the samples are drawn again from anywhere
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=spec.data["dataset"]))
     if not cfg.data.val_size and not cfg.data.val_split:
         raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
                         "data.val_size above 0 (or data.val_split)")
