@@ -17,7 +17,10 @@ metrics.json give tokens/s and test accuracy.
 
     python benchmarks/bench_precision.py RUN_DIR --dataset ../shared/imdb [--train]
 
-Results go to benchmarks/results/precision-cpu.json with the processor and its flags.
+Only the precisions this processor has units for are scored and trained (fp32 always; the
+matmul limits are measured for all three, to show what the missing units would cost). Results go
+to benchmarks/results/precision-cpu.json on an AMX processor and precision-cpu-<kind>.json on the
+other kinds, with the processor and its flags.
 """
 
 from __future__ import annotations
@@ -96,8 +99,9 @@ def peak_memory(folder: str, precision: str | None, texts: list[str]) -> float:
     return round(float(done.stdout.split()[-1]), 1)
 
 
-def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int, onnx: dict | None = None) -> dict:
-    models = {p: SentimentClassifier.load(run_dir, device="cpu", precision=p) for p in VARIANTS}
+def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int, variants: list[str],
+            onnx: dict | None = None) -> dict:
+    models = {p: SentimentClassifier.load(run_dir, device="cpu", precision=p) for p in variants}
     for name in ("onnx-fp32", "onnx-int8") if onnx else ():
         models[name] = SentimentClassifier.load(onnx[name]["folder"])
     test = sample(models["fp32"], dataset, n)
@@ -136,9 +140,11 @@ def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int, onnx:
     return out
 
 
-def training(dataset: str) -> dict:
+def training(dataset: str, variants: list[str]) -> dict:
     out = {}
     for name, mp in (("fp32", "no"), ("bf16", "bf16")):
+        if name not in variants:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             cmd = [sys.executable, "-m", "sentiment_lora.cli", "train", "--config",
@@ -158,14 +164,24 @@ def measured_defaults(result: dict) -> dict:
     reached 2.5x fp32's tokens/s with accuracy inside fp32's 95% interval. ONNX exports are not
     candidates: ``--precision auto`` chooses among the torch precisions of one folder."""
     fp32 = result["scoring"]["fp32"]
-    held = [p for p in VARIANTS if p == "fp32" or (abs(result["scoring"][p]["accuracy"] - fp32["accuracy"]) <= 0.005
+    held = [p for p in VARIANTS if p in result["scoring"]]
+    held = [p for p in held if p == "fp32" or (abs(result["scoring"][p]["accuracy"] - fp32["accuracy"]) <= 0.005
                                                    and result["scoring"][p]["agreement"] >= 0.99)]
     out = {"scoring": max(held, key=lambda p: result["scoring"][p]["reviews_per_s"])}
-    if "training" in result:
+    if "bf16" in result.get("training", {}):
         t32, t16 = result["training"]["fp32"], result["training"]["bf16"]
         ok = t16["tokens_per_s"] >= 2.5 * t32["tokens_per_s"] and t32["ci95"][0] <= t16["accuracy"] <= t32["ci95"][1]
         out["training"] = "bf16" if ok else "fp32"
+    elif "training" in result:
+        out["training"] = "fp32"
     return out
+
+
+def default_out(kind: str) -> Path:
+    """AMX keeps the file the issue named; each other kind of processor gets its own, so that a
+    run on one kind never overwrites another's figures."""
+    name = "precision-cpu.json" if kind == "amx" else f"precision-cpu-{kind}.json"
+    return ROOT / "benchmarks/results" / name
 
 
 def main(argv=None) -> int:
@@ -178,22 +194,25 @@ def main(argv=None) -> int:
     ap.add_argument("--train", action="store_true", help="also train the demo with and without bf16 autocast")
     ap.add_argument("--onnx", action="store_true", help="also export the run (torch and ONNX Runtime, fp32 and "
                     "int8) and score the ONNX exports")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/precision-cpu.json"))
+    ap.add_argument("--out", help="results file (default: precision-cpu.json on AMX, precision-cpu-<kind>.json "
+                    "on other processors)")
     args = ap.parse_args(argv)
     cpu = this_cpu()
+    variants = [p for p in VARIANTS if cpu.has_units(p)]
     result = {"cpu": cpu.to_dict(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "command": "python benchmarks/bench_precision.py " + " ".join(argv or sys.argv[1:]),
               "shipped_default": {"training": TRAINING_DEFAULT[cpu.kind], "scoring": SCORING_DEFAULT[cpu.kind]},
-              "matmul_limit": {p: round(matmul_limit(p), 1) for p in VARIANTS}}
+              "matmul_limit": {p: round(matmul_limit(p), 1) for p in VARIANTS},
+              "not_measured": {p: f"this CPU has no {p} units" for p in VARIANTS if p not in variants}}
     with tempfile.TemporaryDirectory() as tmp:
         made = exports(args.run_dir, Path(tmp)) if args.onnx else None
-        result["scoring"] = scoring(args.run_dir, args.dataset, args.n, args.speed_n, args.rounds, made)
+        result["scoring"] = scoring(args.run_dir, args.dataset, args.n, args.speed_n, args.rounds, variants, made)
     if made:
         result["exports"] = {k: {f: v for f, v in e.items() if f != "folder"} for k, e in made.items()}
     if args.train:
-        result["training"] = training(args.dataset)
+        result["training"] = training(args.dataset, variants)
     result["default"] = measured_defaults(result)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out or default_out(cpu.kind)).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

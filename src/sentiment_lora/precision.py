@@ -44,6 +44,10 @@ class Cpu:
     def int8(self) -> bool:
         return any(f in self.flags for f in INT8_FLAGS)
 
+    def has_units(self, precision: str) -> bool:
+        """Whether this processor has native units for ``precision`` (fp32 always)."""
+        return precision == "fp32" or (self.bf16 if precision == "bf16" else self.int8)
+
     @property
     def kind(self) -> str:
         """amx, avx512_bf16, vnni or plain: the classes the defaults are chosen for."""
@@ -119,21 +123,17 @@ def scoring_precision(asked: str | None, device_type: str, dtype: str = "auto", 
         return "fp32"
     cpu = cpu or this_cpu()
     if asked is None:
-        if _has_units(saved, cpu):
+        if cpu.has_units(saved):
             return saved
         if say is not None:
             say(f"this classifier was calibrated in {saved}, which this CPU ({cpu.model}) lacks; scoring in fp32")
         return "fp32"
     if asked == "auto":
         return SCORING_DEFAULT[cpu.kind]
-    if not _has_units(asked, cpu):
+    if not cpu.has_units(asked):
         raise UserError(f"--precision {asked} needs {' or '.join(BF16_FLAGS if asked == 'bf16' else INT8_FLAGS)}, "
                         f"which this CPU ({cpu.model}) lacks; use --precision auto or fp32")
     return asked
-
-
-def _has_units(precision: str, cpu: Cpu) -> bool:
-    return precision == "fp32" or (cpu.bf16 if precision == "bf16" else cpu.int8)
 
 
 def hold_frozen_in_bf16(model) -> dict:
