@@ -152,6 +152,22 @@ def test_resume_continues_an_interrupted_run(tiny_config, tmp_path, interrupted_
     assert metrics["train"]["optimizer_steps"] == 6 and (out / "classifier.json").is_file()
 
 
+def test_resume_from_another_folder_names_the_relative_dataset(tiny_config, tiny_data_dir, tmp_path,
+                                                                 interrupted_run, monkeypatch):
+    from sentiment_lora.checkpoint import run_config
+
+    monkeypatch.chdir(tiny_data_dir.parent)
+    cfg = tiny_config("train.save_steps=2", "train.epochs=1", "eval.verify_samples=0",
+                      f"data.dataset=./{tiny_data_dir.name}")
+    out = tmp_path / "run"
+    interrupted_run(cfg, out)
+    assert run_config(out).data.dataset == f"./{tiny_data_dir.name}"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="relative to the folder training started from.*--set data.dataset=PATH"):
+        run_config(out)
+    assert run_config(out, [f"data.dataset={tiny_data_dir}"]).data.dataset == str(tiny_data_dir)
+
+
 def test_a_non_finite_step_is_skipped_and_divergence_stops(tiny_config, tmp_path, monkeypatch):
     import torch
 

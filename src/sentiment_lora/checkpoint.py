@@ -331,4 +331,11 @@ def run_config(run_dir: str | Path, overrides=()):
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise UserError(f"--resume: {path} not found; give the --output-dir of an interrupted run")
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    dataset = Path(cfg.data.dataset).expanduser()
+    # config.yaml keeps the dataset as typed, relative to the folder training started from
+    if cfg.data.dataset.startswith(".") and not dataset.exists():
+        raise UserError(f"--resume: the run's dataset {cfg.data.dataset!r} is relative to the folder training "
+                        f"started from and is not found from here; resume from that folder or add "
+                        f"--set data.dataset=PATH")
+    return cfg
