@@ -209,10 +209,12 @@ def main(argv=None) -> int:
         result["scoring"] = scoring(args.run_dir, args.dataset, args.n, args.speed_n, args.rounds, variants, made)
     if made:
         result["exports"] = {k: {f: v for f, v in e.items() if f != "folder"} for k, e in made.items()}
-    if args.train:
+    out = Path(args.out or default_out(cpu.kind))
+    if args.train:  # the scoring figures are kept even if training then fails
+        out.write_text(json.dumps(result, indent=2) + "\n")
         result["training"] = training(args.dataset, variants)
     result["default"] = measured_defaults(result)
-    Path(args.out or default_out(cpu.kind)).write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
