@@ -18,9 +18,9 @@ from conftest import CPUINFO
 from sentiment_lora.errors import UserError
 from sentiment_lora.precision import Cpu, parse_cpuinfo, scoring_precision, this_cpu, training_precision
 
-# (training, scoring) defaults: bf16 scoring where it was measured to hold (AMX), fp32 elsewhere;
-# bf16 autocast training is opt-in everywhere (train.mixed_precision=bf16).
-KINDS = {"amx": ("no", "bf16"), "avx512_bf16": ("no", "fp32"), "vnni": ("no", "fp32"), "plain": ("no", "fp32")}
+# (training, scoring) defaults: bf16 scoring where it was measured to hold (AMX, AVX512-BF16),
+# fp32 elsewhere; bf16 autocast training is opt-in everywhere (train.mixed_precision=bf16).
+KINDS = {"amx": ("no", "bf16"), "avx512_bf16": ("no", "bf16"), "vnni": ("no", "fp32"), "plain": ("no", "fp32")}
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 
 

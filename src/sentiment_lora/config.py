@@ -245,7 +245,7 @@ class EvalConfig:
     verify_samples: int = 16
     """Test reviews re-scored after reloading the saved classifier; 0 skips the check."""
     precision: str = "auto"
-    """CPU scoring precision: auto (this processor's default: bf16 where it has AMX, else fp32),
+    """CPU scoring precision: auto (this processor's default: bf16 where it has AMX or AVX512-BF16, else fp32),
     fp32, bf16 or int8. Calibration and the test run in it, and classifier.json records it
     (docs/performance.md)."""
 

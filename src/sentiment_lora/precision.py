@@ -21,11 +21,12 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-# The defaults per kind of processor, as bench_precision.py chose them where it ran (AMX): bf16
-# scoring held accuracy and agreement; int8 (torchao's dynamic int8 linears, run eagerly) agreed
-# less and was slower than bf16; bf16 autocast training held accuracy but fell short of its speed
-# bound. Kinds not measured keep fp32 until they are.
-SCORING_DEFAULT = {"amx": "bf16", "avx512_bf16": "fp32", "vnni": "fp32", "plain": "fp32"}
+# The defaults per kind of processor, as bench_precision.py chose them where it ran (AMX and
+# AVX512-BF16 without AMX): bf16 scoring held accuracy and agreement and was the fastest; int8
+# (torchao's dynamic int8 linears, run eagerly) agreed less and was slower than bf16; bf16
+# autocast training held accuracy but fell short of its speed bound. Kinds not measured (VNNI
+# without bf16) keep fp32 until they are.
+SCORING_DEFAULT = {"amx": "bf16", "avx512_bf16": "bf16", "vnni": "fp32", "plain": "fp32"}
 TRAINING_DEFAULT = {"amx": "no", "avx512_bf16": "no", "vnni": "no", "plain": "no"}
 
 
