@@ -168,3 +168,24 @@ def test_non_finite_weights_stop_the_run(tiny_config, tmp_path, monkeypatch):
         train_mod.run(tiny_config("train.epochs=1"), tmp_path / "run")
     assert not (tmp_path / "run" / "classifier.json").exists()
     assert folder_state(tmp_path / "run") == "restartable"
+
+
+def test_a_stop_signal_turned_into_an_import_error_is_an_interrupt(tmp_path, monkeypatch, capsys):
+    """transformers' lazy imports raise ModuleNotFoundError from a Ctrl-C or SIGTERM that lands
+    inside them; train still says 'interrupted' and exits as the signal asks, not 'internal error'."""
+    import sentiment_lora.train as train_mod
+    from sentiment_lora.cli import main
+    from sentiment_lora.errors import Interrupted
+    from sentiment_lora.signals import interrupt_in
+
+    def lazy_import_stopped(*args, **kwargs):
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except KeyboardInterrupt as exc:
+            raise ModuleNotFoundError("Could not import module 'get_scheduler'") from exc
+
+    assert interrupt_in(ValueError("a bug")) is None
+    monkeypatch.setattr(train_mod, "run", lazy_import_stopped)
+    code = main(["train", "--set", "data.dataset=./nowhere", "--output-dir", str(tmp_path / "run")])
+    assert code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted")

@@ -30,6 +30,18 @@ def exit_status(exc: BaseException | None = None) -> int:
     return 128 + int(getattr(exc, "signum", None) or signal.SIGINT)
 
 
+def interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind ``exc``, where a library turned one into another error:
+    transformers' lazy imports raise ModuleNotFoundError from whatever stopped the import."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from ..errors import UserError, printable
 from ..quiet import VERBOSE, quiet_libraries
-from ..signals import exit_status, terminate_as_interrupt
+from ..signals import exit_status, interrupt_in, terminate_as_interrupt
 from . import baseline, evaluate, export, predict, report, serve, stack, train
 from .common import Parser, flags, format_metric
 
@@ -89,6 +89,9 @@ def _run(args) -> int:
               f"and free space", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: say so, and how to see more
+        if interrupt_in(exc) is not None:  # a stop signal that a library's import turned into its own error
+            print("interrupted before anything was written; run the same command again", file=sys.stderr)
+            return exit_status(interrupt_in(exc))
         if args.debug:
             raise
         first = (str(exc).splitlines() or [""])[0][:200]

@@ -20,7 +20,7 @@ def add(sub, parents: list) -> None:
 
 
 def run(args) -> int:
-    from ..signals import exit_status
+    from ..signals import exit_status, interrupt_in
     from ..storage import check_output_folder
 
     cfg = _config(args)  # config and run folder are checked before torch is even imported
@@ -29,6 +29,11 @@ def run(args) -> int:
 
     try:
         metrics = train(cfg, args.output_dir, resume=args.resume)
+    except Exception as exc:  # a stop signal that a library's lazy import turned into its own error
+        if interrupt_in(exc) is None:
+            raise
+        _interrupted(args.output_dir)
+        return exit_status(interrupt_in(exc))
     except KeyboardInterrupt as exc:
         _interrupted(args.output_dir)
         return exit_status(exc)
