@@ -89,9 +89,10 @@ def _run(args) -> int:
               f"and free space", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: say so, and how to see more
-        if interrupt_in(exc) is not None:  # a stop signal that a library's import turned into its own error
+        stop = interrupt_in(exc)
+        if stop is not None:  # a stop signal that a library's import turned into its own error
             print("interrupted before anything was written; run the same command again", file=sys.stderr)
-            return exit_status(interrupt_in(exc))
+            return exit_status(stop)
         if args.debug:
             raise
         first = (str(exc).splitlines() or [""])[0][:200]

@@ -29,14 +29,12 @@ def run(args) -> int:
 
     try:
         metrics = train(cfg, args.output_dir, resume=args.resume)
-    except Exception as exc:  # a stop signal that a library's lazy import turned into its own error
-        if interrupt_in(exc) is None:
+    except BaseException as exc:  # a stop signal, also one a library's lazy import turned into its own error
+        stop = interrupt_in(exc)
+        if stop is None:
             raise
         _interrupted(args.output_dir)
-        return exit_status(interrupt_in(exc))
-    except KeyboardInterrupt as exc:
-        _interrupted(args.output_dir)
-        return exit_status(exc)
+        return exit_status(stop)
     if metrics:
         _summary(metrics)
     return 0
