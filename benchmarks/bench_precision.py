@@ -11,6 +11,9 @@ Scoring, in one process:
   in the same run, and each variant's peak RSS (a fresh process loading it and scoring 64 reviews);
 - with --onnx, the run exported four ways (merged fp32 and bf16 weights, ONNX fp32 and int8), each
   folder's size, and the two ONNX exports scored as variants onnx-fp32 and onnx-int8.
+- with --budgets, fp32's and bf16's speed at 1, 2 and 4 times the classifier's token budget
+  per scoring batch (eval.max_batch_tokens), alternating over the same reviews: what
+  precision.BUDGET_SCALE is chosen from.
 Training (--train): `sentiment-lora train` on the demo preset twice, in subprocesses, with
 train.mixed_precision=no and =bf16 (scoring fp32 in both, so only training differs); their
 metrics.json give tokens/s and test accuracy.
@@ -42,7 +45,7 @@ from sentiment_lora.data import balanced_indices, label_mapper, load_splits, pre
 from sentiment_lora.decision import decide, decision_margin
 from sentiment_lora.export import export
 from sentiment_lora.metrics import wilson_interval
-from sentiment_lora.precision import SCORING_DEFAULT, TRAINING_DEFAULT, this_cpu
+from sentiment_lora.precision import SCORING_DEFAULT, TRAINING_DEFAULT, scoring_budget, this_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("fp32", "bf16", "int8")
@@ -140,6 +143,27 @@ def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int, varia
     return out
 
 
+def budgets(run_dir: str, dataset: str, speed_n: int, rounds: int, variants: list[str]) -> dict:
+    """Median reviews/s of fp32 and bf16 at 1, 2 and 4 times the saved token budget."""
+    models = {p: SentimentClassifier.load(run_dir, device="cpu", precision=p) for p in variants if p != "int8"}
+    base = models["fp32"].spec.max_batch_tokens or 1024
+    fast = models["fp32"].encode(sample(models["fp32"], dataset, speed_n).texts)
+    speeds = {(p, k * base): [] for p in models for k in (1, 2, 4)}
+    for clf in models.values():
+        clf.proba_of_prompts(fast[:8])  # warm-up
+    for _ in range(rounds):
+        for (p, tokens), got in speeds.items():
+            models[p].max_batch_tokens = tokens
+            t = time.perf_counter()
+            models[p].proba_of_prompts(fast)
+            got.append(len(fast) / (time.perf_counter() - t))
+    out: dict = {}
+    for (p, tokens), got in speeds.items():
+        out.setdefault(p, {})[str(tokens)] = {"reviews_per_s": round(statistics.median(got), 2),
+                                              "speed_rounds": [round(s, 2) for s in got]}
+    return out
+
+
 def training(dataset: str, variants: list[str]) -> dict:
     out = {}
     for name, mp in (("fp32", "no"), ("bf16", "bf16")):
@@ -192,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-n", type=int, default=200, help="reviews per speed round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train", action="store_true", help="also train the demo with and without bf16 autocast")
+    ap.add_argument("--budgets", action="store_true", help="also time each precision at 1, 2 and 4 times the "
+                    "classifier's scoring token budget")
     ap.add_argument("--onnx", action="store_true", help="also export the run (torch and ONNX Runtime, fp32 and "
                     "int8) and score the ONNX exports")
     ap.add_argument("--out", help="results file (default: precision-cpu.json on AMX, precision-cpu-<kind>.json "
@@ -201,12 +227,15 @@ def main(argv=None) -> int:
     variants = [p for p in VARIANTS if cpu.has_units(p)]
     result = {"cpu": cpu.to_dict(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "command": "python benchmarks/bench_precision.py " + " ".join(argv or sys.argv[1:]),
-              "shipped_default": {"training": TRAINING_DEFAULT[cpu.kind], "scoring": SCORING_DEFAULT[cpu.kind]},
+              "shipped_default": {"training": TRAINING_DEFAULT[cpu.kind], "scoring": SCORING_DEFAULT[cpu.kind],
+                                  "budget_scale": {p: scoring_budget(1, p, cpu) for p in variants}},
               "matmul_limit": {p: round(matmul_limit(p), 1) for p in VARIANTS},
               "not_measured": {p: f"this CPU has no {p} units" for p in VARIANTS if p not in variants}}
     with tempfile.TemporaryDirectory() as tmp:
         made = exports(args.run_dir, Path(tmp)) if args.onnx else None
         result["scoring"] = scoring(args.run_dir, args.dataset, args.n, args.speed_n, args.rounds, variants, made)
+    if args.budgets:
+        result["budgets"] = budgets(args.run_dir, args.dataset, args.speed_n, args.rounds, variants)
     if made:
         result["exports"] = {k: {f: v for f, v in e.items() if f != "folder"} for k, e in made.items()}
     out = Path(args.out or default_out(cpu.kind))

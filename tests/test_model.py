@@ -98,3 +98,37 @@ def test_package_paths_and_devices():
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="could not load the tokenizer"):
         load_tokenizer(ModelConfig(name_or_path=str(tmp_path / "nothing")))
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_word_dropout_drops_at_its_rate_and_keeps_the_expectation(p):
+    """Each 16-bit slice of a random word decides one element: the share dropped is p (within five
+    standard errors), the kept values are scaled so the mean is unchanged, and every slice of a
+    word is used (a sign bit left clear would keep every fourth element)."""
+    from sentiment_lora.model import WordDropout
+
+    torch.manual_seed(0)
+    drop = WordDropout(p).train()
+    x = torch.ones(400, 1001)  # not a multiple of four elements per row
+    y = drop(x)
+    n = x.numel()
+    dropped = (y == 0).double()
+    assert abs(dropped.mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
+    assert abs(y.double().mean().item() - 1) < 5 * (p / (1 - p) / n) ** 0.5
+    lanes = dropped.flatten()[: n - n % 4].view(-1, 4).mean(0)
+    assert (lanes - p).abs().max().item() < 5 * (4 * p * (1 - p) / n) ** 0.5
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(WordDropout(p).train()(x.bfloat16()).unique().float().sort().values,
+                       torch.tensor([0.0, 1 / (1 - round(p * 65536) / 65536)]).bfloat16().float())
+
+
+def test_lora_inputs_use_word_dropout(tiny_model_dir):
+    from sentiment_lora.config import LoraConfig
+    from sentiment_lora.model import WordDropout, add_lora
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), device="cpu")
+    model = load_base_model(cfg, torch.device("cpu"), torch.float32, None)
+    model = add_lora(model, LoraConfig(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    drops = [m for m in model.modules() if isinstance(m, WordDropout)]
+    assert drops and all(d.p == 0.1 for d in drops)
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())

@@ -16,7 +16,14 @@ import pytest
 
 from conftest import CPUINFO
 from sentiment_lora.errors import UserError
-from sentiment_lora.precision import Cpu, parse_cpuinfo, scoring_precision, this_cpu, training_precision
+from sentiment_lora.precision import (
+    Cpu,
+    parse_cpuinfo,
+    scoring_budget,
+    scoring_precision,
+    this_cpu,
+    training_precision,
+)
 
 # (training, scoring) defaults: bf16 scoring where it was measured to hold (AMX, AVX512-BF16),
 # fp32 elsewhere; bf16 autocast training is opt-in everywhere (train.mixed_precision=bf16).
@@ -57,6 +64,9 @@ def test_the_choice_per_processor(kind):
     said = []
     kept = scoring_precision(None, "cpu", saved="bf16", cpu=cpu, say=said.append)
     assert kept == ("bf16" if cpu.bf16 else "fp32") and len(said) == (0 if cpu.bf16 else 1)
+    # Larger scoring batches only where they were measured faster: bf16 on AMX tiles.
+    assert scoring_budget(1024, scoring, cpu) == (2048 if (kind, scoring) == ("amx", "bf16") else 1024)
+    assert scoring_budget(1024, "fp32", cpu) == 1024 and scoring_budget(None, scoring, cpu) is None
 
 
 def test_precision_leaves_gpus_and_explicit_dtypes_alone():
@@ -121,7 +131,7 @@ def bf16_run(tmp_path_factory, tiny_base_copy, tiny_data_dir):
     sets = [f"model.name_or_path={tiny_base_copy}", f"data.dataset={tiny_data_dir}", "model.device=cpu",
             "data.train_size=48", "data.val_size=16", "data.test_size=24", "prompt.max_length=40",
             "train.epochs=2", "train.lr=5e-3", "train.save_steps=0", "eval.calibrate=true", "eval.verify_samples=8",
-            "train.mixed_precision=bf16"]
+            "train.mixed_precision=bf16", "eval.max_batch_tokens=100"]
     args = [sys.executable, "-m", "sentiment_lora.cli", "train", *[x for s in sets for x in ("--set", s)],
             "--output-dir", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
@@ -147,6 +157,7 @@ def test_training_calibrates_and_tests_in_the_scoring_precision(bf16_run, simula
     for precision, same in (("bf16", True), ("fp32", False)):
         clf = SentimentClassifier.load(bf16_run, device="cpu", precision=precision)
         clf.temperature = 1.0  # the validation scores calibration started from
+        assert clf.max_batch_tokens == (200 if precision == "bf16" else 100)  # scoring_budget, as in training
         loss = log_loss(clf.predict_proba(val.texts), val.labels)
         assert math.isclose(loss, before, rel_tol=1e-9, abs_tol=1e-12) is same, (precision, loss, before)
 

@@ -366,3 +366,21 @@ def test_the_batcher_keeps_its_limits_and_groups_similar_lengths():
     assert sorted(x for batch in seen for x in batch) == sorted(lengths)
     assert all(len(batch) <= 4 and max(batch) * len(batch) <= 100 for batch in seen), seen
     assert seen[0][0] <= 13 and len(seen) < len(lengths), seen  # the short ones went together, first
+
+
+def test_the_server_takes_the_token_budget_of_the_classifier_as_loaded(tiny_run):
+    """The budget depends on the precision the classifier loads in (precision.scoring_budget), so
+    a server not told one takes it from the loaded classifier; one told keeps its own."""
+    from types import SimpleNamespace
+
+    from sentiment_lora.serve import Batcher, Service
+    from sentiment_lora.spec import ClassifierSpec
+
+    spec, clf = ClassifierSpec.load(tiny_run), SimpleNamespace(max_batch_tokens=2048)
+    untold = Service(tiny_run, ServeConfig(), spec, lambda: clf)
+    untold.batcher = Batcher(None, untold.cfg)
+    untold.load_model()
+    assert untold.clf is clf and untold.cfg.max_batch_tokens == untold.batcher.cfg.max_batch_tokens == 2048
+    told = Service(tiny_run, ServeConfig(max_batch_tokens=300), spec, lambda: clf)
+    told.load_model()
+    assert told.cfg.max_batch_tokens == 300

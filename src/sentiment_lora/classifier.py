@@ -19,6 +19,7 @@ from .decision import UNDECIDED, decide
 from .errors import UserError
 from .layout import ADAPTER_DIR, HEAD_FILE, MODEL_CARD
 from .page import write_report
+from .precision import scoring_budget
 from .prompt import Prompt
 from .quiet import quiet_loading
 from .spec import BaseModelRef, ClassifierSpec
@@ -194,7 +195,7 @@ class SentimentClassifier:
         clf = cls(model, tok, prompt, threshold=spec.threshold, method=spec.method, temperature=spec.temperature,
                   batch_size=batch_size or spec.batch_size, max_new_tokens=spec.max_new_tokens,
                   clean_html=spec.data.get("clean_html", True), spec=spec,
-                  max_batch_tokens=None if batch_size else spec.max_batch_tokens)
+                  max_batch_tokens=None if batch_size else scoring_budget(spec.max_batch_tokens, chosen))
         clf.folder, clf.precision = folder, chosen
         if spec.stack is not None:
             clf.stack_model = load_stack_model(folder / spec.stack.model_file)

@@ -206,9 +206,41 @@ def add_lora(model, cfg: LoraConfig):
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=targets, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, peft_cfg)
+        model = get_peft_model(model, peft_cfg)
     except ValueError as exc:
         raise UserError(f"config: lora.target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
+    for module in model.modules():
+        for name, dropout in getattr(module, "lora_dropout", {}).items():
+            if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+                module.lora_dropout[name] = WordDropout(dropout.p)
+    return model
+
+
+class WordDropout(torch.nn.Module):
+    """Dropout for the LoRA inputs whose mask is cut from 64-bit random words, 16 bits per element.
+    On a CPU, torch's dropout draws one random float per element, which took a large share of a
+    training step once bf16 made the matmuls cheap (docs/performance.md). The drop probability is
+    rounded to a multiple of 1/65536 and the kept values are scaled by the rounded keep rate, so
+    the expectation is exact. Other devices keep torch's dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.cut = round(p * 65536) - 32768  # int16 draws below this are dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        if x.device.type != "cpu":
+            return torch.nn.functional.dropout(x, self.p, True)
+        n = x.numel()
+        # random_() alone leaves an int64's sign bit clear: ask for the whole range.
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, 2 ** 63 - 1)
+        keep = words.view(torch.int16)[:n].view(x.shape) >= self.cut
+        return x * keep.to(x.dtype) * (65536 / (32768 - self.cut))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class LabelRows(torch.nn.Module):

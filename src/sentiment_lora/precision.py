@@ -28,6 +28,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # without bf16) keep fp32 until they are.
 SCORING_DEFAULT = {"amx": "bf16", "avx512_bf16": "bf16", "vnni": "fp32", "plain": "fp32"}
 TRAINING_DEFAULT = {"amx": "no", "avx512_bf16": "no", "vnni": "no", "plain": "no"}
+# Scoring batches larger than the configured token budget ran faster in bf16 on AMX tiles
+# (bench_precision.py --budgets); elsewhere the configured budget was as fast or faster.
+BUDGET_SCALE = {("amx", "bf16"): 2}
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,14 @@ def scoring_precision(asked: str | None, device_type: str, dtype: str = "auto", 
         raise UserError(f"--precision {asked} needs {' or '.join(BF16_FLAGS if asked == 'bf16' else INT8_FLAGS)}, "
                         f"which this CPU ({cpu.model}) lacks; use --precision auto or fp32")
     return asked
+
+
+def scoring_budget(tokens: int | None, precision: str, cpu: Cpu | None = None) -> int | None:
+    """The padded tokens per scoring batch (``eval.max_batch_tokens``) for ``precision`` on this CPU:
+    the configured budget, scaled where ``BUDGET_SCALE`` says a larger one ran faster."""
+    if tokens is None:
+        return None
+    return tokens * BUDGET_SCALE.get(((cpu or this_cpu()).kind, precision), 1)
 
 
 def hold_frozen_in_bf16(model) -> dict:

@@ -368,9 +368,20 @@ class Service:
 
     def load_model(self) -> None:
         try:
-            self.clf = self.load()
+            clf = self.load()
         except Exception as exc:  # reported by /health; the process stays up to say so
             self.error = failure(exc)
+            return
+        if self.cfg.max_batch_tokens is None:
+            self.adopt_budget(getattr(clf, "max_batch_tokens", None) or self.spec.max_batch_tokens or 8192)
+        self.clf = clf
+
+    def adopt_budget(self, tokens: int) -> None:
+        """The loaded classifier's token budget, which depends on the precision it loaded in, for a
+        server not told one; set before the first batch can form (none does while loading)."""
+        self.cfg = dataclasses.replace(self.cfg, max_batch_tokens=tokens)
+        if self.batcher is not None:
+            self.batcher.cfg = self.cfg
 
     def score(self, prompts: list[list[int]]) -> np.ndarray:
         with self.model_lock:
@@ -492,9 +503,11 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
     cfg = cfg or ServeConfig()
     run_dir = Path(run_dir)
     spec = ClassifierSpec.load(run_dir)
-    # Unset batch limits come from the classifier: the shape its scoring was tuned for.
-    cfg = dataclasses.replace(cfg, max_batch_texts=cfg.max_batch_texts or spec.batch_size,
-                              max_batch_tokens=cfg.max_batch_tokens or spec.max_batch_tokens or 8192)
+    # Unset batch limits come from the classifier: the shape its scoring was tuned for. Its token
+    # budget is known once it has loaded in its precision (Service.load_model); until then, 8192.
+    if not spec.max_batch_tokens:
+        cfg = dataclasses.replace(cfg, max_batch_tokens=cfg.max_batch_tokens or 8192)
+    cfg = dataclasses.replace(cfg, max_batch_texts=cfg.max_batch_texts or spec.batch_size)
     service = Service(run_dir, cfg, spec, load or (lambda: SentimentClassifier.load(
         run_dir, device=device, dtype=dtype, precision=precision)))
     app = FastAPI(title="sentiment-lora", lifespan=service.lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -55,6 +55,7 @@ from .precision import (
     apply_precision,
     hold_frozen_in_bf16,
     restore_frozen,
+    scoring_budget,
     scoring_precision,
     this_cpu,
     training_precision,
@@ -130,14 +131,15 @@ def check_finite(params, step: int, t) -> None:
 
 
 def calibrate(model, tok, prompt: Prompt, cfg: Config, val_ids: list[list[int]], val_labels: list[int],
-              val_probs: np.ndarray | None, say=print) -> tuple[float, float, dict | None]:
+              val_probs: np.ndarray | None, say=print, precision: str = "fp32") -> tuple[float, float, dict | None]:
     """(threshold, temperature, report) fitted on validation as ``eval.calibration`` says, when
-    ``eval.calibrate`` asks; else the configured threshold, temperature 1 and no report."""
+    ``eval.calibrate`` asks; else the configured threshold, temperature 1 and no report. ``model``
+    scores in ``precision``."""
     if not cfg.eval.calibrate:
         return cfg.eval.threshold, 1.0, None
     if val_probs is None:
         val_probs = score(model, val_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size,
-                          progress="validate", max_tokens=cfg.eval.max_batch_tokens)
+                          progress="validate", max_tokens=scoring_budget(cfg.eval.max_batch_tokens, precision))
     binary, kind = len(cfg.prompt.label_words) == 2, cfg.eval.calibration
     temperature = fit_temperature(val_probs, val_labels) if kind != "threshold" or not binary else 1.0
     scaled = apply_temperature(val_probs, temperature)
@@ -163,9 +165,10 @@ def calibration_change(before: np.ndarray, after: np.ndarray, labels: list[int])
             "ece_after": expected_calibration_error(y, after[keep])}
 
 
-def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]], accelerator) -> tuple[np.ndarray, float]:
+def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]], accelerator,
+         precision: str = "fp32") -> tuple[np.ndarray, float]:
     """Probabilities on the test sample by the configured method, split across the run's
-    processes, and the seconds it took."""
+    processes, and the seconds it took. ``model`` scores in ``precision``."""
     started = time.perf_counter()
 
     def scorer(idx: list[int], bar: str | None) -> np.ndarray:
@@ -174,7 +177,7 @@ def test(model, tok, prompt: Prompt, cfg: Config, test_ids: list[list[int]], acc
             return score_generate(model, tok, ids, cfg.prompt.label_words, tok.pad_token_id, cfg.eval.batch_size,
                                   cfg.eval.max_new_tokens, bar)[0]
         return score(model, ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size, progress=bar,
-                     max_tokens=cfg.eval.max_batch_tokens)
+                     max_tokens=scoring_budget(cfg.eval.max_batch_tokens, precision))
 
     probs = shared_score(accelerator, len(test_ids), scorer, "test")
     return probs, time.perf_counter() - started
@@ -555,7 +558,7 @@ class Recipe:
         scorer = self.scoring_model()
         # Every process takes its share of the test sample; only the main one writes.
         raw, eval_seconds = test(scorer, self.tok, self.prompt, self.cfg, self.enc["test"].input_ids,
-                                 self.accelerator)
+                                 self.accelerator, self.precision)
         if not self.accelerator.is_main_process:
             return {}
         clf, metrics, probs = self.evaluate(raw, eval_seconds, train_stats, scorer)
@@ -587,7 +590,7 @@ class Recipe:
         self.score_validation(scorer)
         threshold, temperature, calibration = calibrate(scorer, self.tok, self.prompt, cfg,
                                                         self.enc["val"].input_ids, self.data.val.labels,
-                                                        self.val_probs, self.say)
+                                                        self.val_probs, self.say, self.precision)
         probs = apply_temperature(raw, temperature) if temperature != 1.0 and cfg.eval.method == "logits" else raw
         preds = decide(probs, threshold)
         metrics = compute_metrics(test_labels, preds, probs, cfg.prompt.label_words, cfg.data.ordinal)
@@ -622,14 +625,14 @@ class Recipe:
         ids, ev = self.enc["val"].input_ids, self.cfg.eval
         if self.val_probs is None and ids and ev.calibrate and ev.method == "logits":
             self.val_probs = score(scorer, ids, self.prompt.label_token_ids, self.tok.pad_token_id, ev.batch_size,
-                                   progress="validate", max_tokens=ev.max_batch_tokens)
+                                   progress="validate", max_tokens=scoring_budget(ev.max_batch_tokens, self.precision))
 
     def same_batches(self, n: int, temperature: float) -> np.ndarray:
         """The scoring model's probabilities of the first ``n`` test reviews, scored on their own as
         the reload check scores them."""
         ev = self.cfg.eval
         raw = score(self.scorer, self.enc["test"].input_ids[:n], self.prompt.label_token_ids, self.tok.pad_token_id,
-                    ev.batch_size, max_tokens=ev.max_batch_tokens)
+                    ev.batch_size, max_tokens=scoring_budget(ev.max_batch_tokens, self.precision))
         return apply_temperature(raw, temperature) if temperature != 1.0 else raw
 
     def llm_scores(self, metrics: dict, temperature: float, probs: np.ndarray) -> tuple | None:
