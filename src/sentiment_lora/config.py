@@ -229,7 +229,8 @@ class EvalConfig:
     """Most reviews per scoring forward pass."""
     max_batch_tokens: int | None = None
     """A scoring batch also closes before its padded size (rows x longest prompt) passes this
-    many tokens, so short reviews share larger batches; null: by batch_size alone."""
+    many tokens, so short reviews share larger batches; null: by batch_size alone. bf16 on a
+    CPU with AMX uses twice this (precision.scoring_budget)."""
     threshold: float = 0.5
     """Binary tasks: predict the second label when its probability reaches this."""
     calibrate: bool = False
