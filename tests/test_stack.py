@@ -354,3 +354,22 @@ def test_reuse_when_the_run_was_trained_from_a_relative_dataset_path(tiny_config
     monkeypatch.chdir(out)  # another shell folder, from which the dataset as typed does not resolve
     assert stack_mod.stack(out, "tfidf", device="cpu")["llm_rows_reused"] == len(data.val) + len(data.test)
     assert counted_scoring == []
+
+
+def test_a_moved_run_is_stacked_with_dataset(tiny_config, tiny_data_dir, tmp_path, monkeypatch, capsys):
+    """A local dataset is recorded relative to the run folder; once the folder moves away from
+    it, stack says so in one line naming --dataset, and --dataset draws the same samples."""
+    from sentiment_lora.train import run
+
+    monkeypatch.chdir(tiny_data_dir.parent)
+    out = tmp_path / "run"
+    run(tiny_config(f"data.dataset=./{tiny_data_dir.name}", "train.epochs=1", "eval.calibrate=true"), out)
+    moved = tmp_path / "elsewhere" / "deeper" / "run"
+    shutil.copytree(out, moved)
+    capsys.readouterr()  # training's own output
+    assert main(["stack", str(moved)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and "--dataset PATH" in err[0], err
+    assert main(["stack", str(moved), "--dataset", str(tiny_data_dir), "--device", "cpu"]) == 0
+    assert json.loads((moved / "metrics.json").read_text())["stack"]["llm_rows_reused"] > 0
+    assert main(["stack", str(moved), "--remove", "--dataset", str(tiny_data_dir)]) == 2

@@ -19,7 +19,7 @@ import numpy as np
 from .baseline import fit_tfidf, pick_c
 from .classifier import SentimentClassifier, save_stack_model, write_classifier
 from .config import DataConfig, load_config
-from .data import DataBundle, Sample, label_mapper, load_splits, prepare_data, prepare_split
+from .data import DataBundle, Sample, label_mapper, load_splits, looks_local, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
 from .integrity import json_digest, sha256_bytes
@@ -63,7 +63,7 @@ def pool_sample(pool: str, data_cfg: DataConfig, label_words: list[str], held: s
     """The train split of ``pool``, read like the run's data, less any text in ``held`` (the
     run's validation and test samples: the combiner must see the baseline's honest errors)."""
     cfg = dataclasses.replace(data_cfg, dataset=pool, val_split=None)
-    raw = load_splits(cfg, [cfg.train_split])
+    raw = load_splits(cfg, [cfg.train_split], option="--pool PATH")
     rows = prepare_split(raw[cfg.train_split], cfg.train_split, cfg, label_mapper(cfg, label_words))
     keep = [i for i, t in enumerate(rows.texts) if t not in held]
     return rows.take(keep), len(rows) - len(keep)
@@ -125,7 +125,7 @@ def _summary(m: dict) -> dict:
 
 def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None, device: str = "auto",
           llm_probs: tuple[np.ndarray, np.ndarray] | None = None, data: DataBundle | None = None,
-          precision: str | None = None) -> dict:
+          precision: str | None = None, dataset: str | None = None) -> dict:
     """Fit a stack for the classifier in ``run_dir`` and write it there; returns its metrics
     section (the stack and each part on the run's test sample).
 
@@ -136,10 +136,11 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     ``llm_probs``: the classifier's probabilities on the run's validation and test samples, in
     sample order, when the caller has them (``train`` just computed them); else they are scored
     here. ``data``: the run's samples as training drew them; else drawn again from its
-    config.yaml."""
+    config.yaml. ``dataset``: where the run's dataset is now, when the path it recorded no longer
+    resolves (a local dataset is recorded relative to the run folder, which may have moved)."""
     run_dir = Path(run_dir)
     spec = ClassifierSpec.load(run_dir)
-    cfg = _stackable(run_dir, spec, baseline)
+    cfg = _stackable(run_dir, spec, baseline, dataset)
     words = spec.label_words
     started = time.perf_counter()
     data = data or prepare_data(cfg.data, words)  # the run's own seeded samples
@@ -171,8 +172,9 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     return section
 
 
-def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str):
-    """The run's config, once the classifier is known to be one a stack can be fitted for."""
+def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str, dataset: str | None = None):
+    """The run's config, once the classifier is known to be one a stack can be fitted for and its
+    dataset is found (``dataset``, given, replaces the recorded one)."""
     if baseline not in BASELINES:
         raise UserError(f"--baseline {baseline!r} is not known; use {' or '.join(BASELINES)}")
     if spec.method == "generate":
@@ -185,6 +187,11 @@ def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str):
     if spec.data.get("dataset"):  # config.yaml holds it as typed, relative to training's shell folder;
         # the spec resolves it from the run folder, so the samples are drawn again from anywhere
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=spec.data["dataset"]))
+    if dataset is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=dataset))
+    if looks_local(cfg.data.dataset) and not Path(cfg.data.dataset).expanduser().exists():
+        raise UserError(f"the run's dataset {cfg.data.dataset!r} is not found (a local dataset is recorded relative "
+                        f"to the run folder); pass where it is now with --dataset PATH")
     if not cfg.data.val_size and not cfg.data.val_split:
         raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
                         "data.val_size above 0 (or data.val_split)")

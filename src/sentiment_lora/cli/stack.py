@@ -15,6 +15,9 @@ def add(sub, parents: list) -> None:
     p.add_argument("--pool", metavar="DATASET", help="train the TF-IDF model on this dataset's train split, or with "
                    "'all' on the run's whole train split (either less the run's validation and test rows), instead "
                    "of the run's training sample")
+    p.add_argument("--dataset", metavar="PATH", help="where the run's dataset is now, when the path it recorded no "
+                   "longer resolves (the run folder moved): its validation and test samples are drawn from it again "
+                   "(default: the recorded one)")
     p.add_argument("--remove", action="store_true", help="remove the stack: back to the LLM alone")
     add_runtime(p, batch=False, dtype=False)
 
@@ -27,7 +30,8 @@ def run(args) -> int:
         return _remove(args)
     from ..stack import stack
 
-    s = stack(args.run_dir, baseline=args.baseline, pool=args.pool, device=args.device, precision=args.precision)
+    s = stack(args.run_dir, baseline=args.baseline, pool=args.pool, device=args.device, precision=args.precision,
+              dataset=args.dataset)
     print(f"stacked with {args.baseline} trained on {s['baseline_train_rows']} rows; combiner fitted on "
           f"{s['val_n']} validation rows")
     for name, label in (("stack", "stack"), ("llm", "LLM alone"), ("baseline", args.baseline)):
@@ -42,8 +46,8 @@ def run(args) -> int:
 def _remove(args) -> int:
     from ..stack import unstack
 
-    if args.pool:
-        raise usage("--remove takes no --pool")
+    if args.pool or args.dataset:
+        raise usage("--remove takes no --pool or --dataset")
     unstack(args.run_dir)
     print(f"removed the stack of {args.run_dir}; it classifies with the LLM alone again")
     return 0
