@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import sentiment_lora.stack as stack_mod
+from conftest import write_split_files
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.cli import main
 from sentiment_lora.config import load_config
@@ -370,6 +371,12 @@ def test_a_moved_run_is_stacked_with_dataset(tiny_config, tiny_data_dir, tmp_pat
     assert main(["stack", str(moved)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0] and "--dataset PATH" in err[0], err
+    other = write_split_files(tmp_path / "other-imdb", seed=1)  # another dataset: other test rows
+    for wrong, says in ((other, "does not give the test sample"), (tmp_path / "nowhere", "is not found")):
+        assert main(["stack", str(moved), "--dataset", str(wrong), "--device", "cpu"]) == 2
+        # datasets' progress bars: a command's own process hides them, this test's imported them first
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "split:" not in line]
+        assert len(err) == 1 and says in err[0], err
     assert main(["stack", str(moved), "--dataset", str(tiny_data_dir), "--device", "cpu"]) == 0
     assert json.loads((moved / "metrics.json").read_text())["stack"]["llm_rows_reused"] > 0
     assert main(["stack", str(moved), "--remove", "--dataset", str(tiny_data_dir)]) == 2

@@ -226,7 +226,7 @@ class WordDropout(torch.nn.Module):
     def __init__(self, p: float):
         super().__init__()
         self.p = p
-        self.cut = round(p * 65536) - 32768  # int16 draws below this are dropped
+        self.cut = min(round(p * 65536), 65535) - 32768  # int16 draws below this are dropped; one kept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

@@ -504,14 +504,15 @@ def create_app(run_dir: str | Path, cfg: ServeConfig | None = None, device: str 
     run_dir = Path(run_dir)
     spec = ClassifierSpec.load(run_dir)
     # Unset batch limits come from the classifier: the shape its scoring was tuned for. Its token
-    # budget is known once it has loaded in its precision (Service.load_model); until then, 8192.
+    # budget depends on the precision it loads in, so Service.load_model sets it (no batch forms
+    # before); a classifier that names none gets 8192.
     if not spec.max_batch_tokens:
         cfg = dataclasses.replace(cfg, max_batch_tokens=cfg.max_batch_tokens or 8192)
     cfg = dataclasses.replace(cfg, max_batch_texts=cfg.max_batch_texts or spec.batch_size)
     service = Service(run_dir, cfg, spec, load or (lambda: SentimentClassifier.load(
         run_dir, device=device, dtype=dtype, precision=precision)))
     app = FastAPI(title="sentiment-lora", lifespan=service.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.serve, app.state.metrics, app.state.config = service, service.metrics, cfg
+    app.state.serve, app.state.metrics = service, service.metrics  # the config: service.cfg (set again on load)
     app.middleware("http")(service.observe)
     _errors(app)
     _routes(app, service)

@@ -10,6 +10,8 @@ folder (the TF-IDF model as a skops file, the combiner's weights in ``classifier
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import secrets
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from .data import DataBundle, Sample, label_mapper, load_splits, looks_local, pr
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
 from .integrity import json_digest, sha256_bytes
-from .layout import CONFIG, LLM_SCORES, METRICS, STACK_DIR
+from .layout import CONFIG, LLM_SCORES, METRICS, PREDICTIONS, STACK_DIR
 from .metrics import compute_metrics
 from .spec import BASELINES, ClassifierSpec, StackSpec
 from .storage import read_json, write_json
@@ -144,6 +146,8 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     words = spec.label_words
     started = time.perf_counter()
     data = data or prepare_data(cfg.data, words)  # the run's own seeded samples
+    if dataset is not None:
+        check_test_sample(run_dir, data, dataset)
     if pool is None:
         train, dropped = data.train, 0
     else:
@@ -172,6 +176,20 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     return section
 
 
+def check_test_sample(run_dir: Path, data: DataBundle, dataset: str) -> None:
+    """A dataset named by --dataset must give the run's own test sample (its predictions file holds
+    it): another copy or version draws other rows, some perhaps among those the LLM trained on."""
+    path = run_dir / PREDICTIONS
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8") as f:
+        rows = (json.loads(line)["text"] for line in f if line.strip())
+        same = all(a == b for a, b in itertools.zip_longest(rows, data.test.texts))
+    if not same:
+        raise UserError(f"--dataset {dataset!r} does not give the test sample this run was tested on "
+                        f"({PREDICTIONS}); pass the dataset it was trained on")
+
+
 def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str, dataset: str | None = None):
     """The run's config, once the classifier is known to be one a stack can be fitted for and its
     dataset is found (``dataset``, given, replaces the recorded one)."""
@@ -189,6 +207,8 @@ def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str, dataset: str 
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=spec.data["dataset"]))
     if dataset is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=dataset))
+        if looks_local(dataset) and not Path(dataset).expanduser().exists():
+            raise UserError(f"--dataset {dataset!r} is not found; pass an existing folder or a Hub id")
     if looks_local(cfg.data.dataset) and not Path(cfg.data.dataset).expanduser().exists():
         raise UserError(f"the run's dataset {cfg.data.dataset!r} is not found (a local dataset is recorded relative "
                         f"to the run folder); pass where it is now with --dataset PATH")

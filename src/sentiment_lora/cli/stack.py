@@ -46,7 +46,7 @@ def run(args) -> int:
 def _remove(args) -> int:
     from ..stack import unstack
 
-    if args.pool or args.dataset:
+    if args.pool is not None or args.dataset is not None:
         raise usage("--remove takes no --pool or --dataset")
     unstack(args.run_dir)
     print(f"removed the stack of {args.run_dir}; it classifies with the LLM alone again")
