@@ -372,7 +372,7 @@ def test_a_moved_run_is_stacked_with_dataset(tiny_config, tiny_data_dir, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0] and "--dataset PATH" in err[0], err
     other = write_split_files(tmp_path / "other-imdb", seed=1)  # another dataset: other test rows
-    for wrong, says in ((other, "does not give the test sample"), (tmp_path / "nowhere", "is not found")):
+    for wrong, says in ((other, "does not give the test sample"), (tmp_path / "nowhere", "not found")):
         assert main(["stack", str(moved), "--dataset", str(wrong), "--device", "cpu"]) == 2
         # datasets' progress bars: a command's own process hides them, this test's imported them first
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "split:" not in line]

@@ -253,11 +253,12 @@ def draw(cfg: DataConfig, labels: list[int], n: int | None, num_classes: int, rn
     return pick(labels, n, num_classes, rng, exclude, what)
 
 
-def prepare_data(cfg: DataConfig, label_words: list[str]) -> DataBundle:
-    """Load the splits, clean, de-duplicate, and draw seeded samples by ``data.sampling``."""
+def prepare_data(cfg: DataConfig, label_words: list[str], option: str | None = None) -> DataBundle:
+    """Load the splits, clean, de-duplicate, and draw seeded samples by ``data.sampling``;
+    ``option`` is how the caller's command names the dataset (``load_splits``)."""
     k = len(label_words)
     splits = [cfg.train_split, cfg.test_split] + ([cfg.val_split] if cfg.val_split else [])
-    raw = load_splits(cfg, splits)
+    raw = load_splits(cfg, splits, **({"option": option} if option else {}))
     to_class = label_mapper(cfg, label_words)
     train_all, test_all, *own_val = (prepare_split(raw[s], s, cfg, to_class) for s in splits)
     val_all = own_val[0] if own_val else None

@@ -21,7 +21,7 @@ import numpy as np
 from .baseline import fit_tfidf, pick_c
 from .classifier import SentimentClassifier, save_stack_model, write_classifier
 from .config import DataConfig, load_config
-from .data import DataBundle, Sample, label_mapper, load_splits, looks_local, prepare_data, prepare_split
+from .data import DataBundle, Sample, label_mapper, load_splits, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
 from .integrity import json_digest, sha256_bytes
@@ -145,7 +145,7 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     cfg = _stackable(run_dir, spec, baseline, dataset)
     words = spec.label_words
     started = time.perf_counter()
-    data = data or prepare_data(cfg.data, words)  # the run's own seeded samples
+    data = data or prepare_data(cfg.data, words, option="--dataset PATH")  # the run's own seeded samples
     if dataset is not None:
         check_test_sample(run_dir, data, dataset)
     if pool is None:
@@ -207,11 +207,6 @@ def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str, dataset: str 
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=spec.data["dataset"]))
     if dataset is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=dataset))
-        if looks_local(dataset) and not Path(dataset).expanduser().exists():
-            raise UserError(f"--dataset {dataset!r} is not found; pass an existing folder or a Hub id")
-    if looks_local(cfg.data.dataset) and not Path(cfg.data.dataset).expanduser().exists():
-        raise UserError(f"the run's dataset {cfg.data.dataset!r} is not found (a local dataset is recorded relative "
-                        f"to the run folder); pass where it is now with --dataset PATH")
     if not cfg.data.val_size and not cfg.data.val_split:
         raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
                         "data.val_size above 0 (or data.val_split)")
