@@ -692,7 +692,10 @@ def run(cfg: Config, output_dir: str | Path | None = None, resume: bool = False)
     recipe = Recipe(cfg, Path(output_dir) if output_dir else default_output_dir(), resume)
     try:
         recipe.setup()
-        return recipe.finalize(recipe.train())
+        metrics = recipe.finalize(recipe.train())
+        # The other processes wait for the main one's saving, so that all close the group together.
+        recipe.accelerator.wait_for_everyone()
+        return metrics
     finally:
         recipe.cleanup()
 
