@@ -84,10 +84,10 @@ bench-precision: install
 	$(BIN)/python benchmarks/bench_precision.py $(RUN) $(if $(DATA),--dataset $(DATA),) --train
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

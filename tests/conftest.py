@@ -16,6 +16,27 @@ CPUINFO = Path(__file__).resolve().parent / "cpuinfo"
 # precision defaults are fp32 whatever machine runs the suite; test_precision.py simulates the others.
 os.environ["SENTIMENT_LORA_CPUINFO"] = str(CPUINFO / "plain.txt")
 
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist each worker, and every CLI it starts, takes its share of the cores:
+    two workers of two threads each on two cores would fight over them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+_share_the_cores()
+
+
+def pytest_collection_modifyitems(items):
+    """The slow real-model tests first: with parallel workers they then start at once, rather
+    than last, when the other workers would have nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 POSITIVE = ["great", "wonderful", "superb", "brilliant", "moving", "delightful", "excellent", "loved"]
 NEGATIVE = ["awful", "boring", "terrible", "dull", "mess", "waste", "horrible", "hated"]
 FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "a", "story", "cast", "really", "it"]
