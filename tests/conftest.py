@@ -31,12 +31,6 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
-
-def pytest_collection_modifyitems(items):
-    """The slow real-model tests first: with parallel workers they then start at once, rather
-    than last, when the other workers would have nothing left to do."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
 POSITIVE = ["great", "wonderful", "superb", "brilliant", "moving", "delightful", "excellent", "loved"]
 NEGATIVE = ["awful", "boring", "terrible", "dull", "mess", "waste", "horrible", "hated"]
 FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "a", "story", "cast", "really", "it"]
