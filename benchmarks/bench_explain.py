@@ -25,7 +25,16 @@ import torch
 
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.data import balanced_indices, label_mapper, load_splits, prepare_split
-from sentiment_lora.explain import MAX_STEPS, N_STEPS, deletion_check, explain
+from sentiment_lora.decision import decide
+from sentiment_lora.explain import (
+    MAX_STEPS,
+    N_STEPS,
+    baseline_ids,
+    calibrated_forward,
+    deletion_check,
+    explain,
+    review_tokens,
+)
 from sentiment_lora.precision import this_cpu
 from sentiment_lora.storage import write_json
 
@@ -44,7 +53,7 @@ def timing(clf: SentimentClassifier, texts: list[str], steps: tuple[int, int], r
     ``steps[0]`` alone and with the retry at ``steps[1]`` as the defaults run."""
     text = next(t for t in texts if len(clf.encode([t])[0]) >= clf.prompt.cfg.max_length)
     explain(clf, [text], n_steps=steps[0], max_steps=steps[0])  # warm-up: first-call allocations
-    out = {"tokens": len(clf.encode([text])[0])}
+    out = {"tokens": len(clf.encode([text])[0]), "path": path(clf, text)}
     for name, (first, most) in (("first_try", (steps[0], steps[0])), ("as_shipped", steps)):
         times, used = [], 0
         for _ in range(rounds):
@@ -54,6 +63,29 @@ def timing(clf: SentimentClassifier, texts: list[str], steps: tuple[int, int], r
         out[name] = {"n_steps": used, "rounds": [round(x, 2) for x in times],
                      "median_s": round(statistics.median(times), 2)}
     return out
+
+
+def path(clf: SentimentClassifier, text: str, points: int = 65) -> dict:
+    """The calibrated probability of the predicted label at evenly spaced points of integrated
+    gradients' straight path, from the baseline to ``text``: how rough the integrand is, which
+    sets how many steps the integral needs to meet the tolerance."""
+    ids = clf.encode([text])[0]
+    x = torch.tensor([ids])
+    base = torch.tensor([baseline_ids(clf, ids, [i for i, _, _ in review_tokens(clf, ids)[1]])])
+    layer, forward = clf.model.get_input_embeddings(), calibrated_forward(clf)
+    target = int(decide(clf.proba_of_prompts([ids]), clf.threshold)[0])
+    probs = []
+    with torch.inference_mode():
+        ex, eb = layer(x), layer(base)
+        for a in np.linspace(0.0, 1.0, points):
+            hook = layer.register_forward_hook(lambda module, args, out, a=a: eb + float(a) * (ex - eb))
+            try:
+                probs.append(float(forward(x, torch.ones_like(x))[0, target]))
+            finally:
+                hook.remove()
+    return {"points": points, "label": clf.label_words[target], "probabilities": [round(p, 4) for p in probs],
+            "end_to_end": round(probs[-1] - probs[0], 4),
+            "total_variation": round(float(np.abs(np.diff(probs)).sum()), 4)}
 
 
 def deletion(clf: SentimentClassifier, texts: list[str], k: int, draws: int, steps: tuple[int, int], out: Path,
