@@ -4,7 +4,9 @@ reviews, and (with --train) the demo trained with and without bf16 autocast.
 Scoring, in one process:
 - speed: the variants alternate for --rounds rounds over the same --speed-n reviews (one warm-up
   batch each first); the median reviews/s is kept. fp32 and bf16 alternate first; int8 (and the
-  ONNX exports) are loaded and timed after them, since a loaded torchao int8 model slowed bf16;
+  ONNX exports) are loaded and timed after them, since a loaded torchao int8 model slowed bf16.
+  Each round also records the share of the machine's CPU time the hypervisor gave to other
+  guests (steal, from /proc/stat), so that a slow round on a busy host shows as such;
 - accuracy: each variant scores --n test reviews (a seeded balanced sample) once: accuracy with
   its 95% Wilson interval, label agreement with fp32, and the fp32 margin from the threshold of
   every review whose label changed;
@@ -41,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by file path
+from common import cpu_times, stolen_share  # noqa: E402
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.data import balanced_indices, label_mapper, load_splits, prepare_split
 from sentiment_lora.decision import decide, decision_margin
@@ -105,20 +109,22 @@ def peak_memory(folder: str, precision: str | None, texts: list[str]) -> float:
 
 def timed(models: dict, fast: list, ids: list, rounds: int) -> dict:
     """Per model: its reviews/s in ``rounds`` alternating rounds over ``fast``, then its
-    probabilities of ``ids`` and the seconds that full pass took."""
-    speeds = {p: [] for p in models}
+    probabilities of ``ids``, the seconds that full pass took, and the share of each round's CPU
+    time stolen by the hypervisor."""
+    speeds, stolen = {p: [] for p in models}, {p: [] for p in models}
     for clf in models.values():
         clf.proba_of_prompts(fast[:8])  # warm-up
     for _ in range(rounds):
         for p, clf in models.items():
-            t = time.perf_counter()
+            t, before = time.perf_counter(), cpu_times()
             clf.proba_of_prompts(fast)
             speeds[p].append(len(fast) / (time.perf_counter() - t))
+            stolen[p].append(stolen_share(before, cpu_times()))
     out = {}
     for p, clf in models.items():
         t = time.perf_counter()
         probs = clf.proba_of_prompts(ids)
-        out[p] = (speeds[p], probs, time.perf_counter() - t)
+        out[p] = (speeds[p], probs, time.perf_counter() - t, stolen[p])
     return out
 
 
@@ -136,12 +142,12 @@ def scoring(run_dir: str, dataset: str, n: int, speed_n: int, rounds: int, varia
     runs.update(timed(later, ids[:speed_n], ids, rounds) if later else {})
     models.update(later)
     out, base = {}, None
-    for p, (speeds, probs, seconds) in runs.items():
+    for p, (speeds, probs, seconds, stolen) in runs.items():
         clf = models[p]
         preds = decide(probs, clf.threshold)
         correct = int((preds == np.asarray(test.labels)).sum())
         row = {"reviews_per_s": round(statistics.median(speeds), 2), "speed_rounds": [round(s, 2) for s in speeds],
-               "reviews_per_s_full_pass": round(n / seconds, 2), "accuracy": correct / n,
+               "steal_rounds": stolen, "reviews_per_s_full_pass": round(n / seconds, 2), "accuracy": correct / n,
                "ci95": [round(x, 4) for x in wilson_interval(correct, n)], "n": n,
                "peak_rss_mb": peak_memory(str(onnx[p]["folder"]) if p.startswith("onnx") else run_dir,
                                           None if p.startswith("onnx") else p, test.texts[:64])}

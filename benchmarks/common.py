@@ -1,4 +1,5 @@
-"""What every benchmark records the same way: the data set it read.
+"""What every benchmark records the same way: the data set it read, and how much of the machine
+the hypervisor gave to others while it timed.
 
 A local path says nothing on another machine (and an absolute one names this machine's
 folders), so a result records the data set by its public name and the sha256 of the files
@@ -47,3 +48,26 @@ def public_name(folder: Path) -> str | None:
         return None
     lines = readme.read_text(encoding="utf-8").splitlines()
     return PUBLIC_NAMES.get(lines[0].strip()) if lines else None
+
+
+STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times(stat: str | None = None) -> dict:
+    """The machine's CPU time so far by kind (clock ticks), from the first line of /proc/stat, or
+    of ``stat``; empty where there is none."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text()
+        except OSError:
+            return {}
+    return dict(zip(STAT_FIELDS, (int(x) for x in stat.split("\n", 1)[0].split()[1:])))
+
+
+def stolen_share(before: dict, after: dict) -> float | None:
+    """The share of the CPU time between two ``cpu_times`` that the hypervisor gave to other
+    guests (steal); None where it is not counted. A timing taken while it was large measured the
+    neighbours as much as the code, which is how a benchmark tells a slow round from a slow host."""
+    spent = {k: after[k] - before[k] for k in STAT_FIELDS if k in before and k in after}
+    total = sum(spent.values())
+    return round(spent["steal"] / total, 4) if total > 0 and "steal" in spent else None

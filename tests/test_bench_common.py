@@ -54,3 +54,14 @@ def test_no_result_records_a_dataset_as_a_local_path():
             assert name is None or not (name.startswith((".", "/", "~")) or Path(name).is_dir()), (path.name, name)
             if isinstance(value, dict) and value["files"]:
                 assert value["sha256"].startswith("sha256:"), path.name
+
+
+def test_the_stolen_share_is_steal_over_all_the_time_between_two_readings():
+    common = load_common()
+    before = common.cpu_times("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3\n")
+    after = common.cpu_times("cpu  160 0 70 900 10 0 0 100 0 0\n")
+    assert before["steal"] == 40 and after["idle"] == 900
+    assert common.stolen_share(before, after) == 60 / 240  # 60 + 20 + 100 + 60 ticks in all
+    assert common.stolen_share(before, before) is None  # no time passed
+    assert common.stolen_share({}, after) is None  # no /proc/stat
+    assert set(common.cpu_times()) <= set(common.STAT_FIELDS)  # this machine's, however many fields

@@ -55,3 +55,16 @@ def test_each_kind_writes_its_own_results_file():
     assert bench.default_out("amx").name == "precision-cpu.json"
     names = {bench.default_out(kind).name for kind in UNITS}
     assert len(names) == len(UNITS) and all(n.startswith("precision-cpu") for n in names)
+
+
+def test_each_timed_round_records_the_share_of_cpu_time_the_hypervisor_took():
+    import numpy as np
+
+    class Scorer:
+        def proba_of_prompts(self, ids):
+            return np.full((len(ids), 2), 0.5)
+
+    out = load_bench().timed({"fp32": Scorer(), "bf16": Scorer()}, [[1, 2]] * 8, [[1, 2]] * 4, rounds=3)
+    for speeds, probs, seconds, stolen in out.values():
+        assert len(speeds) == len(stolen) == 3 and probs.shape == (4, 2) and seconds >= 0
+        assert all(s is None or 0 <= s <= 1 for s in stolen)
