@@ -1,5 +1,6 @@
 """Bad input: one line on stderr, exit code 2, no traceback, nothing half-written."""
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,9 @@ from sentiment_lora.cli import main
 from sentiment_lora.predict import read_texts
 
 
-def run_cli(*args, stdin=None):
+def run_cli(*args, stdin=None, env=None):
     return subprocess.run([sys.executable, "-m", "sentiment_lora.cli", *args], input=stdin,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def assert_one_line_error(result, fragment):
@@ -32,6 +33,15 @@ def test_missing_dataset_exits_2_and_writes_nothing(tiny_model_dir, tmp_path):
     r = run_cli("train", "--config", "configs/smollm2-cpu.yaml", "--set", f"model.name_or_path={tiny_model_dir}",
                 "--set", "model.gguf_file=null", "--set", "data.dataset=/no/such/imdb",
                 "--output-dir", str(tmp_path / "out"))
+    assert_one_line_error(r, "dataset '/no/such/imdb' not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_dataset_is_found_before_any_model_is_looked_for(tmp_path):
+    """The model does not exist either (a Hub lookup offline would wait on the network): the dataset,
+    checked first and without importing torch, is what the one line names."""
+    r = run_cli("train", "--set", "model.name_or_path=no-such-org/no-such-model", "--set", "data.dataset=/no/such/imdb",
+                "--output-dir", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(r, "dataset '/no/such/imdb' not found")
     assert not (tmp_path / "out").exists()
 

@@ -96,19 +96,34 @@ def _read_aclimdb(root: Path, split: str, name: str) -> dict[str, list]:
     return {"text": texts, "label": labels}
 
 
+def _is_aclimdb(path: Path) -> bool:
+    return path.is_dir() and (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir()
+
+
+def check_dataset_location(cfg: DataConfig, option: str = "DATA=PATH or --set data.dataset=PATH") -> None:
+    """The dataset checks that need no import: a local path exists, and a folder holds data files.
+    ``train`` runs them before it loads a tokenizer or a model, so a mistyped path is one line at
+    once, not after a model load (or a Hub lookup that times out offline)."""
+    name = cfg.dataset
+    path = Path(name).expanduser()
+    if _is_aclimdb(path):
+        return
+    if looks_local(name) and not path.exists():
+        raise UserError(f"dataset {name!r} not found; pass an existing folder ({option}) or a Hub id like "
+                        f"stanfordnlp/imdb")
+    if path.is_dir() and not any(p.suffix in _DATA_SUFFIXES for p in path.rglob("*") if p.is_file()):
+        raise UserError(f"dataset folder {name!r} holds no parquet, csv or jsonl files")
+
+
 def load_splits(cfg: DataConfig, splits: list[str], option: str = "DATA=PATH or --set data.dataset=PATH"
                 ) -> dict[str, dict[str, list]]:
     """Return ``{split: {column: values}}`` for the requested splits, or fail clearly; ``option``
     is how the caller's command names the dataset, for the hint."""
     name = cfg.dataset
     path = Path(name).expanduser()
-    if path.is_dir() and (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir():
+    if _is_aclimdb(path):
         return {split: _read_aclimdb(path, split, name) for split in splits}
-    if looks_local(name) and not path.exists():
-        raise UserError(f"dataset {name!r} not found; pass an existing folder ({option}) or a Hub id like "
-                        f"stanfordnlp/imdb")
-    if path.is_dir() and not any(p.suffix in _DATA_SUFFIXES for p in path.rglob("*") if p.is_file()):
-        raise UserError(f"dataset folder {name!r} holds no parquet, csv or jsonl files")
+    check_dataset_location(cfg, option)
 
     import datasets
 

@@ -20,11 +20,13 @@ def add(sub, parents: list) -> None:
 
 
 def run(args) -> int:
+    from ..data import check_dataset_location
     from ..signals import exit_status, interrupt_in
     from ..storage import check_output_folder
 
-    cfg = _config(args)  # config and run folder are checked before torch is even imported
+    cfg = _config(args)  # config, dataset and run folder are checked before torch is even imported
     check_output_folder(args.output_dir, "--output-dir", empty=False)
+    check_dataset_location(cfg.data)
     from ..train import run as train
 
     try:
