@@ -170,7 +170,7 @@ def test_non_finite_weights_stop_the_run(tiny_config, tmp_path, monkeypatch):
     assert folder_state(tmp_path / "run") == "restartable"
 
 
-def test_a_stop_signal_turned_into_an_import_error_is_an_interrupt(tmp_path, monkeypatch, capsys):
+def test_a_stop_signal_turned_into_an_import_error_is_an_interrupt(tiny_data_dir, tmp_path, monkeypatch, capsys):
     """transformers' lazy imports raise ModuleNotFoundError from a Ctrl-C or SIGTERM that lands
     inside them; train still says 'interrupted' and exits as the signal asks, not 'internal error'."""
     import sentiment_lora.train as train_mod
@@ -186,6 +186,6 @@ def test_a_stop_signal_turned_into_an_import_error_is_an_interrupt(tmp_path, mon
 
     assert interrupt_in(ValueError("a bug")) is None
     monkeypatch.setattr(train_mod, "run", lazy_import_stopped)
-    code = main(["train", "--set", "data.dataset=./nowhere", "--output-dir", str(tmp_path / "run")])
+    code = main(["train", "--set", f"data.dataset={tiny_data_dir}", "--output-dir", str(tmp_path / "run")])
     assert code == 143
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted")
