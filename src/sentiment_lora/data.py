@@ -96,11 +96,15 @@ def _read_aclimdb(root: Path, split: str, name: str) -> dict[str, list]:
     return {"text": texts, "label": labels}
 
 
+TRAIN_DATASET_OPTION = "DATA=PATH or --set data.dataset=PATH"
+"""How ``make`` and ``train`` name the dataset, for the hint of a dataset error."""
+
+
 def _is_aclimdb(path: Path) -> bool:
     return path.is_dir() and (path / "train" / "pos").is_dir() and (path / "train" / "neg").is_dir()
 
 
-def check_dataset_location(cfg: DataConfig, option: str = "DATA=PATH or --set data.dataset=PATH") -> None:
+def check_dataset_location(cfg: DataConfig, option: str = TRAIN_DATASET_OPTION) -> None:
     """The dataset checks that need no import: a local path exists, and a folder holds data files.
     ``train`` runs them before it loads a tokenizer or a model, so a mistyped path is one line at
     once, not after a model load (or a Hub lookup that times out offline)."""
@@ -115,8 +119,7 @@ def check_dataset_location(cfg: DataConfig, option: str = "DATA=PATH or --set da
         raise UserError(f"dataset folder {name!r} holds no parquet, csv or jsonl files")
 
 
-def load_splits(cfg: DataConfig, splits: list[str], option: str = "DATA=PATH or --set data.dataset=PATH"
-                ) -> dict[str, dict[str, list]]:
+def load_splits(cfg: DataConfig, splits: list[str], option: str = TRAIN_DATASET_OPTION) -> dict[str, dict[str, list]]:
     """Return ``{split: {column: values}}`` for the requested splits, or fail clearly; ``option``
     is how the caller's command names the dataset, for the hint."""
     name = cfg.dataset
