@@ -144,14 +144,21 @@ def scored_as(m: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def stacked_metrics(work: Path) -> dict | None:
+    """The metrics of the run that holds the hybrid: the best recipe's (trained with its stack
+    section), else the hybrid part's own copy."""
+    for path in (work / "best_recipe" / "metrics.json", work / "hybrid" / "metrics.json"):
+        m = json.loads(path.read_text()) if path.is_file() else {}
+        if "stack" in m:
+            return m
+    return None
+
+
 def hybrid_entry(work: Path) -> dict | None:
     """The stack's row, shaped like the others, with its parts on the same test reviews."""
-    for path in (work / "best_recipe" / "metrics.json", work / "hybrid" / "metrics.json"):
-        if path.is_file() and "stack" in json.loads(path.read_text()):
-            break
-    else:
+    m = stacked_metrics(work)
+    if m is None:
         return None
-    m = json.loads(path.read_text())
     s = m["stack"]
     t = s["test"]["stack"]
     return {"accuracy": t["accuracy"], "ci95": t["accuracy_ci95"], "n": t["n"], "ece": t.get("ece"),
@@ -199,7 +206,7 @@ def markdown(r: dict) -> str:
 def measured(work: Path, part: str) -> bool:
     """Whether ``part`` has its figures in ``work``: the hybrid's may sit in the best recipe's
     run (trained with its stack section), where a rerun would only time nothing."""
-    return (work / part / "metrics.json").is_file() or (part == "hybrid" and hybrid_entry(work) is not None)
+    return (work / part / "metrics.json").is_file() or (part == "hybrid" and stacked_metrics(work) is not None)
 
 
 def main(argv=None) -> int:
