@@ -185,9 +185,9 @@ def markdown(r: dict) -> str:
             lines.append(f"| {label} | not run | | |")
             continue
         ece = f"{e['ece']:.3f}" if e.get("ece") is not None else ""
-        how = e.get("llm_scored_as", e)
-        if how.get("precision"):
-            label += f" [{how['precision']}, {how.get('calibration', 'threshold')}]"
+        how = e.get("llm_scored_as") or {k: e[k] for k in ("precision", "calibration") if e.get(k)}
+        if how:  # only what the run recorded
+            label += f" [{', '.join(how.values())}]"
         lines.append(f"| {label} | {e['accuracy']:.4f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f}) | {ece} | "
                      f"{e['minutes']} |")
     h = r.get("hybrid")
