@@ -5,6 +5,7 @@ Everything is built from scratch on disk, so the tests need no network and no do
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 from pathlib import Path
@@ -15,6 +16,15 @@ CPUINFO = Path(__file__).resolve().parent / "cpuinfo"
 # Every test (and every CLI it starts) sees a processor without bf16 or int8 units, so the
 # precision defaults are fp32 whatever machine runs the suite; test_precision.py simulates the others.
 os.environ["SENTIMENT_LORA_CPUINFO"] = str(CPUINFO / "plain.txt")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A module of benchmarks/ by file name (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _share_the_cores() -> None:

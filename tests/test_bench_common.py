@@ -3,23 +3,17 @@ by a local path."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 IMDB_TITLE = "# IMDB Large Movie Review Dataset (Maas et al., ACL 2011)"
 
 
-def load_common():
-    spec = importlib.util.spec_from_file_location("common", ROOT / "benchmarks" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_local_folder_is_recorded_by_its_public_name_and_content(tmp_path):
-    common = load_common()
+    common = load_benchmark("common")
     data = tmp_path / "imdb"
     data.mkdir()
     (data / "README.md").write_text(IMDB_TITLE + "\n\nnotes\n")
@@ -57,7 +51,7 @@ def test_no_result_records_a_dataset_as_a_local_path():
 
 
 def test_the_stolen_share_is_steal_over_all_the_time_between_two_readings():
-    common = load_common()
+    common = load_benchmark("common")
     before = common.cpu_times("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3\n")
     after = common.cpu_times("cpu  160 0 70 900 10 0 0 100 0 0\n")
     assert before["steal"] == 40 and after["idle"] == 900

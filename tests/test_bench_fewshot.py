@@ -3,25 +3,16 @@ method given the very same training texts for each (n, seed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_fewshot", ROOT / "benchmarks" / "bench_fewshot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_the_tiny_curve(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
     pytest.importorskip("setfit", reason="the bench extra: pip install -e '.[bench]'")
-    bench = load_bench()
+    bench = load_benchmark("bench_fewshot")
     given = {}
     for method in bench.METHODS:  # record what each method is handed, not only what it reports
         real = getattr(bench.Runner, method)

@@ -3,18 +3,9 @@ the calibration that set its labels, so a figure that moves between machines can
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def _metrics(accuracy: float, **extra) -> dict:
@@ -23,7 +14,7 @@ def _metrics(accuracy: float, **extra) -> dict:
 
 
 def test_llm_rows_record_their_precision_and_calibration(tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("bench_quality")
     stack = {"test": {name: {"accuracy": a, "accuracy_ci95": [a - 0.01, a + 0.01], "n": 2000}
                       for name, a in (("stack", 0.93), ("llm", 0.92), ("baseline", 0.91))},
              "val": {}, "combiner": {"C": 1.0}, "wall_seconds": 60.0, "baseline": "tfidf-nb", "pool": "all",
@@ -45,7 +36,7 @@ def test_llm_rows_record_their_precision_and_calibration(tmp_path):
 
 def test_a_hybrid_measured_by_the_best_recipe_run_counts_as_measured(tmp_path):
     """Else every rerun 'ran' the hybrid in no time and wrote that over the whole run's minutes."""
-    bench = load_bench()
+    bench = load_benchmark("bench_quality")
     assert not bench.measured(tmp_path, "hybrid")
     (tmp_path / "best_recipe").mkdir()
     (tmp_path / "best_recipe" / "metrics.json").write_text(json.dumps(_metrics(0.92)))
