@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by file path
-from common import dataset_record  # noqa: E402
+from common import QUALITY_PROTOCOL, dataset_record  # noqa: E402
 from sentiment_lora.baseline import fit_tfidf, run_zero_shot  # noqa: E402
 from sentiment_lora.config import load_config  # noqa: E402
 from sentiment_lora.data import load_full, prepare_data, unseen  # noqa: E402
@@ -56,7 +56,7 @@ from sentiment_lora.precision import this_cpu  # noqa: E402
 from sentiment_lora.storage import write_json  # noqa: E402
 from sentiment_lora.train import run  # noqa: E402
 
-PROTOCOL = ["data.train_size=2000", "data.val_size=200", "data.test_size=2000", "data.seed=42"]
+PROTOCOL = QUALITY_PROTOCOL
 SEED_ADAPTER = ["lora.r=8", "lora.alpha=16", "lora.dropout=0.1", "lora.target_modules=q_proj,v_proj"]
 PARTS = ("zero_shot", "tfidf", "seed_recipe", "best_recipe", "hybrid")
 # The seed's adapter is the historical reference row; its figure moves only with the protocol.

@@ -71,3 +71,17 @@ def stolen_share(before: dict, after: dict) -> float | None:
     spent = {k: after[k] - before[k] for k in STAT_FIELDS if k in before and k in after}
     total = sum(spent.values())
     return round(spent["steal"] / total, 4) if total > 0 and "steal" in spent else None
+
+
+# The fixed accuracy protocol of bench_quality.py (IMDB): change it only together with its results.
+QUALITY_PROTOCOL = ["data.train_size=2000", "data.val_size=200", "data.test_size=2000", "data.seed=42"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quality_samples(dataset: str):
+    """The protocol's seeded samples (train, validation, test) and the hybrid preset's config."""
+    from sentiment_lora.config import load_config
+    from sentiment_lora.data import prepare_data
+
+    cfg = load_config(ROOT / "configs" / "smollm2-hybrid.yaml", [f"data.dataset={dataset}", *QUALITY_PROTOCOL])
+    return cfg, prepare_data(cfg.data, cfg.prompt.label_words)

@@ -19,18 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sentiment_lora.config import load_config
-from sentiment_lora.data import prepare_data
-from sentiment_lora.decision import best_threshold
-from sentiment_lora.stack import text_key
-
-ROOT = Path(__file__).resolve().parents[1]
-PROTOCOL = ["data.train_size=2000", "data.val_size=200", "data.test_size=2000", "data.seed=42"]
-
-
-def read_scores(run: Path, texts: list[str]) -> np.ndarray:
-    probs = json.loads((run / "llm_scores.json").read_text())["probs"]
-    return np.array([probs[text_key(t)] for t in texts])
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by file path
+from common import quality_samples  # noqa: E402
+from sentiment_lora.decision import best_threshold  # noqa: E402
+from sentiment_lora.stack import text_key  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,14 +30,14 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="copies of one best_recipe run, each scored in one precision")
     ap.add_argument("--dataset", default="stanfordnlp/imdb")
     args = ap.parse_args(argv)
-    cfg = load_config(ROOT / "configs" / "smollm2-hybrid.yaml", [f"data.dataset={args.dataset}", *PROTOCOL])
-    data = prepare_data(cfg.data, cfg.prompt.label_words)
+    _, data = quality_samples(args.dataset)
     y_val, y_test = np.asarray(data.val.labels), np.asarray(data.test.labels)
     first, out = None, {}
     for run in args.runs:
-        val, test = read_scores(run, data.val.texts), read_scores(run, data.test.texts)
+        saved = json.loads((run / "llm_scores.json").read_text())
+        val, test = (np.array([saved["probs"][text_key(t)] for t in s.texts]) for s in (data.val, data.test))
         cut = best_threshold(val, y_val)
-        row = {"precision": json.loads((run / "llm_scores.json").read_text())["precision"],
+        row = {"precision": saved["precision"],
                "test_accuracy_at_0.5": float(((test[:, 1] >= 0.5) == y_test).mean()),
                "validation_threshold": round(cut, 4),
                "test_accuracy_at_validation_threshold": float(((test[:, 1] >= cut) == y_test).mean())}

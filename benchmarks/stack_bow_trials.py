@@ -13,39 +13,39 @@ Never reads the test sample's labels.
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import sparse
+from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from sentiment_lora.baseline import NBScaler
-from sentiment_lora.config import load_config
-from sentiment_lora.data import balanced_indices, prepare_data
-from sentiment_lora.decision import log_loss, stack_features
-from sentiment_lora.precision import this_cpu
-from sentiment_lora.stack import COMBINER_CS, pool_sample, text_key
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by file path
+from common import quality_samples  # noqa: E402
+from sentiment_lora.baseline import NBScaler, tfidf_pipeline  # noqa: E402
+from sentiment_lora.data import balanced_indices  # noqa: E402
+from sentiment_lora.decision import log_loss, stack_features  # noqa: E402
+from sentiment_lora.precision import this_cpu  # noqa: E402
+from sentiment_lora.stack import COMBINER_CS, pool_sample, text_key  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
-TOKENS = r"(?u)\b\w[\w']*\b|[!?]"
-WORDS = dict(min_df=2, max_df=0.95, sublinear_tf=True, strip_accents="unicode", token_pattern=TOKENS)
+def words(ngrams: tuple[int, int]) -> TfidfVectorizer:
+    """The stack's own word TF-IDF (baseline.tfidf_pipeline), with other n-gram lengths."""
+    return clone(tfidf_pipeline(nb=False, C=1.0).named_steps["tfidf"]).set_params(ngram_range=ngrams)
+
+
+def chars() -> TfidfVectorizer:
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, max_df=0.95, sublinear_tf=True,
+                           strip_accents="unicode")
 
 
 def candidates():
-    return {
-        "word12": [TfidfVectorizer(ngram_range=(1, 2), **WORDS)],
-        "word13": [TfidfVectorizer(ngram_range=(1, 3), **WORDS)],
-        "word12+char25": [TfidfVectorizer(ngram_range=(1, 2), **WORDS),
-                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, max_df=0.95,
-                                          sublinear_tf=True, strip_accents="unicode")],
-        "word13+char25": [TfidfVectorizer(ngram_range=(1, 3), **WORDS),
-                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, max_df=0.95,
-                                          sublinear_tf=True, strip_accents="unicode")],
-    }
+    return {"word12": [words((1, 2))], "word13": [words((1, 3))],
+            "word12+char25": [words((1, 2)), chars()], "word13+char25": [words((1, 3)), chars()]}
 
 
 def stack_cv(llm_val, base_val, y, seed=42):
@@ -63,12 +63,9 @@ def stack_cv(llm_val, base_val, y, seed=42):
 def samples(dataset: str):
     """The protocol's validation sample, the pool (train split less validation and test rows) cut
     into a fit part and a 2,500-review balanced held-out part (as ``fit_tfidf`` carves it)."""
-    cfg = load_config(ROOT / "configs" / "smollm2-hybrid.yaml",
-                      [f"data.dataset={dataset}", "data.train_size=2000", "data.val_size=200",
-                       "data.test_size=2000", "data.seed=42"])
-    words = cfg.prompt.label_words
-    data = prepare_data(cfg.data, words)
-    pool, _ = pool_sample(cfg.data.dataset, cfg.data, words, set(data.val.texts) | set(data.test.texts))
+    cfg, data = quality_samples(dataset)
+    held_out = set(data.val.texts) | set(data.test.texts)
+    pool, _ = pool_sample(cfg.data.dataset, cfg.data, cfg.prompt.label_words, held_out)
     held = balanced_indices(pool.labels, 2500, 2, np.random.default_rng(42), what="held-out sample")
     kept = set(held)
     return data.val, pool.take([i for i in range(len(pool)) if i not in kept]), pool.take(held)
