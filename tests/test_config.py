@@ -101,3 +101,16 @@ def test_a_stack_needs_label_probabilities():
 
     with pytest.raises(UserError, match="stack.baseline combines label probabilities"):
         load_config(None, ["stack.baseline=tfidf", "data.val_size=10", "eval.method=generate"])
+
+
+@pytest.mark.parametrize("name", ["tfidf-nb", "tfidf-nb-chars"])
+def test_an_nb_weighted_stack_is_for_two_classes(name):
+    from sentiment_lora.errors import UserError
+
+    assert load_config(None, [f"stack.baseline={name}", "data.val_size=10"]).stack.baseline == name
+    with pytest.raises(UserError, match=f"stack.baseline {name} is NB-weighted, which handles two classes only"):
+        load_config(None, [f"stack.baseline={name}", "data.val_size=10", "prompt.label_words=[bad, meh, good]"])
+    assert load_config(None, ["stack.baseline=tfidf", "data.val_size=10",
+                              "prompt.label_words=[bad, meh, good]"]).stack.baseline == "tfidf"
+    with pytest.raises(UserError, match="stack.baseline is 'tfidf-chars'; use tfidf, tfidf-nb, tfidf-nb-chars or null"):
+        load_config(None, ["stack.baseline=tfidf-chars", "data.val_size=10"])

@@ -11,6 +11,7 @@ import pytest
 
 import sentiment_lora.stack as stack_mod
 from conftest import write_split_files
+from sentiment_lora.baseline import fit_tfidf
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.cli import main
 from sentiment_lora.config import load_config
@@ -97,6 +98,24 @@ def test_a_stack_round_trips_and_every_path_applies_it(stacked, tmp_path):
     merged = SentimentClassifier.load(tmp_path / "merged", device="cpu")
     assert merged.spec.adapter is None and merged.spec.stack is not None
     np.testing.assert_allclose(merged.predict_proba(TEXTS), got, atol=1e-5)
+
+
+def test_a_stack_with_character_n_grams_reads_them_and_survives_a_load(stacked, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(stacked[0], out)
+    section = stack_mod.stack(out, "tfidf-nb-chars", device="cpu")
+    clf = SentimentClassifier.load(out, device="cpu")  # skops builds the feature union, no pickle
+    assert section["baseline"] == clf.spec.stack.baseline == "tfidf-nb-chars"
+    names = clf.stack_model.named_steps["tfidf"].get_feature_names_out()
+    assert {n.split("__")[0] for n in names} == {"words", "chars"}
+    assert "chars__ gre" in names and "words__great" in names  # char_wb pads each word with a space
+    # A word the training texts never held still reaches the model through its characters.
+    train = prepare_data(load_config(out / "config.yaml").data, clf.spec.label_words).train
+    words_only = fit_tfidf(train, nb=True)[0]
+    unseen = ["greatest", "greattt"]
+    assert not words_only[:-1].transform(unseen).nnz and clf.stack_model[:-1].transform(unseen).nnz
+    np.testing.assert_allclose(SentimentClassifier.load(out, device="cpu").predict_proba(TEXTS),
+                               clf.predict_proba(TEXTS), atol=1e-9)
 
 
 def test_nothing_in_a_stacked_folder_is_a_pickle(stacked):

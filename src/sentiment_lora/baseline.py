@@ -5,6 +5,7 @@ Both write the same ``metrics.json`` and ``predictions.jsonl`` as a fine-tuned r
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline
 
 from .config import Config, DataConfig
 from .data import Sample, balanced_indices, draw, label_mapper, load_splits, prepare_split, stratified_indices, unseen
@@ -50,11 +51,16 @@ class NBScaler(BaseEstimator, TransformerMixin):
         return X @ sparse.diags(self.ratio_)
 
 
-def tfidf_pipeline(nb: bool, C: float, seed: int = 42, classes: int = 2) -> Pipeline:
-    """Word unigrams + bigrams, sublinear TF-IDF, logistic regression (optionally NB-weighted):
-    liblinear for two classes, as the IMDB presets use; multinomial lbfgs beyond (liblinear is binary)."""
-    steps = [("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True,
-                                       strip_accents="unicode", token_pattern=r"(?u)\b\w[\w']*\b|[!?]"))]
+def tfidf_pipeline(nb: bool, C: float, seed: int = 42, classes: int = 2, chars: bool = False) -> Pipeline:
+    """Word unigrams + bigrams, sublinear TF-IDF, logistic regression (optionally NB-weighted, and
+    with character 2-5-grams beside the words): liblinear for two classes, as the IMDB presets use;
+    multinomial lbfgs beyond (liblinear is binary)."""
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True, strip_accents="unicode",
+                            token_pattern=r"(?u)\b\w[\w']*\b|[!?]")
+    if chars:  # char_wb: n-grams inside word boundaries, so punctuation runs and spacing add no noise
+        words = FeatureUnion([("words", words), ("chars", clone(words).set_params(
+            analyzer="char_wb", ngram_range=(2, 5), token_pattern=None))])
+    steps = [("tfidf", words)]
     if nb:
         steps.append(("nb", NBScaler()))
     solver = "liblinear" if classes == 2 else "lbfgs"
@@ -70,19 +76,20 @@ CV_FOLDS = 5
 
 
 def fit_tfidf(train: Sample, nb: bool, val_size: int = 2500, seed: int = 42, classes: int = 2,
-              val: Sample | None = None) -> tuple[Pipeline, dict]:
+              val: Sample | None = None, chars: bool = False) -> tuple[Pipeline, dict]:
     """Choose C on validation (the dataset's own split, else a sample carved from train: balanced for two
     classes, stratified beyond; on small data, cross-validation), then refit on all of train."""
+    make = functools.partial(tfidf_pipeline, nb, seed=seed, classes=classes, chars=chars)
     fit_part = train
     if val is None:
         val_size = min(val_size, len(train) // 5)
         if val_size < MIN_HELD_OUT_PER_CLASS * classes:
-            return _choose_c_by_cv(train, nb, seed, classes)
+            return _choose_c_by_cv(train, make, seed, classes)
         pick = balanced_indices if classes == 2 else stratified_indices
         val_idx = pick(train.labels, val_size, classes, np.random.default_rng(seed), what="TF-IDF validation sample")
         held = set(val_idx)
         fit_part, val = train.take([i for i in range(len(train)) if i not in held]), train.take(val_idx)
-    model, best, scores = _choose_c(train, [(fit_part, val)], nb, seed, classes)
+    model, best, scores = _choose_c(train, [(fit_part, val)], make)
     return model, {"C": best, "val_accuracy_by_C": scores, "val_size": len(val)}
 
 
@@ -104,23 +111,23 @@ def fit_pipeline(model: Pipeline, texts: list[str], labels: list[int], what: str
         raise
 
 
-def _choose_c(train: Sample, splits: list[tuple[Sample, Sample]], nb: bool, seed: int, classes: int,
-              what: str = "training texts") -> tuple[Pipeline, float, dict[str, float]]:
+def _choose_c(train: Sample, splits: list[tuple[Sample, Sample]], make, what: str = "training texts"
+              ) -> tuple[Pipeline, float, dict[str, float]]:
     """The C of C_GRID with the best accuracy over the held parts of ``splits`` (fit part, held
-    part), the model refitted with it on all of ``train``, and each C's accuracy."""
+    part), the model ``make(C)`` refitted with it on all of ``train``, and each C's accuracy."""
     scores = {}
     for C in C_GRID:
         hits = []
         for part, held in splits:
-            model = fit_pipeline(tfidf_pipeline(nb, C, seed, classes), part.texts, part.labels, what)
+            model = fit_pipeline(make(C), part.texts, part.labels, what)
             hits.append(model.predict(held.texts) == np.asarray(held.labels))
         scores[C] = float(np.concatenate(hits).mean())
     best = pick_c(scores)
-    model = fit_pipeline(tfidf_pipeline(nb, best, seed, classes), train.texts, train.labels)
+    model = fit_pipeline(make(best), train.texts, train.labels)
     return model, best, {str(k): v for k, v in scores.items()}
 
 
-def _choose_c_by_cv(train: Sample, nb: bool, seed: int, classes: int) -> tuple[Pipeline, dict]:
+def _choose_c_by_cv(train: Sample, make, seed: int, classes: int) -> tuple[Pipeline, dict]:
     """C by stratified k-fold accuracy; folds (up to CV_FOLDS) as the smallest class has rows, so each holds all."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -130,7 +137,7 @@ def _choose_c_by_cv(train: Sample, nb: bool, seed: int, classes: int) -> tuple[P
                         f"({2 * classes} rows in all); class {int(counts.argmin())} has {int(counts.min())}")
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, int(counts.min())), shuffle=True, random_state=seed)
     splits = [(train.take(f), train.take(v)) for f, v in folds.split(np.zeros(len(train)), train.labels)]
-    model, best, scores = _choose_c(train, splits, nb, seed, classes, "training texts of a cross-validation fold")
+    model, best, scores = _choose_c(train, splits, make, "training texts of a cross-validation fold")
     return model, {"C": best, "cv_accuracy_by_C": scores, "cv_folds": len(splits)}
 
 

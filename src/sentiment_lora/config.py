@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .bagofwords import BASELINES, baseline_problem
 from .errors import UserError, brief
 from .integrity import signature_holds, signed
 from .storage import path_problem, write_text
@@ -265,14 +266,14 @@ class EvalConfig:
 @dataclass
 class StackConfig:
     baseline: str | None = None
-    """After training, stack the classifier with this bag-of-words model (tfidf, or tfidf-nb for
-    two classes), as ``sentiment-lora stack`` does; null: the LLM alone."""
+    """After training, stack the classifier with this bag-of-words model (``BASELINES``: tfidf, or
+    for two classes tfidf-nb or tfidf-nb-chars), as ``sentiment-lora stack`` does; null: the LLM alone."""
     pool: str | None = None
     """Train that model on more labelled rows: all (every row of the run's train split) or a dataset
     (its train split), less the run's validation and test rows; null: the run's training sample."""
 
     def __post_init__(self):
-        _one_of(self.baseline, "stack.baseline", ("tfidf", "tfidf-nb", None))
+        _one_of(self.baseline, "stack.baseline", (*BASELINES, None))
         _check(self.pool is None or self.baseline is not None, "stack.pool", "needs stack.baseline")
 
 
@@ -292,8 +293,8 @@ class Config:
         _check(not (self.stack.baseline and self.data.val_size == 0 and self.data.val_split is None),
                "stack.baseline", "fits its combiner on the validation sample; set data.val_size above 0 or "
                "data.val_split")
-        _check(not (self.stack.baseline == "tfidf-nb" and len(self.prompt.label_words) != 2), "stack.baseline",
-               "tfidf-nb handles two classes only; use tfidf")
+        problem = self.stack.baseline and baseline_problem(self.stack.baseline, len(self.prompt.label_words))
+        _check(not problem, "stack.baseline", problem or "")
         _check(not (self.stack.baseline and self.eval.method == "generate"), "stack.baseline",
                "combines label probabilities, and eval.method generate gives one-hot answers; use eval.method logits")
         values, words = self.data.label_values, self.prompt.label_words

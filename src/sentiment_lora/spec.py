@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bagofwords import BASELINES
 from .config import PromptConfig
 from .errors import UserError, brief
 from .integrity import PREFIX, json_digest, sha256_file
@@ -30,7 +31,6 @@ so a reader that lacks one refuses the file by that name instead of ignoring it.
 LEGACY = {"sentiment-lora-classifier/1": None, "sentiment-lora-classifier/2": (), "sentiment-lora-classifier/3":
           ("stack",), "sentiment-lora-classifier/4": ("head",)}
 READABLE = (FORMAT, *LEGACY)
-BASELINES = ("tfidf", "tfidf-nb")
 DATA_KEYS = ("dataset", "subset", "text_column", "label_column", "label_values", "clean_html", "test_split",
              "ordinal")
 DATASET_IN_FOLDER = "dataset_in_folder"
@@ -61,7 +61,7 @@ class StackSpec:
     fitted on the run's validation sample (``sentiment-lora stack``)."""
 
     baseline: str
-    """tfidf or tfidf-nb: the bag-of-words model stacked with the LLM."""
+    """The bag-of-words model stacked with the LLM, by its name in ``config.BASELINES``."""
     model_file: str
     """Its skops file, relative to the classifier folder (never a pickle)."""
     coef: list[list[float]]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bagofwords import BASELINES, baseline_problem
 from .baseline import fit_tfidf, pick_c
 from .classifier import SentimentClassifier, save_stack_model, write_classifier
 from .config import DataConfig, load_config
@@ -27,7 +28,7 @@ from .errors import UserError
 from .integrity import json_digest, sha256_bytes
 from .layout import CONFIG, LLM_SCORES, METRICS, PREDICTIONS, STACK_DIR
 from .metrics import compute_metrics
-from .spec import BASELINES, ClassifierSpec, StackSpec
+from .spec import ClassifierSpec, StackSpec
 from .storage import read_json, write_json
 
 FOLDER = STACK_DIR
@@ -153,7 +154,8 @@ def stack(run_dir: str | Path, baseline: str = "tfidf", pool: str | None = None,
     else:
         source = cfg.data.dataset if pool == "all" else pool
         train, dropped = pool_sample(source, cfg.data, words, set(data.val.texts) | set(data.test.texts))
-    text_model, chosen = fit_tfidf(train, baseline == "tfidf-nb", seed=cfg.data.seed, classes=len(words))
+    bow = BASELINES[baseline]
+    text_model, chosen = fit_tfidf(train, bow.nb, seed=cfg.data.seed, classes=len(words), chars=bow.chars)
     llm, spec.precision, reused = _llm_probs(run_dir, device, data, llm_probs, precision, spec)
     base = tuple(text_model.predict_proba(s.texts) for s in (data.val, data.test))
     coef, intercept, combiner = fit_combiner(stack_features(llm[0], base[0]), data.val.labels, len(words),
@@ -193,8 +195,9 @@ def check_test_sample(run_dir: Path, data: DataBundle, dataset: str) -> None:
 def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str, dataset: str | None = None):
     """The run's config, once the classifier is known to be one a stack can be fitted for and its
     dataset is found (``dataset``, given, replaces the recorded one)."""
-    if baseline not in BASELINES:
-        raise UserError(f"--baseline {baseline!r} is not known; use {' or '.join(BASELINES)}")
+    problem = baseline_problem(baseline, len(spec.label_words))
+    if problem:
+        raise UserError(f"--baseline {problem}")
     if spec.method == "generate":
         raise UserError("stacking needs the LLM's label probabilities; this classifier uses eval.method generate, "
                         "whose answers are one-hot: train it with eval.method logits")
@@ -210,8 +213,6 @@ def _stackable(run_dir: Path, spec: ClassifierSpec, baseline: str, dataset: str 
     if not cfg.data.val_size and not cfg.data.val_split:
         raise UserError("the combiner is fitted on the run's validation sample and this run has none; train with "
                         "data.val_size above 0 (or data.val_split)")
-    if baseline == "tfidf-nb" and len(spec.label_words) != 2:
-        raise UserError("--baseline tfidf-nb handles two classes only; use --baseline tfidf")
     return cfg
 
 

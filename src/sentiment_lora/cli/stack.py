@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..bagofwords import BASELINES
 from .common import add_run_dir, add_runtime, add_verb, format_metric, usage
 
 
@@ -10,8 +11,9 @@ def add(sub, parents: list) -> None:
                  "combine a trained classifier with a TF-IDF model, fitted on its validation sample", run,
                  example="sentiment-lora stack runs/demo --baseline tfidf-nb --pool all")
     add_run_dir(p)
-    p.add_argument("--baseline", choices=["tfidf", "tfidf-nb"], default="tfidf",
-                   help="the bag-of-words model to stack (tfidf-nb: NB-weighted, two classes)")
+    p.add_argument("--baseline", choices=list(BASELINES), default="tfidf",
+                   help="the bag-of-words model to stack: word 1-2-gram TF-IDF; for two classes also tfidf-nb "
+                   "(NB-weighted) and tfidf-nb-chars (NB-weighted, with character 2-5-grams)")
     p.add_argument("--pool", metavar="DATASET", help="train the TF-IDF model on this dataset's train split, or with "
                    "'all' on the run's whole train split (either less the run's validation and test rows), instead "
                    "of the run's training sample")
