@@ -376,6 +376,25 @@ def test_reuse_when_the_run_was_trained_from_a_relative_dataset_path(tiny_config
     assert counted_scoring == []
 
 
+def test_the_test_sample_check_reads_long_texts_as_predictions_holds_them(tmp_path):
+    """predictions.jsonl keeps a long review's preview; the check against --dataset compares
+    like with like (a real IMDB run has reviews of thousands of characters)."""
+    from sentiment_lora.data import DataBundle, Sample
+    from sentiment_lora.evaluate import prediction_rows
+    from sentiment_lora.storage import write_jsonl
+
+    texts = ["short and sweet", "a long and winding review, " * 40]
+    test = Sample(["test:0", "test:1"], texts, [1, 0])
+    write_jsonl(tmp_path / "predictions.jsonl", prediction_rows(test, np.array([1, 0]), np.eye(2)[[1, 0]],
+                                                                ["Negative", "Positive"]))
+    bundle = DataBundle(Sample(), Sample(), test, {})
+    stack_mod.check_test_sample(tmp_path, bundle, "the-same-data")  # the same rows pass
+    for other in (Sample(["test:0", "test:1"], [texts[0], "An" + texts[1][1:]], [1, 0]),
+                  Sample(["test:0", "test:2"], texts, [1, 0]), test.take([0])):
+        with pytest.raises(UserError, match="does not give the test sample"):
+            stack_mod.check_test_sample(tmp_path, DataBundle(Sample(), Sample(), other, {}), "other-data")
+
+
 def test_a_moved_run_is_stacked_with_dataset(tiny_config, tiny_data_dir, tmp_path, monkeypatch, capsys):
     """A local dataset is recorded relative to the run folder; once the folder moves away from
     it, stack says so in one line naming --dataset, and --dataset draws the same samples."""

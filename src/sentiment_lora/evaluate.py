@@ -68,14 +68,23 @@ def new_evaluation_dir(run_dir: Path, split: str) -> Path:
     return out
 
 
+PREVIEW_CHARS = 300
+
+
+def preview(text: str) -> str:
+    """A text as predictions.jsonl holds it: whole up to PREVIEW_CHARS characters, else cut with
+    '...' (the row stays small; the id leads back to the whole text)."""
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 3] + "..."
+
+
 def prediction_rows(sample, preds, probs, label_words) -> list[dict]:
-    """predictions.jsonl: id, the text's first 300 characters, gold and predicted label, the
+    """predictions.jsonl: id, the text's ``preview``, gold and predicted label, the
     prediction's probability, all probabilities; ``pred`` and ``prob`` null when undecided."""
     rows = []
     for i, text in enumerate(sample.texts):
         p = int(preds[i])
         decided = p != UNDECIDED
-        rows.append({"id": sample.ids[i], "text": text if len(text) <= 300 else text[:297] + "...",
+        rows.append({"id": sample.ids[i], "text": preview(text),
                      "gold": label_words[sample.labels[i]],
                      "pred": label_words[p] if decided else None,
                      "prob": float(probs[i, p]) if decided else None,

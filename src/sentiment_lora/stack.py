@@ -25,6 +25,7 @@ from .config import DataConfig, load_config
 from .data import DataBundle, Sample, label_mapper, load_splits, prepare_data, prepare_split
 from .decision import decide, log_loss, stack_features, stack_proba
 from .errors import UserError
+from .evaluate import preview
 from .integrity import json_digest, sha256_bytes
 from .layout import CONFIG, LLM_SCORES, METRICS, PREDICTIONS, STACK_DIR
 from .metrics import compute_metrics
@@ -185,8 +186,8 @@ def check_test_sample(run_dir: Path, data: DataBundle, dataset: str) -> None:
     if not path.is_file():
         return
     with path.open(encoding="utf-8") as f:
-        rows = (json.loads(line)["text"] for line in f if line.strip())
-        same = all(a == b for a, b in itertools.zip_longest(rows, data.test.texts))
+        rows = ((r["id"], r["text"]) for r in map(json.loads, filter(str.strip, f)))
+        same = all(a == b for a, b in itertools.zip_longest(rows, zip(data.test.ids, map(preview, data.test.texts))))
     if not same:
         raise UserError(f"--dataset {dataset!r} does not give the test sample this run was tested on "
                         f"({PREDICTIONS}); pass the dataset it was trained on")
