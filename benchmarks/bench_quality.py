@@ -20,7 +20,7 @@ The protocol (change it only together with the results file):
 - ``best_recipe``: ``configs/smollm2-best.yaml``, trained as ``configs/smollm2-hybrid.yaml`` (the
   same recipe plus a ``stack`` section), so that one training gives both rows: the run's own
   metrics are the LLM alone, its ``stack`` section the hybrid;
-- ``hybrid``: the best recipe stacked with NB-weighted TF-IDF (trained on the whole train split
+- ``hybrid``: the best recipe stacked with the preset's bag-of-words model (trained on the whole train split
   less the validation and test samples) by a logistic regression fitted on the 200 validation
   reviews, reusing the run's own validation and test scores; its minutes are the best recipe's
   plus the stack's. A ``best_recipe`` folder trained without the stack is stacked here instead
@@ -177,7 +177,7 @@ def markdown(r: dict) -> str:
              "tfidf_nb": "NB-weighted TF-IDF + logistic regression, full train split",
              "seed_recipe": "SmolLM2-135M + LoRA, the seed's adapter (q,v; r=8)",
              "best_recipe": "SmolLM2-135M + LoRA, best recipe (configs/smollm2-best.yaml)",
-             "hybrid": "best recipe stacked with NB-weighted TF-IDF (configs/smollm2-hybrid.yaml)"}
+             "hybrid": "best recipe stacked with a bag-of-words model (configs/smollm2-hybrid.yaml)"}
     lines = [f"| method | accuracy on {r['n_test']} test reviews (95% CI) | ECE | minutes |", "|---|---|---|---|"]
     for key, label in names.items():
         e = r.get(key)

@@ -24,7 +24,7 @@ from common import dataset_record
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"zero_shot": "SmolLM2-135M zero-shot, per-class offsets calibrated on validation",
          "tfidf": "TF-IDF (1-2 grams) + logistic regression, all 8,544 training sentences",
-         "fine_tuned": "SmolLM2-135M + LoRA, configs/smollm2-sst5.yaml (all training sentences, one epoch)"}
+         "fine_tuned": "SmolLM2-135M + LoRA, configs/smollm2-sst5.yaml (all training sentences, two epochs)"}
 
 
 def summary(m: dict, seconds: float) -> dict:
@@ -46,6 +46,7 @@ def markdown(r: dict) -> str:
 def main() -> None:
     from sentiment_lora.baseline import run_tfidf, run_zero_shot
     from sentiment_lora.config import load_config
+    from sentiment_lora.precision import this_cpu
     from sentiment_lora.storage import write_json
     from sentiment_lora.train import run
 
@@ -77,6 +78,7 @@ def main() -> None:
     results["n_test"] = results["fine_tuned"]["n"]
     results["total_minutes"] = round((time.perf_counter() - started_all) / 60, 2)
     results["dataset"] = dataset_record(args.dataset)
+    results["cpu"] = this_cpu().to_dict()  # minutes mean little without the machine
     results["config"] = cfg.to_dict()
     results["config"]["data"]["dataset"] = results["dataset"]["name"]  # not this machine's path
     write_json(Path(args.out), results)

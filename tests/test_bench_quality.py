@@ -31,7 +31,7 @@ def test_llm_rows_record_their_precision_and_calibration(tmp_path):
     assert "precision" not in result["zero_shot"]  # the zero-shot baseline records none: nothing is invented
     table = bench.markdown(result)
     assert "best recipe (configs/smollm2-best.yaml) [bf16, temperature]" in table
-    assert "stacked with NB-weighted TF-IDF (configs/smollm2-hybrid.yaml) [bf16, temperature]" in table
+    assert "stacked with a bag-of-words model (configs/smollm2-hybrid.yaml) [bf16, temperature]" in table
 
 
 def test_a_hybrid_measured_by_the_best_recipe_run_counts_as_measured(tmp_path):
