@@ -39,8 +39,9 @@ def words(ngrams: tuple[int, int]) -> TfidfVectorizer:
 
 
 def chars() -> TfidfVectorizer:
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, max_df=0.95, sublinear_tf=True,
-                           strip_accents="unicode")
+    """The character part of ``stack --baseline tfidf-nb-chars`` (baseline.tfidf_pipeline)."""
+    union = tfidf_pipeline(nb=False, C=1.0, chars=True).named_steps["tfidf"]
+    return clone(dict(union.transformer_list)["chars"])
 
 
 def candidates():
