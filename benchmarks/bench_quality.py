@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by file path
-from common import QUALITY_PROTOCOL, dataset_record  # noqa: E402
+from common import QUALITY_PROTOCOL, dataset_record, fresh_folder  # noqa: E402
 from sentiment_lora.baseline import fit_tfidf, run_zero_shot  # noqa: E402
 from sentiment_lora.config import load_config  # noqa: E402
 from sentiment_lora.data import load_full, prepare_data, unseen  # noqa: E402
@@ -225,8 +225,8 @@ def main(argv=None) -> int:
             print(f"{part}: already measured in {work / part}; --force reruns it", file=sys.stderr)
             continue
         ran.append(part)
-        for folder in (work / part, *([work / "tfidf_nb"] if part == "tfidf" else [])):
-            shutil.rmtree(folder, ignore_errors=True)
+        for name in (part, *(["tfidf_nb"] if part == "tfidf" else [])):
+            fresh_folder(work, name, "bench_quality.py")
         print(f"{part}: running", file=sys.stderr)
         run_part(part, args.dataset, work)
     out = Path(args.output)

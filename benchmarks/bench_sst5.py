@@ -14,12 +14,11 @@ Writes benchmarks/results/sst5-cpu.json: {"n_test", "zero_shot", "tfidf", "fine_
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from common import dataset_record
+from common import dataset_record, fresh_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"zero_shot": "SmolLM2-135M zero-shot, per-class offsets calibrated on validation",
@@ -65,8 +64,7 @@ def main() -> None:
     results: dict = {}
     started_all = time.perf_counter()
     for name, step in steps.items():
-        out = work / name
-        shutil.rmtree(out, ignore_errors=True)  # a fresh measurement each time
+        out = fresh_folder(work, name, "bench_sst5.py")  # a fresh measurement each time
         started = time.perf_counter()
         m = step(out)
         results[name] = summary(m, time.perf_counter() - started)

@@ -1,5 +1,5 @@
-"""What every benchmark records the same way: the data set it read, and how much of the machine
-the hypervisor gave to others while it timed.
+"""What every benchmark does the same way: record the data set it read and how much of the
+machine the hypervisor gave to others while it timed, and clear only the folders it made.
 
 A local path says nothing on another machine (and an absolute one names this machine's
 folders), so a result records the data set by its public name and the sha256 of the files
@@ -9,9 +9,12 @@ read: a reader can tell which data it was, and whether theirs is byte for byte t
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 from sentiment_lora.integrity import PREFIX, sha256_file
+from sentiment_lora.storage import write_json
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".tsv", ".json", ".jsonl", ".txt")
 """The files ``datasets`` reads from a local data set folder; its README is not data."""
@@ -85,3 +88,24 @@ def quality_samples(dataset: str):
 
     cfg = load_config(ROOT / "configs" / "smollm2-hybrid.yaml", [f"data.dataset={dataset}", *QUALITY_PROTOCOL])
     return cfg, prepare_data(cfg.data, cfg.prompt.label_words)
+
+
+MADE = ".made-by-benchmarks.json"
+"""In a benchmark's work folder: the part folders a benchmark made there, by name."""
+
+
+def fresh_folder(work: str | Path, name: str, bench: str) -> Path:
+    """``work/name``, absent, for one part of ``bench`` to write. A folder already there is
+    removed only when ``work``'s record says ``bench`` made it (and it is no link); any other is refused in one line
+    with nothing touched, since it may hold a user's own run."""
+    work = Path(work)
+    folder, record = work / name, work / MADE
+    made = json.loads(record.read_text()) if record.is_file() else {}
+    if folder.exists() or folder.is_symlink():
+        if made.get(name) != bench or folder.is_symlink():
+            raise SystemExit(f"error: {str(folder)!r} exists and {bench} did not make it; nothing there was "
+                             f"touched: choose another work folder, or move it away yourself")
+        shutil.rmtree(folder)
+    made[name] = bench
+    write_json(record, made)
+    return folder

@@ -1,10 +1,12 @@
 """benchmarks/common.py: results record a data set by its public name and a content hash, never
-by a local path."""
+by a local path; a benchmark clears only the folders it made."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from conftest import load_benchmark
 
@@ -59,3 +61,23 @@ def test_the_stolen_share_is_steal_over_all_the_time_between_two_readings():
     assert common.stolen_share(before, before) is None  # no time passed
     assert common.stolen_share({}, after) is None  # no /proc/stat
     assert set(common.cpu_times()) <= set(common.STAT_FIELDS)  # this machine's, however many fields
+
+
+def test_a_benchmark_clears_only_the_folders_it_made(tmp_path):
+    common = load_benchmark("common")
+    work = tmp_path / "work"
+    mine = common.fresh_folder(work, "best_recipe", "bench_quality.py")
+    assert mine == work / "best_recipe" and not mine.exists()
+    mine.mkdir()
+    (mine / "classifier.json").write_text("{}")
+    assert not common.fresh_folder(work, "best_recipe", "bench_quality.py").exists()  # its own: cleared
+    theirs = work / "fine_tuned"  # a user's own run, or another benchmark's part
+    theirs.mkdir()
+    (theirs / "classifier.json").write_text("{}")
+    for bench in ("bench_quality.py", "bench_sst5.py"):
+        with pytest.raises(SystemExit, match="did not make it; nothing there was touched"):
+            common.fresh_folder(work, "fine_tuned", bench)
+    assert (theirs / "classifier.json").read_text() == "{}"
+    common.fresh_folder(work, "zero_shot", "bench_sst5.py").mkdir()
+    with pytest.raises(SystemExit):  # made by another benchmark
+        common.fresh_folder(work, "zero_shot", "bench_quality.py")
