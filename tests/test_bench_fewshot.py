@@ -43,3 +43,19 @@ def test_the_tiny_curve(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
         assert len(texts) == 2 * n and sorted(labels) == [0] * n + [1] * n
         assert len({r["train_sha256"] for r in runs if (r["n_per_class"], r["seed"]) == (n, seed)}) == 1
     assert given[("tfidf", 4, 1)][0] != given[("tfidf", 4, 2)][0]  # the seeds draw different reviews
+    # SetFit at the library's defaults: num_iterations unset, every pair drawn by oversampling.
+    for r in (r for r in runs if r["method"] == "setfit"):
+        n = r["n_per_class"]
+        assert r["setfit"] == {"num_iterations": None, "sampling_strategy": "oversampling",
+                               "pairs": 2 * n * (n + 1), "max_steps": 2}
+        assert r["cpu"]["model"]
+    # Resuming with other SetFit settings reruns SetFit only, and keeps its earlier run aside.
+    rc = bench.main(["--dataset", str(tiny_data_dir), "--n", "4", "--seeds-small", "1", "--test-size", "20",
+                     "--methods", "setfit", "--setfit-num-iterations", "1", "--setfit-max-steps", "2", "--resume",
+                     "--work-dir", str(tmp_path / "work"), "--output", str(out), "--plot", ""])
+    again = json.loads(out.read_text())
+    assert rc == 0 and len(again["runs"]) == len(runs)
+    assert [(r["n_per_class"], r["seed"], r["setfit"]["num_iterations"]) for r in again["superseded"]] == [(4, 1, None)]
+    redone = [r for r in again["runs"] if r["method"] == "setfit" and (r["n_per_class"], r["seed"]) == (4, 1)]
+    assert [r["setfit"]["pairs"] for r in redone] == [2 * 1 * 8]
+    assert [r for r in again["runs"] if r["method"] != "setfit"] == [r for r in runs if r["method"] != "setfit"]
