@@ -55,6 +55,11 @@ def test_the_choice_per_processor(kind):
     assert training_precision("auto", "cpu", cpu) == training
     assert scoring_precision("auto", "cpu", cpu=cpu) == scoring
     assert training_precision("no", "cpu", cpu) == "no" and scoring_precision("fp32", "cpu", cpu=cpu) == "fp32"
+    # A narrow training precision the CPU would emulate trains in fp32, said once.
+    said = []
+    assert training_precision("bf16", "cpu", cpu, say=said.append) == ("bf16" if cpu.bf16 else "no")
+    assert training_precision("fp16", "cpu", cpu, say=said.append) == "no"
+    assert len(said) == (1 if cpu.bf16 else 2) and all("training in fp32" in line for line in said)
     for asked, units in (("bf16", cpu.bf16), ("int8", cpu.int8)):
         if units:
             assert scoring_precision(asked, "cpu", cpu=cpu) == asked
@@ -172,6 +177,22 @@ def test_a_classifier_keeps_its_precision_where_the_cpu_has_it(bf16_run, simulat
     assert clf.precision == "bf16" and len(clf.predict(["a great film"])) == 1
     simulate("plain")
     assert SentimentClassifier.load(folder, device="cpu").precision == "fp32"
+
+
+def test_bf16_training_asked_where_it_would_be_emulated_trains_in_fp32(tiny_base_copy, tiny_data_dir, tmp_path):
+    import os
+
+    env = {**os.environ, "SENTIMENT_LORA_CPUINFO": str(CPUINFO / "plain.txt")}
+    sets = [f"model.name_or_path={tiny_base_copy}", f"data.dataset={tiny_data_dir}", "model.device=cpu",
+            "data.train_size=16", "data.val_size=8", "data.test_size=8", "prompt.max_length=40", "train.epochs=1",
+            "train.save_steps=0", "eval.calibrate=false", "eval.verify_samples=0", "train.mixed_precision=bf16"]
+    args = [sys.executable, "-m", "sentiment_lora.cli", "train", *[x for s in sets for x in ("--set", s)],
+            "--output-dir", str(tmp_path / "run")]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("has no bf16 units, so autocast would be emulated") == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["mixed_precision"] == "no" and metrics["train"]["cpu"]["kind"] == "plain"
 
 
 @pytest.mark.parametrize("flag, kind, wording", [("int4", "amx", "invalid choice: 'int4'"),

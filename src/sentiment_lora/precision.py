@@ -100,17 +100,29 @@ def _bf16_runs() -> bool:
         return False
 
 
-def training_precision(asked: str, device_type: str, cpu: Cpu | None = None) -> str:
+def training_precision(asked: str, device_type: str, cpu: Cpu | None = None, say=None) -> str:
     """Accelerate's mixed_precision for ``train.mixed_precision``: auto follows ``TRAINING_DEFAULT``
-    on a CPU (bf16 autocast keeps fp32 master weights and optimizer state, as on a GPU)."""
+    on a CPU (bf16 autocast keeps fp32 master weights and optimizer state, as on a GPU). A CPU
+    without units for the precision asked would emulate it, many times slower than fp32, and a
+    preset tuned where bf16 pays must still run everywhere: such a CPU trains in fp32 and says
+    so. This tool knows no CPU units for fp16."""
+    if device_type == "cpu":
+        cpu = cpu or this_cpu()
+        if asked == "auto":
+            return TRAINING_DEFAULT[cpu.kind]
+        if asked == "fp16" or (asked == "bf16" and not cpu.bf16):
+            if say is not None:
+                say(f"train.mixed_precision={asked}: this CPU ({cpu.model}; flags: {', '.join(cpu.flags) or 'none'}) "
+                    f"has no {asked} units, so autocast would be emulated, far slower than fp32; training in fp32 "
+                    f"(train.mixed_precision=no does so without this line)")
+            return "no"
+        return asked
     if asked != "auto":
         return asked
     if device_type == "cuda":
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device_type == "cpu":
-        return TRAINING_DEFAULT[(cpu or this_cpu()).kind]
     return "no"
 
 

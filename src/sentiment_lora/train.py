@@ -270,9 +270,12 @@ class Recipe:
                                 f"and each takes its own GPU; use model.device=cuda (or auto), and "
                                 f"CUDA_VISIBLE_DEVICES to choose the GPUs")
             torch.cuda.set_device(requested)  # Accelerate then places the model and batches on it
-        self.accelerator = Accelerator(cpu=requested.type == "cpu",
-                                       mixed_precision=training_precision(cfg.train.mixed_precision, requested.type),
+        told: list[str] = []  # said once the main process is known
+        precision = training_precision(cfg.train.mixed_precision, requested.type, say=told.append)
+        self.accelerator = Accelerator(cpu=requested.type == "cpu", mixed_precision=precision,
                                        log_with=list(cfg.train.report_to) or None, project_dir=self.run_dir / LOGS)
+        for line in told:
+            self.say(line)
         self.device = self.accelerator.device
         self.dtype = pick_dtype(cfg.model.dtype, self.device)
         # The seed plus the process's index: each process draws its own dropout masks (the LoRA
