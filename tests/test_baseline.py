@@ -33,6 +33,18 @@ def test_tfidf_baseline_learns_the_tiny_data(tiny_data_dir, tmp_path, nb):
         run_tfidf(str(tiny_data_dir), tmp_path / "out", nb=nb)
 
 
+def test_the_stacks_character_model_scores_alone_from_the_command_line(tiny_data_dir, tmp_path, capsys):
+    args = ["baseline", "tfidf", "--dataset", str(tiny_data_dir), "--nb"]
+    assert main([*args, "--output-dir", str(tmp_path / "words")]) == 0
+    assert main([*args, "--chars", "--output-dir", str(tmp_path / "chars")]) == 0
+    words, chars = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("words", "chars"))
+    assert (words["method"], chars["method"]) == ("tfidf-nb-logreg", "tfidf-nb-chars-logreg")
+    assert chars["features"] > words["features"] and chars["accuracy"] >= 0.9
+    assert "tfidf-nb-chars-logreg: accuracy" in capsys.readouterr().out
+    assert main(["baseline", "zero-shot", "--chars"]) == 2
+    assert "--chars applies to baseline tfidf only" in capsys.readouterr().err
+
+
 def test_zero_shot_baseline_writes_metrics(tiny_config, tmp_path):
     m = run_zero_shot(tiny_config(), tmp_path / "zs")
     assert m["n"] == 24 and 0 < m["threshold"] < 1

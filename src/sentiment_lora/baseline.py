@@ -143,7 +143,7 @@ def _choose_c_by_cv(train: Sample, make, seed: int, classes: int) -> tuple[Pipel
 
 def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, seed: int = 42,
               label_words: tuple[str, ...] | list[str] = ("Negative", "Positive"),
-              train_size: int | None = None) -> dict:
+              train_size: int | None = None, chars: bool = False) -> dict:
     """Train on the whole train split, or a seeded sample of ``train_size`` rows drawn by
     ``data.draw`` (the config's sampling and seed); score the test split less the rows also in the
     whole train split (as every run does); write metrics.json. ``data``: a dataset path or Hub id,
@@ -161,15 +161,15 @@ def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, 
     val = unseen(prepare_split(raw[cfg.val_split], cfg.val_split, cfg, to_class), train_all) if cfg.val_split else None
     train = train_all if train_size is None else train_all.take(
         draw(cfg, train_all.labels, train_size, len(words), np.random.default_rng(cfg.seed), what="train sample"))
-    model, chosen = fit_tfidf(train, nb, seed=seed, classes=len(words), val=val)
+    model, chosen = fit_tfidf(train, nb, seed=seed, classes=len(words), val=val, chars=chars)
     train_seconds = time.perf_counter() - started
     probs = model.predict_proba(test.texts)
     preds = decide(probs)
     metrics = compute_metrics(test.labels, preds, probs, words, cfg.ordinal)
-    metrics.update({"method": "tfidf-nb-logreg" if nb else "tfidf-logreg", "dataset": cfg.dataset,
+    metrics.update({"method": f"tfidf{'-nb' if nb else ''}{'-chars' if chars else ''}-logreg", "dataset": cfg.dataset,
                     "split": cfg.test_split, "threshold": 0.5, "train_rows": len(train), "train_size": train_size,
                     "test_rows_in_train_dropped": len(test_all) - len(test), **chosen,
-                    "features": len(model.named_steps["tfidf"].vocabulary_),
+                    "features": len(model.named_steps["tfidf"].get_feature_names_out()),
                     "train_seconds": round(train_seconds, 1),
                     "wall_seconds": round(time.perf_counter() - started, 1)})
     write_dir(out, lambda tmp: (write_jsonl(tmp / PREDICTIONS, prediction_rows(test, preds, probs, words)),

@@ -12,6 +12,8 @@ def add(sub, parents: list) -> None:
                    "train split; zero-shot: the config's base model without an adapter")
     p.add_argument("--dataset", help="Hub id or local folder (tfidf: required; zero-shot: overrides data.dataset)")
     p.add_argument("--nb", action="store_true", help="tfidf: NB-weighted features (NB-SVM style)")
+    p.add_argument("--chars", action="store_true", help="tfidf: character 2-5-grams inside word boundaries beside "
+                   "the words (with --nb: the bag-of-words model of stack --baseline tfidf-nb-chars)")
     add_config(p, "the preset whose data section and label words to use (zero-shot: also its model, prompt and "
                "samples)", "override a config field by its dotted path (repeatable); tfidf trains on every row of "
                "the train split unless given --set data.train_size=N")
@@ -42,16 +44,17 @@ def _baseline(args) -> dict:
     if tfidf and not args.dataset and not args.config:
         raise usage("baseline tfidf needs --dataset (a Hub id or a local folder such as ../shared/imdb) or a "
                     "--config whose data section names one")
-    if args.nb and not tfidf:
-        raise usage("--nb applies to baseline tfidf only")
+    for flag in ("nb", "chars"):
+        if getattr(args, flag) and not tfidf:
+            raise usage(f"--{flag} applies to baseline tfidf only")
     # tfidf takes the config's data section (columns, label values, splits) and label words, when given.
     cfg = load_config(args.config, ([f"data.dataset={args.dataset}"] if args.dataset else []) + args.set)
-    out = args.output_dir or f"runs/baseline-{args.kind}{'-nb' if args.nb else ''}"
+    out = args.output_dir or f"runs/baseline-{args.kind}{'-nb' if args.nb else ''}{'-chars' if args.chars else ''}"
     check_output_folder(out, "--output-dir")
     from ..baseline import run_tfidf, run_zero_shot
 
     if tfidf:  # a preset's sample size is for the LLM; a size asked for here is the baseline's
         asked = any(s.partition("=")[0].strip() == "data.train_size" for s in args.set)
         return run_tfidf(cfg.data, out, nb=args.nb, label_words=cfg.prompt.label_words,
-                         train_size=cfg.data.train_size if asked else None)
+                         train_size=cfg.data.train_size if asked else None, chars=args.chars)
     return run_zero_shot(cfg, out)
