@@ -44,7 +44,7 @@ from sentiment_lora.prompt import Prompt
 from sentiment_lora.scoring import score
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--dataset")
@@ -53,98 +53,125 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip", nargs="*", default=[], help="leave out variants whose name contains any of these")
     ap.add_argument("--out", default="benchmarks/results/scoring-cpu.json")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    clf = SentimentClassifier.load(args.run_dir, device="cpu", dtype="float32", merge=False)
-    cfg = clf.data_config(args.dataset)
-    raw = load_splits(cfg, ["test"])["test"]
-    sample = prepare_split(raw, "test", cfg, label_mapper(cfg, clf.label_words))
-    sample = sample.take(balanced_indices(sample.labels, args.reviews, 2, np.random.default_rng(7)))
-    prompt = Prompt(clf.tokenizer, PromptConfig(**{**clf.prompt.cfg.__dict__, "max_length": args.max_length}))
-    ids = prompt.encode(sample.texts).input_ids
-    useful = sequence_flops(clf.model.get_base_model().config, [len(x) for x in ids])
-    labels, pad = clf.prompt.label_token_ids, clf.tokenizer.pad_token_id
-    threads = torch.get_num_threads()
 
-    def merged():
-        return copy.deepcopy(clf.model).merge_and_unload().eval()
+class Trials:
+    """The classifier, the reviews' prompts and each variant's model, timings and probabilities."""
 
-    def eager():
-        m = copy.deepcopy(clf.model)
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.clf = clf = SentimentClassifier.load(args.run_dir, device="cpu", dtype="float32", merge=False)
+        cfg = clf.data_config(args.dataset)
+        sample = prepare_split(load_splits(cfg, ["test"])["test"], "test", cfg, label_mapper(cfg, clf.label_words))
+        sample = sample.take(balanced_indices(sample.labels, args.reviews, 2, np.random.default_rng(7)))
+        prompt = Prompt(clf.tokenizer, PromptConfig(**{**clf.prompt.cfg.__dict__, "max_length": args.max_length}))
+        self.ids = prompt.encode(sample.texts).input_ids
+        self.useful = sequence_flops(clf.model.get_base_model().config, [len(x) for x in self.ids])
+        self.threads = torch.get_num_threads()
+        self.variants = {k: v for k, v in self.variant_table().items() if not any(s in k for s in args.skip)}
+        self.models, self.warmup, self.probs = {}, {}, {}
+        self.seconds = {name: [] for name in self.variants}
+
+    def merged(self):
+        return copy.deepcopy(self.clf.model).merge_and_unload().eval()
+
+    def eager(self):
+        m = copy.deepcopy(self.clf.model)
         m.get_base_model().set_attn_implementation("eager")
         return m
 
-    def compiled():
+    def compiled(self):
         torch._dynamo.reset()
-        m = merged()
+        m = self.merged()
         m.forward = torch.compile(m.forward, dynamic=True)
         return m
 
-    # name: (build the model, batch size, token budget, threads)
-    variants = {
-        f"baseline (adapter, sdpa, batch 4, {threads} threads)": (lambda: clf.model, 4, None, threads),
-        "eager attention": (eager, 4, None, threads),
-        "1 thread": (lambda: clf.model, 4, None, 1),
-        "batch 1": (lambda: clf.model, 1, None, threads),
-        "token budget 1024 (<= 16 texts)": (lambda: clf.model, 16, 1024, threads),
-        "LoRA merged": (merged, 4, None, threads),
-        "LoRA merged + token budget 768": (merged, 16, 768, threads),
-        "LoRA merged + token budget 1024 (new default)": (merged, 16, 1024, threads),
-        "LoRA merged + token budget 1536": (merged, 16, 1536, threads),
-        "LoRA merged + torch.compile": (compiled, 4, None, threads),
-        "LoRA merged + token budget 1024 + torch.compile": (compiled, 16, 1024, threads),
-    }
-    variants = {k: v for k, v in variants.items() if not any(s in k for s in args.skip)}
+    def variant_table(self) -> dict:
+        """name: (build the model, batch size, token budget, threads)."""
+        adapter, threads = (lambda: self.clf.model), self.threads
+        return {
+            f"baseline (adapter, sdpa, batch 4, {threads} threads)": (adapter, 4, None, threads),
+            "eager attention": (self.eager, 4, None, threads),
+            "1 thread": (adapter, 4, None, 1),
+            "batch 1": (adapter, 1, None, threads),
+            "token budget 1024 (<= 16 texts)": (adapter, 16, 1024, threads),
+            "LoRA merged": (self.merged, 4, None, threads),
+            "LoRA merged + token budget 768": (self.merged, 16, 768, threads),
+            "LoRA merged + token budget 1024 (new default)": (self.merged, 16, 1024, threads),
+            "LoRA merged + token budget 1536": (self.merged, 16, 1536, threads),
+            "LoRA merged + torch.compile": (self.compiled, 4, None, threads),
+            "LoRA merged + token budget 1024 + torch.compile": (self.compiled, 16, 1024, threads),
+        }
 
-    def run(model, batch, budget, n_threads, texts):
+    def run(self, name: str, texts) -> np.ndarray:
+        _, batch, budget, n_threads = self.variants[name]
         torch.set_num_threads(n_threads)
         try:
-            return score(model, texts, labels, pad, batch, max_tokens=budget)
+            return score(self.models[name], texts, self.clf.prompt.label_token_ids, self.clf.tokenizer.pad_token_id,
+                         batch, max_tokens=budget)
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self.threads)
 
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    warm = [ids[i] for i in order[-16:] + order[:16]]  # the longest and shortest shapes
-    models, warmup = {}, {}
-    for name, (build, batch, budget, n) in variants.items():
-        start = time.perf_counter()
-        models[name] = build()
-        run(models[name], batch, budget, n, warm)
-        warmup[name] = time.perf_counter() - start
-        print(f"built and warmed up {name} in {warmup[name]:.0f} s", flush=True)
-
-    limit, _ = matmul_flops(torch.device("cpu"))
-    seconds = {name: [] for name in variants}
-    probs = {}
-    for r in range(args.rounds):
-        for name, (_, batch, budget, n) in variants.items():
+    def build_all(self) -> None:
+        """Each model built and warmed up on the longest and shortest shapes (for torch.compile the
+        warm-up is its compilation)."""
+        order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
+        warm = [self.ids[i] for i in order[-16:] + order[:16]]
+        for name, (build, *_) in self.variants.items():
             start = time.perf_counter()
-            probs[name] = run(models[name], batch, budget, n, ids)
-            seconds[name].append(time.perf_counter() - start)
-        print(f"round {r + 1} of {args.rounds} done", flush=True)
-    limit = max(limit, matmul_flops(torch.device("cpu"))[0])  # the limit at its best, before and after
+            self.models[name] = build()
+            self.run(name, warm)
+            self.warmup[name] = time.perf_counter() - start
+            print(f"built and warmed up {name} in {self.warmup[name]:.0f} s", flush=True)
 
-    ref = probs[next(iter(variants))]
-    rows = []
-    for name in variants:
-        s = statistics.median(seconds[name])
-        agree = decide(probs[name], clf.threshold) == decide(ref, clf.threshold)
-        rows.append({"variant": name, "warmup_s": round(warmup[name], 1),
-                     "seconds": [round(x, 2) for x in seconds[name]],
-                     "reviews_per_s": round(len(ids) / s, 3), "mfu": round(useful / s / limit, 4),
-                     "label_agreement": float(agree.mean()),
-                     "max_prob_diff": float(np.abs(probs[name] - ref).max())})
+    def time_rounds(self) -> float:
+        """Every variant in turn each round; the fp32 matmul limit at its best, before and after."""
+        limit, _ = matmul_flops(torch.device("cpu"))
+        for r in range(self.args.rounds):
+            for name in self.variants:
+                start = time.perf_counter()
+                self.probs[name] = self.run(name, self.ids)
+                self.seconds[name].append(time.perf_counter() - start)
+            print(f"round {r + 1} of {self.args.rounds} done", flush=True)
+        return max(limit, matmul_flops(torch.device("cpu"))[0])
+
+    def rows(self, limit: float) -> list[dict]:
+        ref, threshold = self.probs[next(iter(self.variants))], self.clf.threshold
+        rows = []
+        for name in self.variants:
+            s = statistics.median(self.seconds[name])
+            agree = decide(self.probs[name], threshold) == decide(ref, threshold)
+            rows.append({"variant": name, "warmup_s": round(self.warmup[name], 1),
+                         "seconds": [round(x, 2) for x in self.seconds[name]],
+                         "reviews_per_s": round(len(self.ids) / s, 3), "mfu": round(self.useful / s / limit, 4),
+                         "label_agreement": float(agree.mean()),
+                         "max_prob_diff": float(np.abs(self.probs[name] - ref).max())})
+        return rows
+
+
+def print_table(rows: list[dict], ids, limit: float, rounds: int) -> None:
     base = rows[0]["reviews_per_s"]
     print(f"\n{len(ids)} reviews, {sum(map(len, ids))} tokens, fp32 matmul limit {limit / 1e9:.0f} GFLOP/s, "
-          f"medians of {args.rounds} rounds\n")
+          f"medians of {rounds} rounds\n")
     print("| variant | reviews/s | vs baseline | MFU | label agreement | max prob diff | warm-up s |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['variant']} | {row['reviews_per_s']:.2f} | {row['reviews_per_s'] / base:.2f}x | "
               f"{100 * row['mfu']:.1f}% | {100 * row['label_agreement']:.1f}% | {row['max_prob_diff']:.1e} | "
               f"{row['warmup_s']:.0f} |")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    trials = Trials(args)
+    trials.build_all()
+    limit = trials.time_rounds()
+    rows = trials.rows(limit)
+    print_table(rows, trials.ids, limit, args.rounds)
+    ids = trials.ids
     result = {"reviews": len(ids), "tokens": sum(map(len, ids)), "max_length": args.max_length, "rounds": args.rounds,
-              "matmul_limit_gflops": round(limit / 1e9, 1), "threads": threads,
+              "matmul_limit_gflops": round(limit / 1e9, 1), "threads": trials.threads,
               "machine": platform.processor() or platform.machine(), "cpu": this_cpu().to_dict(), "variants": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {args.out}")

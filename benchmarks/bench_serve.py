@@ -179,7 +179,7 @@ def measure_offline(run_dir: str, texts: list[str], warmup: list[str], precision
                     f"{clf.batch_size} reviews and {clf.max_batch_tokens} padded tokens); no per-request latency"}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", nargs="?", default="runs/demo")
     ap.add_argument("--dataset", default="../shared/imdb")
@@ -191,15 +191,17 @@ def main() -> None:
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"],
                     help="the servers' and the offline scorer's --precision (default: the classifier's own)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve-cpu.json"))
-    args = ap.parse_args()
-    given = ["--precision", args.precision] if args.precision else []
+    return ap.parse_args()
 
-    texts = reviews(args.dataset, args.requests + 8, args.seed)
-    warmup, texts = texts[:8], texts[8:]
-    loads = {1: texts[: args.requests_c1], 32: texts}
+
+def both_servers(args, given: list[str]) -> dict:
+    """(a) as shipped and (b) with batching off, on the same run."""
+    return {"a": start_server(args.run_dir, given), "b": start_server(args.run_dir, [*given, "--max-batch-texts", "1"])}
+
+
+def long_reviews(args, given: list[str], warmup: list[str], loads: dict) -> dict:
     results = {"a": {}, "b": {}}
-    servers = {"a": start_server(args.run_dir, given),
-                   "b": start_server(args.run_dir, [*given, "--max-batch-texts", "1"])}
+    servers = both_servers(args, given)
     try:
         urls = {name: url for name, (_, url) in servers.items()}
         for url in urls.values():  # first calls pay one-off costs
@@ -216,36 +218,52 @@ def main() -> None:
         for proc, _ in servers.values():
             stop_server(proc)
     print("(c) offline scoring of the same reviews", flush=True)
-    results["c"] = measure_offline(args.run_dir, texts, warmup, args.precision)
+    results["c"] = measure_offline(args.run_dir, loads[32], warmup, args.precision)
     print(f"  {results['c']}")
-    if args.short_dataset:
-        # Where batching pays on a CPU: short texts, whose model calls are mostly fixed overhead.
-        short = reviews(args.short_dataset, args.requests + 8, args.seed)
-        results["short"] = {"dataset": dataset_record(args.short_dataset)}
-        servers = {"a": start_server(args.run_dir, given),
-                   "b": start_server(args.run_dir, [*given, "--max-batch-texts", "1"])}
-        try:
-            for name, (_, url) in servers.items():
-                asyncio.run(drive(url, short[:8], 4, args.max_seconds))
-                results["short"][name] = {"32": under_load(url, short[8:], 32, args.max_seconds)}
-                print(f"short texts, C=32 ({name}): {results['short'][name]['32']}", flush=True)
-        finally:
-            for proc, _ in servers.values():
-                stop_server(proc)
-        results["short"]["c"] = measure_offline(args.run_dir, short[8:], short[:8], args.precision)
-        print(f"short texts, offline: {results['short']['c']}", flush=True)
+    return results
+
+
+def short_texts(args, given: list[str]) -> dict:
+    """Where batching pays on a CPU: short texts, whose model calls are mostly fixed overhead."""
+    short = reviews(args.short_dataset, args.requests + 8, args.seed)
+    results = {"dataset": dataset_record(args.short_dataset)}
+    servers = both_servers(args, given)
+    try:
+        for name, (_, url) in servers.items():
+            asyncio.run(drive(url, short[:8], 4, args.max_seconds))
+            results[name] = {"32": under_load(url, short[8:], 32, args.max_seconds)}
+            print(f"short texts, C=32 ({name}): {results[name]['32']}", flush=True)
+    finally:
+        for proc, _ in servers.values():
+            stop_server(proc)
+    results["c"] = measure_offline(args.run_dir, short[8:], short[:8], args.precision)
+    print(f"short texts, offline: {results['c']}", flush=True)
+    return results
+
+
+def ratios(results: dict) -> dict:
     a, b, c = results["a"]["32"], results["b"]["32"], results["c"]
-    results["summary"] = {
-        "a_over_c_at_32": round(a["reviews_per_s"] / c["reviews_per_s"], 3),
-        "a_over_b_at_32": round(a["reviews_per_s"] / b["reviews_per_s"], 3),
-        "a_minus_b_p50_ms_at_1": round(results["a"]["1"]["p50_ms"] - results["b"]["1"]["p50_ms"], 1),
-        "c_over_b_at_32": round(c["reviews_per_s"] / b["reviews_per_s"], 3),
-        **({"short_a_over_b_at_32": round(results["short"]["a"]["32"]["reviews_per_s"]
-                                          / results["short"]["b"]["32"]["reviews_per_s"], 3),
-            "short_a_over_c_at_32": round(results["short"]["a"]["32"]["reviews_per_s"]
-                                          / results["short"]["c"]["reviews_per_s"], 3)}
-           if "short" in results else {}),
-    }
+    out = {"a_over_c_at_32": round(a["reviews_per_s"] / c["reviews_per_s"], 3),
+           "a_over_b_at_32": round(a["reviews_per_s"] / b["reviews_per_s"], 3),
+           "a_minus_b_p50_ms_at_1": round(results["a"]["1"]["p50_ms"] - results["b"]["1"]["p50_ms"], 1),
+           "c_over_b_at_32": round(c["reviews_per_s"] / b["reviews_per_s"], 3)}
+    if "short" in results:
+        short = results["short"]
+        out["short_a_over_b_at_32"] = round(short["a"]["32"]["reviews_per_s"] / short["b"]["32"]["reviews_per_s"], 3)
+        out["short_a_over_c_at_32"] = round(short["a"]["32"]["reviews_per_s"] / short["c"]["reviews_per_s"], 3)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    given = ["--precision", args.precision] if args.precision else []
+    texts = reviews(args.dataset, args.requests + 8, args.seed)
+    warmup, texts = texts[:8], texts[8:]
+    loads = {1: texts[: args.requests_c1], 32: texts}
+    results = long_reviews(args, given, warmup, loads)
+    if args.short_dataset:
+        results["short"] = short_texts(args, given)
+    results["summary"] = ratios(results)
     results["setup"] = {"run_dir": args.run_dir, "dataset": dataset_record(args.dataset), "requests_at_32": len(texts),
                         "requests_at_1": len(loads[1]), "machine": platform.platform(),
                         "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -129,6 +129,108 @@ def ours_train(model, tok, prompt: Prompt, train_ids: list[list[int]], labels: l
 
 # ---- the benchmark --------------------------------------------------------------------
 
+class Bench:
+    """Both sides' models, the prompts and every repeat's figures; ``run`` alternates the sides."""
+
+    def __init__(self, base, tok, cfg: Config, steps: int, device: torch.device, progress=print):
+        import copy
+
+        from accelerate import Accelerator
+
+        self.gpu = device.type == "cuda"
+        self.accelerator = Accelerator(cpu=not self.gpu, mixed_precision="bf16" if self.gpu else "no")
+        self.models = {"seed": base, "ours": copy.deepcopy(base).to(torch.bfloat16) if self.gpu else base}
+        self.tok, self.cfg, self.steps, self.device, self.progress = tok, cfg, steps, device, progress
+        self.prompt = Prompt(tok, cfg.prompt)
+        self.n_train = steps * cfg.train.batch_size * cfg.train.grad_accum
+        self.model_cfg = base.config
+        self.runs = {"ours": {"train": [], "score": []}, "seed": {"train": [], "score": []}}
+        self.probs: dict[str, np.ndarray] = {}
+
+    def train(self, side: str, model, texts: list[str], labels: list[int], train_ids: list[list[int]]):
+        if side == "ours":
+            t = ours_train(model, self.tok, self.prompt, train_ids, labels, self.cfg, self.accelerator)
+            return t, self.accelerator.unwrap_model(model)
+        t = seed_train(model, self.tok, texts, labels, self.cfg.prompt.label_words, self.steps, self.device,
+                       self.cfg.train.seed)
+        self.tok.padding_side = "left"
+        return t, model
+
+    def score(self, side: str, model, test_ids: list[list[int]]) -> tuple[np.ndarray, dict]:
+        """Scored with the base weights only, so both sides see the very same model."""
+        with model.disable_adapter():
+            reset_peak_memory(self.device)
+            _sync(self.device)
+            start = time.perf_counter()
+            if side == "ours":
+                probs = score(model, test_ids, self.prompt.label_token_ids, self.tok.pad_token_id,
+                              self.cfg.eval.batch_size)
+            else:
+                probs = seed_score(model, test_ids, self.prompt.label_token_ids, self.device)
+            _sync(self.device)
+            return probs, {"seconds": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb(self.device)}
+
+    def repeat(self, rep: int, repeats: int, texts, labels, train_ids, test_ids) -> None:
+        for side in ("ours", "seed"):
+            t, model = self.train(side, add_lora(self.models[side], self.cfg.lora), texts, labels, train_ids)
+            self.probs[side], s = self.score(side, model, test_ids)
+            self.models[side] = model.unload()
+            t["flops"] = sequence_flops(self.model_cfg, t.pop("lengths"), backward=True)
+            self.runs[side]["train"].append(t)
+            self.runs[side]["score"].append(s)
+            self.progress(f"repeat {rep + 1}/{repeats} {side}: train {t['tokens'] / t['seconds']:.0f} tokens/s, "
+                          f"score {len(test_ids) / s['seconds']:.2f} reviews/s")
+
+    def bf16_opt_in(self, test_ids: list[list[int]], repeats: int) -> dict:
+        """bf16 scoring on a CPU, opt-in there, against the seed's fp32 labels."""
+        import copy
+
+        cpu16 = copy.deepcopy(self.models["ours"]).to(torch.bfloat16)
+        speeds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            probs16 = score(cpu16, test_ids, self.prompt.label_token_ids, self.tok.pad_token_id,
+                            self.cfg.eval.batch_size)
+            speeds.append(len(test_ids) / (time.perf_counter() - start))
+        seed_speed = statistics.median(len(test_ids) / r["seconds"] for r in self.runs["seed"]["score"])
+        ours, seed_probs = statistics.median(speeds), self.probs["seed"]
+        self.progress(f"bf16 scoring (opt-in): {ours:.2f} reviews/s")
+        return {"bf16_score_reviews_per_s": {"ours": round(ours, 3), "seed": round(seed_speed, 3),
+                                             "ratio": round(ours / seed_speed, 3)},
+                "bf16_agreement": round(float((probs16.argmax(1) == seed_probs.argmax(1)).mean()), 4),
+                "bf16_max_prob_diff": float(np.abs(probs16 - seed_probs).max())}
+
+    def figure(self, f, phase: str) -> dict:
+        ours, seed = (statistics.median(f(r) for r in self.runs[side][phase]) for side in ("ours", "seed"))
+        return {"ours": round(ours, 3), "seed": round(seed, 3), "ratio": round(ours / seed, 3)}
+
+    def result(self, test_ids: list[list[int]], repeats: int, opt_in: dict | None) -> dict:
+        limit, limit_dtype = matmul_flops(self.device)
+        score_flops = sequence_flops(self.model_cfg, [len(x) for x in test_ids])
+        ours_probs, seed_probs = self.probs["ours"], self.probs["seed"]
+        figure = self.figure
+        return {
+            "device": _device_name(self.device),
+            "cpu": this_cpu().to_dict(),
+            "model": getattr(self.model_cfg, "_name_or_path", "") or self.model_cfg.model_type,
+            "steps": self.steps, "effective_batch": SEED_BATCH * SEED_ACCUM, "repeats": repeats,
+            "ours_micro_batch": self.cfg.train.batch_size, "ours_eval_batch": self.cfg.eval.batch_size,
+            "score_reviews": len(test_ids), "max_length": SEED_MAX_LENGTH,
+            "train_tokens_per_s": figure(lambda r: r["tokens"] / r["seconds"], "train"),
+            "train_reviews_per_s": figure(lambda r: r["reviews"] / r["seconds"], "train"),
+            "score_reviews_per_s": figure(lambda r: len(test_ids) / r["seconds"], "score"),
+            "peak_mem_mb": {"train": figure(lambda r: r["peak_mem_mb"], "train"),
+                            "score": figure(lambda r: r["peak_mem_mb"], "score")},
+            "agreement": round(float((ours_probs.argmax(1) == seed_probs.argmax(1)).mean()), 4),
+            "max_prob_diff": float(np.abs(ours_probs - seed_probs).max()),
+            "positive_rate": {"ours": float(ours_probs.argmax(1).mean()), "seed": float(seed_probs.argmax(1).mean())},
+            "matmul_flops": {"value": round(limit), "dtype": limit_dtype},
+            "cpu_bf16_opt_in": opt_in,
+            "mfu": {"train": figure(lambda r: r["flops"] / r["seconds"] / limit, "train"),
+                    "score": figure(lambda r: score_flops / r["seconds"] / limit, "score")},
+        }
+
+
 def run_benchmark(base, tok, cfg: Config, train_texts: list[str], train_labels: list[int], test_texts: list[str],
                   steps: int, repeats: int, device: torch.device, progress=print) -> dict:
     """Alternate both sides ``repeats`` times; returns the figures (medians and ratios).
@@ -137,104 +239,14 @@ def run_benchmark(base, tok, cfg: Config, train_texts: list[str], train_labels: 
     copy of ``base``). On a CPU both sides run in fp32; bf16 scoring, which is opt-in there
     (``model.dtype=bfloat16``), is measured afterwards as an extra row with its own agreement.
     """
-    import copy
-
-    from accelerate import Accelerator
-
-    gpu = device.type == "cuda"
-    accelerator = Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no")
-    models = {"seed": base, "ours": copy.deepcopy(base).to(torch.bfloat16) if gpu else base}
-    prompt = Prompt(tok, cfg.prompt)
-    label_words = cfg.prompt.label_words
-    n_train = steps * cfg.train.batch_size * cfg.train.grad_accum
-    train_ids = prompt.encode(train_texts[:n_train]).input_ids
-    test_ids = prompt.encode(test_texts).input_ids
-    model_cfg = base.config
-
-    runs = {"ours": {"train": [], "score": []}, "seed": {"train": [], "score": []}}
-    ours_probs = seed_probs = None
+    bench = Bench(base, tok, cfg, steps, device, progress)
+    texts, labels = train_texts[: bench.n_train], train_labels[: bench.n_train]
+    train_ids = bench.prompt.encode(texts).input_ids
+    test_ids = bench.prompt.encode(test_texts).input_ids
     for rep in range(repeats):
-        for side in ("ours", "seed"):
-            model = add_lora(models[side], cfg.lora)
-            if side == "ours":
-                t = ours_train(model, tok, prompt, train_ids, train_labels[:n_train], cfg, accelerator)
-                model = accelerator.unwrap_model(model)
-            else:
-                t = seed_train(model, tok, train_texts[:n_train], train_labels[:n_train], label_words, steps,
-                               device, cfg.train.seed)
-                tok.padding_side = "left"
-            # Score with the base weights only, so both sides see the very same model.
-            with model.disable_adapter():
-                reset_peak_memory(device)
-                _sync(device)
-                start = time.perf_counter()
-                if side == "ours":
-                    probs = score(model, test_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size)
-                else:
-                    probs = seed_score(model, test_ids, prompt.label_token_ids, device)
-                _sync(device)
-                s = {"seconds": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb(device)}
-            models[side] = model.unload()
-            if side == "ours":
-                ours_probs = probs
-            else:
-                seed_probs = probs
-            t["flops"] = sequence_flops(model_cfg, t.pop("lengths"), backward=True)
-            runs[side]["train"].append(t)
-            runs[side]["score"].append(s)
-            progress(f"repeat {rep + 1}/{repeats} {side}: train {t['tokens'] / t['seconds']:.0f} tokens/s, "
-                     f"score {len(test_ids) / s['seconds']:.2f} reviews/s")
-
-    score_flops = sequence_flops(model_cfg, [len(x) for x in test_ids])
-    agree = float((ours_probs.argmax(1) == seed_probs.argmax(1)).mean())
-    opt_in = None
-    if not gpu:
-        cpu16 = copy.deepcopy(models["ours"]).to(torch.bfloat16)
-        speeds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            probs16 = score(cpu16, test_ids, prompt.label_token_ids, tok.pad_token_id, cfg.eval.batch_size)
-            speeds.append(len(test_ids) / (time.perf_counter() - start))
-        del cpu16
-        seed_speed = statistics.median(len(test_ids) / r["seconds"] for r in runs["seed"]["score"])
-        opt_in = {"bf16_score_reviews_per_s": {"ours": round(statistics.median(speeds), 3),
-                                                "seed": round(seed_speed, 3),
-                                                "ratio": round(statistics.median(speeds) / seed_speed, 3)},
-                  "bf16_agreement": round(float((probs16.argmax(1) == seed_probs.argmax(1)).mean()), 4),
-                  "bf16_max_prob_diff": float(np.abs(probs16 - seed_probs).max())}
-        progress(f"bf16 scoring (opt-in): {statistics.median(speeds):.2f} reviews/s")
-    limit, limit_dtype = matmul_flops(device)
-
-    def med(side, phase, f):
-        return statistics.median(f(r) for r in runs[side][phase])
-
-    def figure(f, phase):
-        ours, seed = med("ours", phase, f), med("seed", phase, f)
-        return {"ours": round(ours, 3), "seed": round(seed, 3), "ratio": round(ours / seed, 3)}
-
-    result = {
-        "device": _device_name(device),
-        "cpu": this_cpu().to_dict(),
-        "model": getattr(model_cfg, "_name_or_path", "") or model_cfg.model_type,
-        "steps": steps, "effective_batch": SEED_BATCH * SEED_ACCUM, "repeats": repeats,
-        "ours_micro_batch": cfg.train.batch_size, "ours_eval_batch": cfg.eval.batch_size,
-        "score_reviews": len(test_ids), "max_length": SEED_MAX_LENGTH,
-        "train_tokens_per_s": figure(lambda r: r["tokens"] / r["seconds"], "train"),
-        "train_reviews_per_s": figure(lambda r: r["reviews"] / r["seconds"], "train"),
-        "score_reviews_per_s": figure(lambda r: len(test_ids) / r["seconds"], "score"),
-        "peak_mem_mb": {"train": figure(lambda r: r["peak_mem_mb"], "train"),
-                        "score": figure(lambda r: r["peak_mem_mb"], "score")},
-        "agreement": round(agree, 4),
-        "max_prob_diff": float(np.abs(ours_probs - seed_probs).max()),
-        "positive_rate": {"ours": float(ours_probs.argmax(1).mean()), "seed": float(seed_probs.argmax(1).mean())},
-        "matmul_flops": {"value": round(limit), "dtype": limit_dtype},
-        "cpu_bf16_opt_in": opt_in,
-        "mfu": {
-            "train": figure(lambda r: r["flops"] / r["seconds"] / limit, "train"),
-            "score": figure(lambda r: score_flops / r["seconds"] / limit, "score"),
-        },
-    }
-    return result
+        bench.repeat(rep, repeats, texts, labels, train_ids, test_ids)
+    opt_in = None if bench.gpu else bench.bf16_opt_in(test_ids, repeats)
+    return bench.result(test_ids, repeats, opt_in)
 
 
 def _device_name(device: torch.device) -> str:
