@@ -33,11 +33,14 @@ def test_tfidf_baseline_learns_the_tiny_data(tiny_data_dir, tmp_path, nb):
         run_tfidf(str(tiny_data_dir), tmp_path / "out", nb=nb)
 
 
-def test_the_stacks_character_model_scores_alone_from_the_command_line(tiny_data_dir, tmp_path, capsys):
+def test_the_stacks_character_model_scores_alone_from_the_command_line(tiny_data_dir, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default folder is named as the stack names the model
     args = ["baseline", "tfidf", "--dataset", str(tiny_data_dir), "--nb"]
     assert main([*args, "--output-dir", str(tmp_path / "words")]) == 0
-    assert main([*args, "--chars", "--output-dir", str(tmp_path / "chars")]) == 0
-    words, chars = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("words", "chars"))
+    assert main([*args, "--chars"]) == 0
+    folders = ("words", "runs/baseline-tfidf-nb-chars")
+    words, chars = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in folders)
     assert (words["method"], chars["method"]) == ("tfidf-nb-logreg", "tfidf-nb-chars-logreg")
     assert chars["features"] > words["features"] and chars["accuracy"] >= 0.9
     assert "tfidf-nb-chars-logreg: accuracy" in capsys.readouterr().out

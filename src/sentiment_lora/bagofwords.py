@@ -18,9 +18,13 @@ class BagOfWords:
     """Character 2-5-grams inside word boundaries join the words: they catch misspellings,
     inflections and compounds that a word vocabulary splits or misses."""
 
+    @property
+    def name(self) -> str:
+        """The model's name: in ``stack.baseline``, a baseline's ``method`` and its default folder."""
+        return f"tfidf{'-nb' if self.nb else ''}{'-chars' if self.chars else ''}"
 
-BASELINES = {"tfidf": BagOfWords(), "tfidf-nb": BagOfWords(nb=True),
-             "tfidf-nb-chars": BagOfWords(nb=True, chars=True)}
+
+BASELINES = {m.name: m for m in (BagOfWords(), BagOfWords(nb=True), BagOfWords(nb=True, chars=True))}
 
 
 def baseline_problem(name: str, classes: int) -> str | None:

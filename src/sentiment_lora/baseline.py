@@ -16,6 +16,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from .bagofwords import BagOfWords
 from .config import Config, DataConfig
 from .data import Sample, balanced_indices, draw, label_mapper, load_splits, prepare_split, stratified_indices, unseen
 from .decision import apply_bias, best_threshold, decide, fit_bias
@@ -166,7 +167,7 @@ def run_tfidf(data: DataConfig | str, output_dir: str | Path, nb: bool = False, 
     probs = model.predict_proba(test.texts)
     preds = decide(probs)
     metrics = compute_metrics(test.labels, preds, probs, words, cfg.ordinal)
-    metrics.update({"method": f"tfidf{'-nb' if nb else ''}{'-chars' if chars else ''}-logreg", "dataset": cfg.dataset,
+    metrics.update({"method": f"{BagOfWords(nb, chars).name}-logreg", "dataset": cfg.dataset,
                     "split": cfg.test_split, "threshold": 0.5, "train_rows": len(train), "train_size": train_size,
                     "test_rows_in_train_dropped": len(test_all) - len(test), **chosen,
                     "features": len(model.named_steps["tfidf"].get_feature_names_out()),

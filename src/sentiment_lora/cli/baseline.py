@@ -37,6 +37,7 @@ def run(args) -> int:
 
 
 def _baseline(args) -> dict:
+    from ..bagofwords import BagOfWords
     from ..config import load_config
     from ..storage import check_output_folder
 
@@ -49,7 +50,8 @@ def _baseline(args) -> dict:
             raise usage(f"--{flag} applies to baseline tfidf only")
     # tfidf takes the config's data section (columns, label values, splits) and label words, when given.
     cfg = load_config(args.config, ([f"data.dataset={args.dataset}"] if args.dataset else []) + args.set)
-    out = args.output_dir or f"runs/baseline-{args.kind}{'-nb' if args.nb else ''}{'-chars' if args.chars else ''}"
+    kind = BagOfWords(args.nb, args.chars).name if tfidf else args.kind
+    out = args.output_dir or f"runs/baseline-{kind}"
     check_output_folder(out, "--output-dir")
     from ..baseline import run_tfidf, run_zero_shot
 
