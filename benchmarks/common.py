@@ -96,8 +96,8 @@ MADE = ".made-by-benchmarks.json"
 
 def fresh_folder(work: str | Path, name: str, bench: str) -> Path:
     """``work/name``, absent, for one part of ``bench`` to write. A folder already there is
-    removed only when ``work``'s record says ``bench`` made it (and it is no link); any other is refused in one line
-    with nothing touched, since it may hold a user's own run."""
+    removed only when ``work``'s record says ``bench`` made it (and it is no link); any other is
+    refused in one line with nothing touched, since it may hold a user's own run."""
     work = Path(work)
     folder, record = work / name, work / MADE
     made = json.loads(record.read_text()) if record.is_file() else {}

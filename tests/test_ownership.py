@@ -149,6 +149,19 @@ def test_a_folder_filled_while_writing_is_not_replaced(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_replacing_its_own_folder_leaves_a_look_alike_of_the_old_one_alone(tmp_path):
+    from sentiment_lora.storage import write_dir
+
+    theirs = tmp_path / ".adapter.old"  # a user's folder, named as the old copy once was
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    for version in ("1", "2"):
+        write_dir(tmp_path / "adapter", lambda tmp, v=version: (tmp / "weights").write_text(v), replace=True)
+    assert (tmp_path / "adapter" / "weights").read_text() == "2"
+    assert (theirs / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adapter.old", "adapter"]  # nothing of ours left
+
+
 def test_two_evaluations_in_one_second_get_two_folders(tmp_path, monkeypatch):
     from datetime import datetime
 

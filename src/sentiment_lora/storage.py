@@ -82,9 +82,8 @@ def write_dir(path: str | Path, save: Callable[[Path], None], replace: bool = Fa
                 os.chmod(f, 0o666 & ~_umask())
         if not replace:
             _move_into(tmp, path)
-        elif path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        elif path.exists():  # the old folder goes to a fresh name of ours, never onto one that may be a user's
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
