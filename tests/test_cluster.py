@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,9 @@ def test_ray_engine_reads_a_dataset_split_and_globs(reviews, tiny_run, tmp_path,
     reviews[:20].to_parquet(data / "test-00000-of-00002.parquet")
     reviews[20:].to_parquet(data / "test-00001-of-00002.parquet")
     reviews[:3].to_parquet(data / "train-00000-of-00001.parquet")
+    # One actor, then two in the same process: the instance started for one is started again.
     rc = main(["predict", str(tiny_run), "--engine", "ray", "--dataset", str(data), "--split", "test",
-               "--id-field", "review_id", "--output", str(tmp_path / "a"), "--device", "cpu"])
+               "--id-field", "review_id", "--output", str(tmp_path / "a"), "--device", "cpu", "--concurrency", "1"])
     assert rc == 0, capsys.readouterr().err
     # The output folder reads as one dataset: every shard has the same schema.
     got = pd.read_parquet(tmp_path / "a").sort_values("review_id")
@@ -102,6 +104,28 @@ def test_ray_engine_reads_a_dataset_split_and_globs(reviews, tiny_run, tmp_path,
                "--id-field", "review_id", "--output", str(tmp_path / "b"), "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     assert len(pd.read_parquet(tmp_path / "b")) == len(reviews)
+
+
+def test_more_actors_than_the_running_instance_can_hold_is_not_a_hang():
+    """Ray Data's read and write tasks need a CPU beside the actors': an instance started for fewer
+    actors by an earlier call is started again with more; one started by the user is left as it
+    is, with one line, rather than waited on for ever."""
+    import ray
+
+    from sentiment_lora.cluster import start_ray
+    from sentiment_lora.errors import UserError
+
+    ray.shutdown()
+    start_ray(ray, None, 1)
+    start_ray(ray, None, (os.cpu_count() or 1) + 2)  # more than the first start gave: started again
+    assert ray.cluster_resources()["CPU"] == (os.cpu_count() or 1) + 3
+    ray.shutdown()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # the user's own instance
+    node = ray.get_runtime_context().get_node_id()
+    with pytest.raises(UserError, match="has 1 CPUs, and 2 for the actors plus one"):
+        start_ray(ray, None, 2)
+    assert ray.is_initialized() and ray.get_runtime_context().get_node_id() == node
+    ray.shutdown()
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -146,11 +146,8 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
         raise UserError(f"--output {output!r} exists and is not empty; choose a new folder for the parquet shards")
     ray = require_ray()
     started = time.perf_counter()
-    # One logical CPU more than the actors reserve, or Ray Data's read and write tasks wait for ever.
-    cpus = None if address else max(os.cpu_count() or 1, int(np.ceil(concurrency * cpus_per_actor)) + 1)
     with quiet_ray():
-        ray.init(address=address, num_cpus=cpus, ignore_reinit_error=True, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        start_ray(ray, address, int(np.ceil(concurrency * cpus_per_actor)))
         ds = _read_input(paths, kind, field, id_field)
         # An actor gets a whole block per task and a small file is one block: one batch a block, or one actor does all.
         ds = ds.repartition(target_num_rows_per_block=batch_size)
@@ -161,6 +158,32 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
                                 num_gpus=1 if device.startswith("cuda") else 0, batch_format="pandas")
         shards, rows = _write_shards(scored, ds, paths, output, rows_per_shard, on_cluster=address is not None)
     return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "output": output}
+
+
+_STARTED: dict[str, str] = {}
+"""The node id of the local Ray instance ``start_ray`` started in this process, if any."""
+
+
+def start_ray(ray, address: str | None, reserved: int) -> None:
+    """Ray, connected or started, with one logical CPU more than the actors reserve: otherwise
+    Ray Data's read and write tasks wait for ever. An instance this function started with too
+    few (an earlier call asked for fewer actors) is started again; one started by someone else
+    is never stopped, and a shortfall there is one line."""
+    need = reserved + 1
+    if address is None and ray.is_initialized():
+        have = int(ray.cluster_resources().get("CPU", 0))
+        if have >= need:
+            return
+        if _STARTED.get("node") != ray.get_runtime_context().get_node_id():
+            raise UserError(f"the Ray instance already running in this process has {have} CPUs, and "
+                            f"{reserved} for the actors plus one for reading and writing are needed; ask "
+                            f"for fewer actors (concurrency), or start Ray with num_cpus={need}")
+        ray.shutdown()
+    cpus = None if address else max(os.cpu_count() or 1, need)
+    ray.init(address=address, num_cpus=cpus, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    if address is None:
+        _STARTED["node"] = ray.get_runtime_context().get_node_id()
 
 
 def _read_input(paths: list[str], kind: str, field: str, id_field: str):
