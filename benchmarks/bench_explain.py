@@ -29,6 +29,7 @@ from sentiment_lora.decision import decide
 from sentiment_lora.explain import (
     MAX_STEPS,
     N_STEPS,
+    TOLERANCE,
     baseline_ids,
     calibrated_forward,
     deletion_check,
@@ -89,17 +90,17 @@ def path(clf: SentimentClassifier, text: str, points: int = 65) -> dict:
 
 
 def deletion(clf: SentimentClassifier, texts: list[str], k: int, draws: int, steps: tuple[int, int], out: Path,
-             result: dict) -> dict:
+             result: dict, tolerance: float = TOLERANCE) -> dict:
     rng = np.random.default_rng(0)
     rows, deltas = [], []
     for i, text in enumerate(texts):
-        e = explain(clf, [text], n_steps=steps[0], max_steps=steps[1])[0]
+        e = explain(clf, [text], n_steps=steps[0], max_steps=steps[1], tolerance=tolerance)[0]
         deltas.append(abs(e.delta))
         pair = deletion_check(clf, e, k, draws, rng)
         if pair is not None:
             rows.append(pair)
         if (i + 1) % 5 == 0 or i + 1 == len(texts):  # partial results survive an interruption
-            result["deletion"] = summary(rows, deltas, k, draws, steps, len(texts))
+            result["deletion"] = {**summary(rows, deltas, k, draws, steps, len(texts)), "tolerance": tolerance}
             write_json(out, result)
             print(i + 1, json.dumps(result["deletion"]), flush=True)
     return result["deletion"]
@@ -128,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=5, help="random deletions per review")
     ap.add_argument("--n-steps", type=int, default=N_STEPS, help="integral steps of the first try")
     ap.add_argument("--max-steps", type=int, default=MAX_STEPS, help="steps of the retry of an unfaithful one")
+    ap.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest |completeness delta| shown "
+                    "(a large value checks every explanation, whatever its delta, by deletion alone)")
     ap.add_argument("--rounds", type=int, default=3, help="timed explanations of the full-budget review (0: none)")
     ap.add_argument("--precision", default=None, help="scoring precision (default: the classifier's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/explain-cpu.json"))
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
                   argv or sys.argv[1:]), "timing": timing(clf, texts, steps, args.rounds) if args.rounds else None}
     write_json(args.out, result)
     print(json.dumps(result["timing"]), flush=True)
-    deletion(clf, texts, args.k, args.draws, steps, Path(args.out), result)
+    deletion(clf, texts, args.k, args.draws, steps, Path(args.out), result, args.tolerance)
     print(json.dumps(result, indent=2))
     return 0
 
