@@ -59,12 +59,10 @@ _KEYS = {"adapter": dict, "optimizer": dict, "scheduler": dict, "step": int, "lo
 
 def _ours(name: str) -> bool:
     """A run's own file, or the leftover of one of its atomic writes killed midway
-    (``.NAME.XXXX.tmp``, write_dir's ``.NAME.old``), NAME being a run file."""
+    (``.NAME.XXXX.tmp``, or write_dir's ``.NAME.XXXX.old``), NAME being a run file."""
     if name in RUN_FILES:
         return True
-    if name.startswith(".") and name.endswith(".old"):
-        return name[1:-4] in RUN_FILES
-    return name.startswith(".") and name.endswith(".tmp") and name[1:].split(".")[0] in _STEMS
+    return name.startswith(".") and name.endswith((".tmp", ".old")) and name[1:].split(".")[0] in _STEMS
 
 
 _STEMS = {n.split(".")[0] for n in RUN_FILES}
