@@ -75,15 +75,10 @@ def path(clf: SentimentClassifier, text: str, points: int = 65) -> dict:
     base = torch.tensor([baseline_ids(clf, ids, [i for i, _, _ in review_tokens(clf, ids)[1]])])
     layer, forward = clf.model.get_input_embeddings(), calibrated_forward(clf)
     target = int(decide(clf.proba_of_prompts([ids]), clf.threshold)[0])
-    probs = []
     with torch.inference_mode():
         ex, eb = layer(x), layer(base)
-        for a in np.linspace(0.0, 1.0, points):
-            hook = layer.register_forward_hook(lambda module, args, out, a=a: eb + float(a) * (ex - eb))
-            try:
-                probs.append(float(forward(x, torch.ones_like(x))[0, target]))
-            finally:
-                hook.remove()
+        probs = [float(forward(eb + float(a) * (ex - eb), torch.ones_like(x))[0, target])
+                 for a in np.linspace(0.0, 1.0, points)]
     return {"points": points, "label": clf.label_words[target], "probabilities": [round(p, 4) for p in probs],
             "end_to_end": round(probs[-1] - probs[0], 4),
             "total_variation": round(float(np.abs(np.diff(probs)).sum()), 4)}

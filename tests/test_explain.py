@@ -10,12 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import make_review
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.errors import UserError
-from sentiment_lora.explain import baseline_ids, calibrated_forward, deletion_check, explain, review_tokens
+from sentiment_lora.explain import baseline_ids, deletion_check, explain, review_tokens
 
 COMPLETENESS_TOL = 0.01
 """|sum of word scores - (f(input) - f(baseline))|, in probability, at 64 steps on the tiny model."""
@@ -32,16 +31,13 @@ def reviews(n: int, seed: int = 0) -> list[str]:
 
 
 def test_completeness_word_scores_sum_to_the_output_difference(clf):
-    """Checked against an independent forward pass on the baseline, not captum's own delta."""
-    forward = calibrated_forward(clf)
+    """Checked against the classifier's own probabilities of the prompt and of the baseline (the
+    scoring path, from token ids), not against the integral's forward pass."""
     for text in reviews(4):
         e = explain(clf, [text], n_steps=64)[0]
         ids = clf.encode([text])[0]
         base = baseline_ids(clf, ids, [i for i, _, _ in review_tokens(clf, ids)[1]])
-        ones = torch.ones(1, len(ids), dtype=torch.long)
-        with torch.no_grad():
-            f_x = float(forward(torch.tensor([ids]), ones)[0, e.label_index])
-            f_b = float(forward(torch.tensor([base]), ones)[0, e.label_index])
+        f_x, f_b = clf.proba_of_prompts([ids, base])[:, e.label_index]
         assert e.faithful
         assert abs(e.probability - f_x) < 1e-4  # the calibrated probability the classifier gives
         assert abs(sum(w.score for w in e.words) - (f_x - f_b)) < COMPLETENESS_TOL

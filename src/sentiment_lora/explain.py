@@ -1,6 +1,6 @@
 """Why a label was given: word-level attributions, the one owner of them.
 
-Captum's LayerIntegratedGradients on the input embeddings attributes the *calibrated*
+Captum's IntegratedGradients on the input embeddings attributes the *calibrated*
 probability of the predicted label (softmax of the label logits over the classifier's
 temperature, as ``SentimentClassifier.proba_of_prompts`` gives it) to the prompt's tokens;
 sub-word tokens are then merged back into the review's words. Only the review is attributed:
@@ -87,9 +87,9 @@ class Explanation:
 
 
 def require_captum():
-    """Captum's LayerIntegratedGradients, or the one-line error that says how to install it
+    """Captum's IntegratedGradients, or the one-line error that says how to install it
     (callers check it before loading a model)."""
-    return require("captum.attr", "explain", "explaining a label").LayerIntegratedGradients
+    return require("captum.attr", "explain", "explaining a label").IntegratedGradients
 
 
 def explain(clf, texts, n_steps: int = N_STEPS, internal_batch_size: int = INTERNAL_BATCH,
@@ -105,22 +105,22 @@ def explain(clf, texts, n_steps: int = N_STEPS, internal_batch_size: int = INTER
         raise UserError("explain: n_steps and internal_batch_size must be at least 1")
     texts = [texts] if isinstance(texts, str) else list(texts)
     ids = clf.encode(texts)
-    lig = require_captum()(calibrated_forward(clf), clf.model.get_input_embeddings())
+    ig = require_captum()(calibrated_forward(clf))
     llm = clf.proba_of_prompts(ids)
     targets = [clf.label_words.index(lab) for lab in clf.labels_of(clf.combine(texts, llm))]
     was_training = clf.model.training
     clf.model.eval()  # a model fresh from training: no dropout in the path's forward passes
     try:
-        return [_explain_one(clf, lig, row, target, float(p[target]), (n_steps, max(n_steps, max_steps)),
+        return [_explain_one(clf, ig, row, target, float(p[target]), (n_steps, max(n_steps, max_steps)),
                              internal_batch_size, tolerance) for row, target, p in zip(ids, targets, llm)]
     finally:
         clf.model.train(was_training)
 
 
 def calibrated_forward(clf):
-    """The scoring forward pass (``model.label_logits``) to the calibrated probabilities over the
-    label words: softmax(label logits / T) equals ``decision.apply_temperature`` of their softmax,
-    as ``proba_of_prompts`` gives it."""
+    """The scoring forward pass (``model.label_logits``) from a prompt's input embeddings to the
+    calibrated probabilities over the label words: softmax(label logits / T) equals
+    ``decision.apply_temperature`` of their softmax, as ``proba_of_prompts`` gives it."""
     import torch
 
     from .model import label_logits
@@ -128,8 +128,9 @@ def calibrated_forward(clf):
     labels = torch.tensor(clf.prompt.label_token_ids, device=next(clf.model.parameters()).device)
     temperature = clf.temperature or 1.0
 
-    def forward(input_ids, attention_mask):
-        return torch.softmax(label_logits(clf.model, input_ids, attention_mask, labels) / temperature, dim=-1)
+    def forward(inputs_embeds, attention_mask):
+        logits = label_logits(clf.model, None, attention_mask, labels, inputs_embeds=inputs_embeds)
+        return torch.softmax(logits / temperature, dim=-1)
 
     return forward
 
@@ -149,25 +150,26 @@ def baseline_ids(clf, ids: list[int], positions: list[int]) -> list[int]:
     return out
 
 
-def _explain_one(clf, lig, ids: list[int], target: int, p_x: float, steps: tuple[int, int], batch: int,
+def _explain_one(clf, ig, ids: list[int], target: int, p_x: float, steps: tuple[int, int], batch: int,
                  tolerance: float) -> Explanation:
     """Integrated gradients at ``steps[0]``, again at ``steps[1]`` when the first is unfaithful.
-    ``p_x`` is the classifier's own calibrated probability of ``target``. The completeness error
-    is measured here, sum(attributions) - (f(x) - f(base)), with f(base) from one forward pass
-    shared by both tries: captum's own delta would run two more forward passes per try, most of
-    an explanation's time at few steps."""
+    ``p_x`` is the classifier's own calibrated probability of ``target``. The path runs between
+    the two prompts' embeddings, looked up once, so each try costs its steps alone; the
+    completeness error, sum(attributions) - (f(x) - f(base)), takes f(base) from one forward pass
+    shared by both tries."""
     import torch
 
     text, spans = review_tokens(clf, ids)
     device = next(clf.model.parameters()).device
-    x = torch.tensor([ids], device=device)
-    base = torch.tensor([baseline_ids(clf, ids, [i for i, _, _ in spans])], device=device)
-    ones = torch.ones_like(x)
-    with torch.inference_mode():
-        p_b = float(calibrated_forward(clf)(base, ones)[0, target])
+    embed = clf.model.get_input_embeddings()
+    base_ids = baseline_ids(clf, ids, [i for i, _, _ in spans])
+    ones = torch.ones((1, len(ids)), dtype=torch.long, device=device)
+    with torch.no_grad():  # not inference_mode: its tensors could not enter autograd below
+        x, base = (embed(torch.tensor([row], device=device)) for row in (ids, base_ids))
+        p_b = float(ig.forward_func(base, ones)[0, target])
     for n in dict.fromkeys(steps):
-        attr = lig.attribute(x, baselines=base, target=target, additional_forward_args=(ones,), n_steps=n,
-                             internal_batch_size=batch)
+        attr = ig.attribute(x, baselines=base, target=target, additional_forward_args=(ones,), n_steps=n,
+                            internal_batch_size=batch)
         per_token = attr.sum(-1)[0].double().cpu().numpy()
         delta = float(per_token.sum()) - (p_x - p_b)
         if abs(delta) <= tolerance:

@@ -362,10 +362,12 @@ def collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[s
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 label_ids: torch.Tensor) -> torch.Tensor:
+def label_logits(model, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                 label_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of the label tokens at each prompt's last position, shape (batch, labels), in float32.
     Positions count from each prompt's first real token, so left padding changes nothing.
+    ``inputs_embeds`` stands in for ``input_ids`` where a caller moves through embedding space
+    (integrated gradients).
 
     Scoring multiplies the last hidden state by the label words' rows alone, in float32: the full
     vocabulary is never computed, and a bf16 or int8 body still ends in an exact head. Training
@@ -374,11 +376,11 @@ def label_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     rows = None if torch.is_grad_enabled() else _label_rows(model, label_ids)
     if rows is None:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    logits_to_keep=1, use_cache=False)
+        out = model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                    position_ids=position_ids, logits_to_keep=1, use_cache=False)
         return out.logits[:, -1, :].index_select(-1, label_ids).float()
-    hidden = scoring_body(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=False).last_hidden_state[:, -1]
+    hidden = scoring_body(model)(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                 position_ids=position_ids, use_cache=False).last_hidden_state[:, -1]
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 even inside a bf16 autocast
         return torch.nn.functional.linear(hidden.float(), rows)
 
