@@ -14,6 +14,7 @@ Results go to benchmarks/results/explain-cpu.json with the processor and its fla
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -85,20 +86,43 @@ def path(clf: SentimentClassifier, text: str, points: int = 65) -> dict:
 
 
 def deletion(clf: SentimentClassifier, texts: list[str], k: int, draws: int, steps: tuple[int, int], out: Path,
-             result: dict, tolerance: float = TOLERANCE) -> dict:
-    rng = np.random.default_rng(0)
-    rows, deltas = [], []
+             result: dict, tolerance: float = TOLERANCE, rows_file: Path | None = None,
+             key: dict | None = None) -> dict:
+    """The deletion check review by review. Each review's figures go to ``rows_file`` as it
+    finishes, and reviews already there under the same ``key`` (classifier, precision, steps,
+    tolerance, k, draws) are not explained again: at about a minute a review on a 2-core CPU, 200
+    reviews take several sessions. Random words are drawn from a generator seeded by the review's
+    place in the sample, so a resumed check draws what an unbroken one would."""
+    done = load_rows(rows_file, key) if rows_file else {}
     for i, text in enumerate(texts):
-        e = explain(clf, [text], n_steps=steps[0], max_steps=steps[1], tolerance=tolerance)[0]
-        deltas.append(abs(e.delta))
-        pair = deletion_check(clf, e, k, draws, rng)
-        if pair is not None:
-            rows.append(pair)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        if done.get(i, {}).get("text_sha256") != sha:
+            e = explain(clf, [text], n_steps=steps[0], max_steps=steps[1], tolerance=tolerance)[0]
+            pair = deletion_check(clf, e, k, draws, np.random.default_rng([0, i]))
+            done[i] = {"i": i, "text_sha256": sha, "abs_delta": abs(e.delta), "n_steps": e.n_steps,
+                       "pair": pair, "key": key}
+            if rows_file:
+                with open(rows_file, "a") as f:
+                    f.write(json.dumps(done[i]) + "\n")
         if (i + 1) % 5 == 0 or i + 1 == len(texts):  # partial results survive an interruption
-            result["deletion"] = {**summary(rows, deltas, k, draws, steps, len(texts)), "tolerance": tolerance}
+            got = [done[j] for j in range(i + 1)]
+            result["deletion"] = {**summary([r["pair"] for r in got if r["pair"] is not None],
+                                            [r["abs_delta"] for r in got], k, draws, steps, len(texts)),
+                                  "tolerance": tolerance}
             write_json(out, result)
             print(i + 1, json.dumps(result["deletion"]), flush=True)
     return result["deletion"]
+
+
+def load_rows(rows_file: Path, key: dict) -> dict[int, dict]:
+    """Reviews already checked under ``key``; a file of another check is refused, not mixed in."""
+    if not rows_file.exists():
+        return {}
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    if any(r.get("key") != key for r in rows):
+        raise SystemExit(f"{rows_file} holds another check's reviews (another classifier or settings); "
+                         "give --rows a new file")
+    return {r["i"]: r for r in rows}
 
 
 def summary(rows, deltas, k: int, draws: int, steps: tuple[int, int], asked: int) -> dict:
@@ -129,6 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timed explanations of the full-budget review (0: none)")
     ap.add_argument("--precision", default=None, help="scoring precision (default: the classifier's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/explain-cpu.json"))
+    ap.add_argument("--rows", default=None, help="each review's deletion figures, kept as it finishes and "
+                    "reused by a later run with the same classifier and settings (default: OUT with "
+                    ".rows.jsonl for .json)")
     args = ap.parse_args(argv)
     clf = SentimentClassifier.load(args.run_dir, device="cpu", precision=args.precision)
     texts = list(sample(clf, args.dataset, args.n).texts)
@@ -138,7 +165,11 @@ def main(argv=None) -> int:
                   argv or sys.argv[1:]), "timing": timing(clf, texts, steps, args.rounds) if args.rounds else None}
     write_json(args.out, result)
     print(json.dumps(result["timing"]), flush=True)
-    deletion(clf, texts, args.k, args.draws, steps, Path(args.out), result, args.tolerance)
+    spec = json.loads((Path(args.run_dir) / "classifier.json").read_text())
+    key = {"classifier": spec["checksum"], "precision": clf.precision, "steps": list(steps),
+           "tolerance": args.tolerance, "k": args.k, "draws": args.draws}
+    rows = Path(args.rows) if args.rows else Path(args.out).with_suffix(".rows.jsonl")
+    deletion(clf, texts, args.k, args.draws, steps, Path(args.out), result, args.tolerance, rows, key)
     print(json.dumps(result, indent=2))
     return 0
 
