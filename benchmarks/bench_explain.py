@@ -38,6 +38,7 @@ from sentiment_lora.explain import (
     review_tokens,
 )
 from sentiment_lora.precision import this_cpu
+from sentiment_lora.spec import ClassifierSpec
 from sentiment_lora.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +91,8 @@ def deletion(clf: SentimentClassifier, texts: list[str], k: int, draws: int, ste
              key: dict | None = None) -> dict:
     """The deletion check review by review. Each review's figures go to ``rows_file`` as it
     finishes, and reviews already there under the same ``key`` (classifier, precision, steps,
-    tolerance, k, draws) are not explained again: at about a minute a review on a 2-core CPU, 200
-    reviews take several sessions. Random words are drawn from a generator seeded by the review's
+    tolerance, k, draws) are not explained again, so a long check can be stopped and resumed
+    (docs/serving.md has its pace). Random words are drawn from a generator seeded by the review's
     place in the sample, so a resumed check draws what an unbroken one would."""
     done = load_rows(rows_file, key) if rows_file else {}
     for i, text in enumerate(texts):
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
                   argv or sys.argv[1:]), "timing": timing(clf, texts, steps, args.rounds) if args.rounds else None}
     write_json(args.out, result)
     print(json.dumps(result["timing"]), flush=True)
-    spec = json.loads((Path(args.run_dir) / "classifier.json").read_text())
+    spec = ClassifierSpec.load(args.run_dir).to_dict(args.run_dir)  # its checksum names the classifier
     key = {"classifier": spec["checksum"], "precision": clf.precision, "steps": list(steps),
            "tolerance": args.tolerance, "k": args.k, "draws": args.draws}
     rows = Path(args.rows) if args.rows else Path(args.out).with_suffix(".rows.jsonl")
