@@ -89,12 +89,12 @@ def _run(args) -> int:
               f"and free space", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: say so, and how to see more
+        if args.debug:  # also an error met while stopping: it may be a bug of its own
+            raise
         stop = interrupt_in(exc)
-        if stop is not None:  # a stop signal that a library's import turned into its own error
+        if stop is not None:  # a stop signal that a library turned into its own error
             print("interrupted before anything was written; run the same command again", file=sys.stderr)
             return exit_status(stop)
-        if args.debug:
-            raise
         first = (str(exc).splitlines() or [""])[0][:200]
         print(f"internal error: {type(exc).__name__}: {printable(first)}; rerun with --debug and report it",
               file=sys.stderr)

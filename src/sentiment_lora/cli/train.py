@@ -33,8 +33,8 @@ def run(args) -> int:
         metrics = train(cfg, args.output_dir, resume=args.resume)
     except BaseException as exc:  # a stop signal, also one a library's lazy import turned into its own error
         stop = interrupt_in(exc)
-        if stop is None:
-            raise
+        if stop is None or (args.debug and not isinstance(exc, KeyboardInterrupt)):
+            raise  # --debug shows an error met while stopping: it may be a bug of its own
         _interrupted(args.output_dir)
         return exit_status(stop)
     if metrics:
