@@ -31,11 +31,10 @@ from sentiment_lora.explain import (
     MAX_STEPS,
     N_STEPS,
     TOLERANCE,
-    baseline_ids,
     calibrated_forward,
     deletion_check,
     explain,
-    review_tokens,
+    path_ends,
 )
 from sentiment_lora.precision import this_cpu
 from sentiment_lora.spec import ClassifierSpec
@@ -73,14 +72,11 @@ def path(clf: SentimentClassifier, text: str, points: int = 65) -> dict:
     gradients' straight path, from the baseline to ``text``: how rough the integrand is, which
     sets how many steps the integral needs to meet the tolerance."""
     ids = clf.encode([text])[0]
-    x = torch.tensor([ids])
-    base = torch.tensor([baseline_ids(clf, ids, [i for i, _, _ in review_tokens(clf, ids)[1]])])
-    layer, forward = clf.model.get_input_embeddings(), calibrated_forward(clf)
+    ex, eb = path_ends(clf, ids)
+    forward, ones = calibrated_forward(clf), torch.ones((1, len(ids)), dtype=torch.long)
     target = int(decide(clf.proba_of_prompts([ids]), clf.threshold)[0])
     with torch.inference_mode():
-        ex, eb = layer(x), layer(base)
-        probs = [float(forward(eb + float(a) * (ex - eb), torch.ones_like(x))[0, target])
-                 for a in np.linspace(0.0, 1.0, points)]
+        probs = [float(forward(eb + float(a) * (ex - eb), ones)[0, target]) for a in np.linspace(0.0, 1.0, points)]
     return {"points": points, "label": clf.label_words[target], "probabilities": [round(p, 4) for p in probs],
             "end_to_end": round(probs[-1] - probs[0], 4),
             "total_variation": round(float(np.abs(np.diff(probs)).sum()), 4)}

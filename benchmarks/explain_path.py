@@ -21,7 +21,7 @@ import torch
 from bench_explain import path, sample
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.decision import decide
-from sentiment_lora.explain import baseline_ids, calibrated_forward, review_tokens
+from sentiment_lora.explain import calibrated_forward, path_ends
 from sentiment_lora.precision import this_cpu
 from sentiment_lora.storage import write_json
 
@@ -32,12 +32,10 @@ def derivatives(clf: SentimentClassifier, text: str, alphas: list[float], h: flo
     """d p(label) / d alpha at each point: autograd's gradient dotted with the path's direction
     (what one step of the integral adds up), and the central difference of two forward passes."""
     ids = clf.encode([text])[0]
-    base = baseline_ids(clf, ids, [i for i, _, _ in review_tokens(clf, ids)[1]])
-    embed, forward = clf.model.get_input_embeddings(), calibrated_forward(clf)
+    ex, eb = path_ends(clf, ids)
+    forward = calibrated_forward(clf)
     target = int(decide(clf.proba_of_prompts([ids]), clf.threshold)[0])
     ones = torch.ones((1, len(ids)), dtype=torch.long)
-    with torch.no_grad():
-        ex, eb = embed(torch.tensor([ids])), embed(torch.tensor([base]))
     out = []
     for a in alphas:
         point = (eb + a * (ex - eb)).requires_grad_(True)

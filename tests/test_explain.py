@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_review
+from conftest import load_benchmark, make_review
 from sentiment_lora.classifier import SentimentClassifier
 from sentiment_lora.errors import UserError
 from sentiment_lora.explain import baseline_ids, deletion_check, explain, review_tokens
@@ -244,3 +244,36 @@ def test_an_unfaithful_first_try_is_retried_with_more_steps(clf):
     again = explain(clf, [text], n_steps=2, max_steps=64, tolerance=abs(first.delta) / 2)[0]
     assert again.n_steps == 64 and abs(again.delta) < abs(first.delta)
     assert explain(clf, [text], n_steps=64, max_steps=128)[0].n_steps == 64  # faithful at once: no retry
+
+
+def test_the_path_runs_from_the_baseline_to_the_prompt(clf):
+    """benchmarks/bench_explain.py's path on ``path_ends``: its ends are the classifier's own
+    probabilities of the baseline and of the prompt, through the scoring path from token ids."""
+    bench = load_benchmark("bench_explain")
+    text = reviews(1, seed=3)[0]
+    ids = clf.encode([text])[0]
+    base = baseline_ids(clf, ids, [i for i, _, _ in review_tokens(clf, ids)[1]])
+    probs = clf.proba_of_prompts([ids, base])
+    target = int(probs[0].argmax())
+    got = bench.path(clf, text, points=5)["probabilities"]
+    assert len(got) == 5
+    assert got[-1] == pytest.approx(probs[0, target], abs=1e-4) and got[0] == pytest.approx(probs[1, target], abs=1e-4)
+
+
+def test_the_deletion_check_resumes_from_its_rows(clf, tmp_path, monkeypatch):
+    """A check stopped after two of four reviews explains only the other two when run again and
+    ends where an unbroken one does; a rows file of another check is refused, not mixed in."""
+    bench = load_benchmark("bench_explain")
+    texts, key, rows = reviews(4, seed=11), {"classifier": "tiny", "steps": [8, 16]}, tmp_path / "rows.jsonl"
+
+    def check(rows_file, key):
+        return bench.deletion(clf, texts, 2, 3, (8, 16), tmp_path / "out.json", {}, rows_file=rows_file, key=key)
+
+    unbroken = check(rows, key)
+    rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:2]))
+    explained, real = [], bench.explain
+    monkeypatch.setattr(bench, "explain", lambda clf, texts, **kw: explained.append(texts) or real(clf, texts, **kw))
+    assert check(rows, key) == unbroken
+    assert explained == [[texts[2]], [texts[3]]] and len(rows.read_text().splitlines()) == 4
+    with pytest.raises(SystemExit, match="another check"):
+        check(rows, {**key, "steps": [16, 64]})

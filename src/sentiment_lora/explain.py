@@ -150,22 +150,34 @@ def baseline_ids(clf, ids: list[int], positions: list[int]) -> list[int]:
     return out
 
 
+def path_ends(clf, ids: list[int], spans=None):
+    """Integrated gradients' straight path runs between these two (1, len(ids), hidden) tensors:
+    the prompt's input embeddings and its baseline's (``baseline_ids`` over the review's tokens,
+    ``review_tokens``' spans unless given). Looked up once, without autograd, so that each step of
+    the path costs its own forward and backward pass alone."""
+    import torch
+
+    spans = review_tokens(clf, ids)[1] if spans is None else spans
+    device = next(clf.model.parameters()).device
+    embed = clf.model.get_input_embeddings()
+    rows = (ids, baseline_ids(clf, ids, [i for i, _, _ in spans]))
+    with torch.no_grad():  # not inference_mode: its tensors could not enter autograd afterwards
+        x, base = (embed(torch.tensor([row], device=device)) for row in rows)
+    return x, base
+
+
 def _explain_one(clf, ig, ids: list[int], target: int, p_x: float, steps: tuple[int, int], batch: int,
                  tolerance: float) -> Explanation:
     """Integrated gradients at ``steps[0]``, again at ``steps[1]`` when the first is unfaithful.
     ``p_x`` is the classifier's own calibrated probability of ``target``. The path runs between
-    the two prompts' embeddings, looked up once, so each try costs its steps alone; the
-    completeness error, sum(attributions) - (f(x) - f(base)), takes f(base) from one forward pass
+    ``path_ends``; the completeness error, sum(attributions) - (f(x) - f(base)), takes f(base) from one forward pass
     shared by both tries."""
     import torch
 
     text, spans = review_tokens(clf, ids)
-    device = next(clf.model.parameters()).device
-    embed = clf.model.get_input_embeddings()
-    base_ids = baseline_ids(clf, ids, [i for i, _, _ in spans])
-    ones = torch.ones((1, len(ids)), dtype=torch.long, device=device)
-    with torch.no_grad():  # not inference_mode: its tensors could not enter autograd below
-        x, base = (embed(torch.tensor([row], device=device)) for row in (ids, base_ids))
+    x, base = path_ends(clf, ids, spans)
+    ones = torch.ones((1, len(ids)), dtype=torch.long, device=x.device)
+    with torch.no_grad():
         p_b = float(ig.forward_func(base, ones)[0, target])
     for n in dict.fromkeys(steps):
         attr = ig.attribute(x, baselines=base, target=target, additional_forward_args=(ones,), n_steps=n,
