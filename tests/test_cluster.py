@@ -53,8 +53,9 @@ def test_ray_engine_equals_one_process(kind, reviews, tiny_run, tmp_path, capsys
     else:
         reviews.to_csv(source, index=False)
     out = tmp_path / "out"
+    actors = "2" if kind == "parquet" else "1"  # two actors once; each loads the classifier, the reader is the point
     rc = main(["predict", str(tiny_run), "--engine", "ray", "--file", str(source), "--output", str(out),
-               "--id-field", "review_id", "--concurrency", "2", "--chunk-size", "8", "--device", "cpu"])
+               "--id-field", "review_id", "--concurrency", actors, "--chunk-size", "8", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     assert f"{len(reviews)} predictions in" in capsys.readouterr().err
     got = _read(out)
@@ -80,10 +81,10 @@ def test_one_small_file_is_spread_over_blocks_and_shards_are_sized(reviews, tiny
     src = tmp_path / "in.parquet"
     reviews.to_parquet(src)
     r = predict_ray(tiny_run, [str(src)], str(tmp_path / "o"), id_field="review_id", batch_size=8,
-                    rows_per_shard=8)
+                    rows_per_shard=8, concurrency=1)
     sizes = [len(pd.read_parquet(f)) for f in (tmp_path / "o").glob("*.parquet")]
     assert r["rows"] == sum(sizes) == len(reviews) and r["shards"] == len(sizes) >= 2
-    r = predict_ray(tiny_run, [str(src)], str(tmp_path / "big"), id_field="review_id", batch_size=8)
+    r = predict_ray(tiny_run, [str(src)], str(tmp_path / "big"), id_field="review_id", batch_size=8, concurrency=1)
     assert r["shards"] == 1 and r["rows"] == len(reviews)  # 100,000 rows a shard by default
 
 
@@ -167,11 +168,16 @@ def test_shards_written_on_other_nodes_are_one_line_not_a_crash(reviews, tiny_ru
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
 
 
-def test_an_input_with_no_rows_is_one_line(reviews, tiny_run, tmp_path, capsys):
-    src = tmp_path / "in.parquet"
-    reviews.iloc[:0].to_parquet(src)
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_an_input_with_no_rows_is_one_line(kind, reviews, tiny_run, tmp_path, capsys, monkeypatch):
+    """Said before any actor loads the classifier, which would be its time and memory for nothing."""
+    from sentiment_lora import cluster
+
+    src = tmp_path / f"in.{kind}"
+    getattr(reviews.iloc[:0], f"to_{kind}")(src, index=False)
+    monkeypatch.setattr(cluster, "Scorer", None)  # an actor started would fail on it
     rc = main(["predict", str(tiny_run), "--engine", "ray", "--device", "cpu", "--file", str(src),
                "--id-field", "review_id", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "has no rows" in err[0], err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]

@@ -187,7 +187,7 @@ def start_ray(ray, address: str | None, reserved: int) -> None:
 
 
 def _read_input(paths: list[str], kind: str, field: str, id_field: str):
-    """The input as a Ray dataset, its text and id columns checked."""
+    """The input as a Ray dataset, its text and id columns checked, and that it has a row."""
     import ray.data
 
     read = {"parquet": ray.data.read_parquet, "json": ray.data.read_json, "csv": ray.data.read_csv}[kind]
@@ -196,6 +196,9 @@ def _read_input(paths: list[str], kind: str, field: str, id_field: str):
         columns = ds.columns()
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {', '.join(paths)} as {kind}: {str(exc).splitlines()[0][:160]}") from None
+    # Now, before each actor loads the classifier for nothing; first, as an empty CSV has no schema.
+    if not ds.limit(1).count():
+        raise UserError(f"{', '.join(paths)} has no rows: nothing to classify")
     if id_field in OUTPUT_COLUMNS:
         raise UserError(f"--id-field {id_field!r} would be overwritten by an output column of that name "
                         f"({', '.join(OUTPUT_COLUMNS)}); give the input's own id column")
@@ -227,8 +230,6 @@ def _write_shards(scored, ds, paths: list[str], output: str, rows_per_shard: int
         # On a remote cluster the workers write a local path on their own nodes, not here (the driver
         # may even have made it, empty); the input is counted again only then, or when nothing is here.
         expected = ds.count() if on_cluster or not here else here
-        if expected == 0:
-            raise UserError(f"{', '.join(paths)} has no rows: nothing to classify")
         if here != expected:
             raise UserError(f"only {here} of the {expected} rows' predictions for --output {output!r} are on this "
                             f"machine (a remote cluster's nodes write local paths to their own disks); with "
