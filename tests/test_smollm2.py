@@ -16,13 +16,16 @@ from sentiment_lora.train import run
 
 IMDB = SHARED / "imdb"
 pytestmark = real_model_marks(IMDB)
+N_TEST = 100
+"""Test reviews: each is scored twice (zero-shot, then fine-tuned), so this is most of the test's
+time; the gap it must show (0.10 on two classes) is wide enough for a sample of this size."""
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """SmolLM2 zero-shot on 200 test reviews, then fine-tuned on 64: (cfg, data, zero-shot accuracy, metrics, run)."""
+    """SmolLM2 zero-shot on N_TEST test reviews, then fine-tuned on 64: (data, zero-shot accuracy, metrics, run)."""
     cfg = load_config("configs/smollm2-cpu.yaml", [
-        f"data.dataset={IMDB}", "data.train_size=64", "data.val_size=0", "data.test_size=200", "data.seed=1",
+        f"data.dataset={IMDB}", "data.train_size=64", "data.val_size=0", f"data.test_size={N_TEST}", "data.seed=1",
         "prompt.max_length=128", "train.epochs=2", "train.batch_size=8", "train.grad_accum=1",
         "train.lr=1e-3", "train.save_steps=0", "eval.calibrate=false", "eval.verify_samples=8"])
 
@@ -39,9 +42,9 @@ def real_run(tmp_path_factory):
 
 def test_fine_tuning_beats_zero_shot(real_run):
     _, zero_shot, metrics, _ = real_run
-    print(f"SmolLM2-135M on 200 IMDB test reviews: zero-shot {zero_shot:.3f}, "
+    print(f"SmolLM2-135M on {N_TEST} IMDB test reviews: zero-shot {zero_shot:.3f}, "
           f"fine-tuned on 64 reviews {metrics['accuracy']:.3f}")
-    assert metrics["n"] == 200
+    assert metrics["n"] == N_TEST
     assert metrics["accuracy"] >= zero_shot + 0.10
     assert metrics["accuracy"] >= 0.70
 
