@@ -194,7 +194,7 @@ def test_a_stop_signal_turned_into_an_import_error_is_an_interrupt(tiny_data_dir
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("verb", ["train", "baseline"])
 def test_a_stop_signal_a_library_swallowed_is_still_an_interrupt(verb, sig, tiny_data_dir, tmp_path, monkeypatch,
-                                                                 capsys):
+                                                                 capsys, request):
     """pybind11 clears the exception that a signal handler raised inside its argument conversion
     and raises a TypeError with no cause: the command still says 'interrupted' and exits as the
     signal asks, not with 'internal error'; the next command starts with no signal on record.
@@ -216,6 +216,10 @@ def test_a_stop_signal_a_library_swallowed_is_still_an_interrupt(verb, sig, tiny
 
     monkeypatch.setattr(train_mod if verb == "train" else baseline_mod, "run" if verb == "train" else "run_tfidf",
                         swallowed)
+    # Ctrl-C live, as a terminal starts a command: a worker started in the background ignores it,
+    # and an ignored signal rightly stays ignored (see _terminal_sigint).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     argv = {"train": ["train", "--set", f"data.dataset={tiny_data_dir}", "--output-dir", str(tmp_path / "run")],
             "baseline": ["baseline", "tfidf", "--dataset", str(tiny_data_dir), "--output-dir", str(tmp_path / "b")]}
     assert main(argv[verb]) == 128 + sig
