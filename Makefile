@@ -83,11 +83,15 @@ bench-memory: install
 bench-precision: install
 	$(BIN)/python benchmarks/bench_precision.py $(RUN) $(if $(DATA),--dataset $(DATA),) --train
 
+# Whole files to each worker, in the order tests/conftest.py gives (slow files first), not
+# reordered by their number of tests: the longest then start first instead of ending last.
+PYTEST := $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(PYTEST)
 
 test-fast: install
-	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -41,6 +41,17 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+
+def pytest_collection_modifyitems(config, items):
+    """Files wholly slow first, then those partly slow, then the rest: pytest-xdist hands out
+    whole files in this order (``make test`` turns off its own reordering by test count), so the
+    minutes-long ones start early rather than leave one worker busy at the end while the other waits."""
+    counts: dict = {}
+    for item in items:
+        slow, total = counts.get(item.path, (0, 0))
+        counts[item.path] = (slow + bool(item.get_closest_marker("slow")), total + 1)
+    items.sort(key=lambda item: -counts[item.path][0] / counts[item.path][1])  # stable: test order kept
+
 POSITIVE = ["great", "wonderful", "superb", "brilliant", "moving", "delightful", "excellent", "loved"]
 NEGATIVE = ["awful", "boring", "terrible", "dull", "mess", "waste", "horrible", "hated"]
 FILLER = ["the", "movie", "film", "plot", "acting", "was", "and", "a", "story", "cast", "really", "it"]

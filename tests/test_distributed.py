@@ -141,6 +141,7 @@ def test_files_and_lines_are_written_once(one_and_two):
     assert not [n for n in names if n.startswith(".")], names  # no temporary file of a second writer
 
 
+@pytest.mark.slow
 def test_resume_under_two_processes_after_kill_9(tiny_model_dir, tiny_data_dir, tmp_path):
     sets = _sets(tiny_model_dir, tiny_data_dir, "lora.dropout=0.1", "train.save_steps=2", "eval.verify_samples=0",
                  "train.epochs=6", *TWO)

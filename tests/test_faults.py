@@ -82,6 +82,7 @@ def _same_adapter(a: Path, b: Path) -> float:
     return max(float((x[k] - y[k]).abs().max()) for k in x)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_steps_then_resume_gives_the_uninterrupted_adapter(tiny_model_dir, tiny_data_dir, tmp_path,
                                                                           uninterrupted):
     rng = random.Random(SEED)

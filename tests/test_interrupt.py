@@ -87,6 +87,7 @@ def _interrupt_and_recover(cmd, out: Path, sig: int, when) -> str:
     return state
 
 
+@pytest.mark.slow
 def test_interrupts_leave_a_usable_folder(tiny_model_dir, tiny_data_dir, tmp_path):
     # A clean run first: it measures how long a run takes, and how long after its config.yaml
     # appears (training, scoring, saving), so the random moments span both.

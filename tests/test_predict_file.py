@@ -133,6 +133,7 @@ def peak_rss_mb(args) -> float:
 MEMORY_BOUND_MB = 10
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_in_the_files_size(tiny_run, tmp_path):
     """100k short lines must not need more memory than 1k: the input is streamed, the output appended."""
     import random

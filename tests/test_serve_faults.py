@@ -110,6 +110,7 @@ def _load(url: str, n: int, results: list, stop: threading.Event | None = None) 
         t.join(120)
 
 
+@pytest.mark.slow
 def test_a_sigkill_under_load_then_a_restart_serves_again(tiny_run):
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -110,6 +110,7 @@ def test_the_report_shows_non_finite_figures_as_n_a(tiny_run, tmp_path):
     assert "95% CI n/a–n/a" in page
 
 
+@pytest.mark.slow
 def test_ray_is_quiet_unless_verbose(tiny_run, tmp_path):
     pytest.importorskip("ray.data")
     import pandas as pd
