@@ -26,7 +26,7 @@ def real_run(tmp_path_factory):
     """SmolLM2 zero-shot on N_TEST test reviews, then fine-tuned on 64: (data, zero-shot accuracy, metrics, run)."""
     cfg = load_config("configs/smollm2-cpu.yaml", [
         f"data.dataset={IMDB}", "data.train_size=64", "data.val_size=0", f"data.test_size={N_TEST}", "data.seed=1",
-        "prompt.max_length=128", "train.epochs=2", "train.batch_size=8", "train.grad_accum=1",
+        "prompt.max_length=96", "train.epochs=2", "train.batch_size=8", "train.grad_accum=1",
         "train.lr=1e-3", "train.save_steps=0", "eval.calibrate=false", "eval.verify_samples=8"])
 
     tok = load_tokenizer(cfg.model)
