@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+
+# scikit-learn is imported where a metric is computed, not here: its import (SciPy and pandas come
+# with it) is slow, and a command that fails or is stopped before its metrics should not wait on it.
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -49,6 +51,8 @@ def mean_class_error(y: np.ndarray, yhat: np.ndarray) -> float | None:
 
 def roc_auc(y: np.ndarray, probs: np.ndarray, classes: list[int]) -> tuple[float | None, str | None]:
     """ROC-AUC (one-vs-rest beyond two classes), or None and the reason it is undefined."""
+    from sklearn.metrics import roc_auc_score
+
     missing = [c for c in classes if not (y == c).any()]
     if missing:  # sklearn would return NaN (not JSON) or raise
         return None, f"undefined: no example of class {missing[0]} among the {len(y)} labels"
@@ -60,6 +64,8 @@ def roc_auc(y: np.ndarray, probs: np.ndarray, classes: list[int]) -> tuple[float
 def compute_metrics(labels: list[int], preds: list[int], probs: np.ndarray, label_words: list[str],
                     ordinal: bool = False) -> dict:
     """Accuracy (95% CI), per-class precision/recall/F1, macro F1, ROC-AUC, ECE (reliability table), confusions."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
     y = np.asarray(labels, dtype=int)
     yhat = np.asarray(preds, dtype=int)  # UNDECIDED (-1) rows count as wrong for every class
     probs = np.asarray(probs, dtype=float)

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # headless: runs on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+from .storage import write_with
 
-from .storage import write_with  # noqa: E402
+
+def _pyplot():
+    """Matplotlib's pyplot, headless (servers, CI), imported on the first plot: its import is slow,
+    and a command that fails or is stopped before plotting should not wait on it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path: Path) -> None:
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_training_curves(log: list[dict], path: str | Path) -> None:
@@ -23,6 +30,7 @@ def plot_training_curves(log: list[dict], path: str | Path) -> None:
     enough to read on a phone, where the figure is drawn a third of its width."""
     steps = [r for r in log if r.get("loss") is not None]
     vals = [r for r in log if "val_accuracy" in r]
+    plt = _pyplot()
     with plt.rc_context({"font.size": 13}):
         fig, axes = plt.subplots(3, 1, figsize=(6.4, 7.6), sharex=True)
         axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".")
@@ -63,6 +71,7 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str 
     shares = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     k = len(labels)
     size = max(4.2, 1.0 + 0.9 * k)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
@@ -82,6 +91,7 @@ def plot_calibration(table: list[dict], path: str | Path, title: str = "",
     """Reliability diagram of ``metrics.reliability``'s bins (the diagonal is perfect): p(second
     class) for two classes, else the top label's confidence, which ``xlabel`` should name."""
     used = [b for b in table if b["n"]]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.4, 4.2))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
     ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["frequency"] for b in used],

@@ -65,7 +65,6 @@ from .report import plot_calibration, plot_confusion_matrix, plot_training_curve
 from .scoring import score, score_generate
 from .signals import StopRequest, signal_name
 from .spec import DATA_KEYS
-from .stack import save_scores, stack
 from .storage import write_json, write_jsonl
 
 
@@ -246,6 +245,8 @@ class Recipe:
     # --- setup ------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        # The data first: a bad dataset is one line before the accelerator, tokenizer and model load.
+        self.data = prepare_data(self.cfg.data, self.cfg.prompt.label_words)
         self.setup_accelerator()
         self.setup_data()
         self.setup_model()
@@ -283,10 +284,10 @@ class Recipe:
         set_seed(cfg.train.seed, device_specific=True)
 
     def setup_data(self) -> None:
+        """The tokenizer and prompt, and the prepared data encoded with them."""
         cfg = self.cfg
         self.tok = load_tokenizer(cfg.model)
         self.prompt = Prompt(self.tok, cfg.prompt)
-        self.data = prepare_data(cfg.data, cfg.prompt.label_words)
         self.enc = {name: self.prompt.encode(getattr(self.data, name).texts) for name in ("train", "val", "test")}
         self.stats = dict(self.data.stats)
         self.stats.update({f"truncated_{name}": e.truncated for name, e in self.enc.items()})
@@ -619,6 +620,8 @@ class Recipe:
         remove_checkpoints(self.run_dir)
         scores = self.llm_scores(metrics, clf.temperature, probs)
         if scores is not None:  # for a later `stack`; classifier.json names the classifier they are of
+            from .stack import save_scores  # scikit-learn comes with it: imported once it is needed
+
             samples = zip((self.data.val.texts, self.data.test.texts), scores)
             save_scores(self.run_dir, spec, self.precision, self.device.type, samples)
 
@@ -669,6 +672,8 @@ class Recipe:
         """The configured stack on the saved classifier. Its combiner must be fitted on what the
         saved classifier computes: training's own scores where ``llm_scores`` trusts them, else
         the stack rescores."""
+        from .stack import stack
+
         cfg = self.cfg
         self.say(f"stacking with {cfg.stack.baseline}")
         scores = self.llm_scores(metrics, temperature, probs)
