@@ -144,6 +144,9 @@ def predict_ray(run_dir: str | Path, paths: list[str], output: str, field: str =
     kind = input_format(paths)
     if not _remote(output) and Path(output).exists() and (not Path(output).is_dir() or any(Path(output).iterdir())):
         raise UserError(f"--output {output!r} exists and is not empty; choose a new folder for the parquet shards")
+    if id_field in OUTPUT_COLUMNS:  # an argument's fault: said before Ray starts
+        raise UserError(f"--id-field {id_field!r} would be overwritten by an output column of that name "
+                        f"({', '.join(OUTPUT_COLUMNS)}); give the input's own id column")
     ray = require_ray()
     started = time.perf_counter()
     with quiet_ray():
@@ -199,9 +202,6 @@ def _read_input(paths: list[str], kind: str, field: str, id_field: str):
     # Now, before each actor loads the classifier for nothing; first, as an empty CSV has no schema.
     if not ds.limit(1).count():
         raise UserError(f"{', '.join(paths)} has no rows: nothing to classify")
-    if id_field in OUTPUT_COLUMNS:
-        raise UserError(f"--id-field {id_field!r} would be overwritten by an output column of that name "
-                        f"({', '.join(OUTPUT_COLUMNS)}); give the input's own id column")
     for option, name in (("--field", field), ("--id-field", id_field)):
         if name not in columns:
             raise UserError(f"the input has no column {name!r} (it has {', '.join(columns)}); name it with {option}")
