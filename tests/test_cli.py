@@ -46,6 +46,16 @@ def test_a_missing_dataset_is_found_before_any_model_is_looked_for(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_dataset_is_named_before_any_model_is_looked_for(tiny_data_dir, tmp_path):
+    """The dataset is there but cannot be trained on (no such text column), and the model does
+    not exist: the data, prepared before the tokenizer and model load, is what the one line names."""
+    r = run_cli("train", "--set", "model.name_or_path=no-such-org/no-such-model", "--set",
+                f"data.dataset={tiny_data_dir}", "--set", "data.text_column=review",
+                "--output-dir", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(r, "has no column 'review'")
+    assert not (tmp_path / "out").exists()
+
+
 def test_colliding_label_words_exit_2(tiny_model_dir, tiny_data_dir, tmp_path):
     # Sample sizes the tiny data holds: the data is checked first, so the collision is this command's one problem.
     r = run_cli("train", "--set", f"model.name_or_path={tiny_model_dir}", "--set", f"data.dataset={tiny_data_dir}",
