@@ -56,6 +56,13 @@ def test_a_bad_dataset_is_named_before_any_model_is_looked_for(tiny_data_dir, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_training_imports_scikit_learn_and_matplotlib_only_where_it_uses_them():
+    """A run stopped or refused before its metrics and plots should not wait on their imports."""
+    code = "import sys, sentiment_lora.train; print([m for m in ('sklearn', 'matplotlib') if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
+
+
 def test_colliding_label_words_exit_2(tiny_model_dir, tiny_data_dir, tmp_path):
     # Sample sizes the tiny data holds: the data is checked first, so the collision is this command's one problem.
     r = run_cli("train", "--set", f"model.name_or_path={tiny_model_dir}", "--set", f"data.dataset={tiny_data_dir}",
